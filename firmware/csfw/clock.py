@@ -1,0 +1,37 @@
+# Uptime and wall clock for the box.
+#
+# Decisions in the firmware take `now` (uptime in ms, never wraps) as an
+# argument; only the top-level loop reads the clock.  BoardClock wraps the
+# MicroPython `time` module (ticks_ms wraps after ~12.4 days on the RP2040,
+# so uptime is accumulated from ticks_diff).  firmware/host provides SimClock
+# with the same interface for accelerated-time tests.
+
+
+class BoardClock:
+    def __init__(self, time_module):
+        self._time = time_module
+        self._last_ticks = time_module.ticks_ms()
+        self._uptime = 0
+        self._epoch_offset = 0  # ms to add to the RTC's epoch
+        self.synced = False
+
+    def now_ms(self):
+        ticks = self._time.ticks_ms()
+        self._uptime += self._time.ticks_diff(ticks, self._last_ticks)
+        self._last_ticks = ticks
+        return self._uptime
+
+    def _rtc_ms(self):
+        # time.time() is whole seconds since 1970 on the rp2 port; ticks give
+        # the sub-second part only approximately, which is enough for 1 Hz.
+        return self._time.time() * 1000
+
+    def epoch_ms(self):
+        return self._rtc_ms() + self._epoch_offset
+
+    def set_epoch_ms(self, epoch_ms):
+        self._epoch_offset = epoch_ms - self._rtc_ms()
+        self.synced = True
+
+    def sleep_ms(self, ms):
+        self._time.sleep_ms(ms)

@@ -1,0 +1,117 @@
+# The box's side of the contract (gateway/chairside/contract.json, explained
+# in docs/contract.md).  Tests check these encoders against contract.json, so
+# the two cannot drift.  Payloads are built with json.dumps on small dicts:
+# at 1 Hz that allocation is fine; the UART paths stay allocation-free.
+import json
+
+SCHEMA_VERSION = 1
+TOPIC_ROOT = "chairside/v1"
+
+# sensor states (contract: messages.vitals.fields.st)
+ST_OK = "ok"
+ST_SEARCHING = "searching"
+ST_NO_FINGER = "no_finger"
+ST_PROBE_OFF = "probe_off"
+ST_NO_DATA = "no_data"
+
+OFFLINE_PAYLOAD = b'{"v":1,"state":"offline"}'
+
+COMMANDS = ("nibp_start", "nibp_stop", "nibp_interval", "time", "status")
+
+
+class Topics:
+    """Topic strings for one box, built once at start-up."""
+
+    def __init__(self, site, chair):
+        base = TOPIC_ROOT + "/" + site + "/" + chair + "/"
+        self.vitals = base + "vitals"
+        self.nibp = base + "nibp"
+        self.status = base + "status"
+        self.resp = base + "resp"
+        self.cmd = base + "cmd"
+
+
+def envelope(seq, boot, up, t, sync, hist):
+    """Common fields every box payload carries (contract: common_fields)."""
+    msg = {"v": SCHEMA_VERSION, "seq": seq, "boot": boot, "up": up, "t": t,
+           "sync": 1 if sync else 0}
+    if hist:
+        msg["h"] = 1
+    return msg
+
+
+def vitals_payload(env, spo2, pr, sig, st, cuff=0, src=None):
+    env["spo2"] = spo2
+    env["pr"] = pr
+    env["sig"] = sig
+    env["st"] = st
+    if cuff:
+        env["cuff"] = 1
+    if src is not None:
+        env["src"] = src
+    return json.dumps(env)
+
+
+def nibp_payload(env, ok, sys_, dia, map_, pr, err=None):
+    env["st"] = "ok" if ok else "error"
+    env["sys"] = sys_
+    env["dia"] = dia
+    env["map"] = map_
+    env["pr"] = pr
+    if err is not None:
+        env["err"] = err
+    return json.dumps(env)
+
+
+def status_payload(env, fields):
+    env["state"] = "online"
+    for key in fields:
+        env[key] = fields[key]
+    return json.dumps(env)
+
+
+def resp_payload(env, cmd_id, cmd, ok, err=None):
+    env["id"] = cmd_id
+    env["cmd"] = cmd
+    env["ok"] = 1 if ok else 0
+    if err is not None:
+        env["err"] = err
+    return json.dumps(env)
+
+
+class CommandError(ValueError):
+    pass
+
+
+def parse_command(payload):
+    """Decode a command payload -> (cmd, id, args dict).
+
+    Raises CommandError with a short reason; the box answers it on the resp
+    topic instead of crashing.
+    """
+    try:
+        msg = json.loads(payload)
+    except ValueError:
+        raise CommandError("not_json")
+    if not isinstance(msg, dict):
+        raise CommandError("not_object")
+    if msg.get("v") != SCHEMA_VERSION:
+        raise CommandError("schema_version")
+    cmd = msg.get("cmd")
+    cmd_id = msg.get("id")
+    if not isinstance(cmd_id, str) or len(cmd_id) > 36:
+        raise CommandError("bad_id")
+    if cmd not in COMMANDS:
+        raise CommandError("unknown_cmd")
+    args = {}
+    if cmd == "nibp_interval":
+        s = msg.get("s")
+        if not isinstance(s, int) or s < 0 or s > 3600 or (0 < s < 60):
+            raise CommandError("bad_arg:s")
+        args["s"] = s
+    elif cmd == "time":
+        t = msg.get("t")
+        if not isinstance(t, int) or t < 0 or t > 4102444800000:
+            raise CommandError("bad_arg:t")
+        args["t"] = t
+    return cmd, cmd_id, args
