@@ -1,0 +1,31 @@
+# Chairside — the two commands in the README are `make demo` and `make test`.
+PY := .venv/bin/python
+.PHONY: setup demo test test-fast lint firmware dashboards bench clean
+
+setup:
+	@bash tools/setup.sh
+
+demo: setup
+	$(PY) -m chairside.cli demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	.venv/bin/ruff check gateway tests dashboards benchmarks tools firmware/host
+	.venv/bin/mypy
+
+firmware: setup
+	$(PY) tools/build_firmware.py
+
+dashboards: setup
+	$(PY) dashboards/build.py
+
+bench: setup
+	$(PY) benchmarks/ingest.py
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

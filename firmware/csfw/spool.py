@@ -1,0 +1,456 @@
+# Store-and-forward spool: a bounded RAM ring in front of segment files on
+# flash.  While the broker is unreachable the app pushes readings here; after
+# reconnect it replays them oldest first (next_batch), publishes them with
+# h=1, and commits only what the broker acknowledged (PUBACK).
+#
+# Records are compact fixed-layout binary (vitals 16 bytes, NIBP 20 bytes),
+# each ending in a 16-bit CRC (low half of binascii.crc32), so a torn or
+# corrupted record is detected and skipped on read.  The kind in the first
+# byte gives the length; after a bad CRC the reader moves on one byte at a
+# time until records line up again.
+#
+# Flash layout, in fs_dir:
+#   NNNNNNNN.sp  segment files, numbered upwards, at most seg_bytes each
+#   cursor       read position (segment, offset) + CRC; replaced by rename
+#
+# Capacity: max_bytes // seg_bytes segment files.  When a new segment is
+# needed and all are in use, the oldest segment is deleted and its unread
+# records are counted in `dropped`.  With the defaults (512 KB, 32 KB
+# segments) at least 15 full segments survive a drop: 491,520 bytes, more
+# than 8 h of 1 Hz vitals (28,800 x 16 B) plus NIBP every 5 min (96 x 20 B)
+# = 462,720 bytes.
+#
+# Power cuts: littlefs keeps the last committed state of a file, so a cut
+# mid-write loses at most the records in that write.  If a torn tail is
+# left anyway, a new Spool (after reboot) finds it while counting records and
+# starts a fresh segment, so nothing is ever appended after garbage.  A lost
+# cursor update means records are replayed twice: harmless, because the
+# gateway stores a reading at the time it was measured (same point again).
+#
+# Time field: `tms` is the wall clock t (ms since 1970) when sync=1, else the
+# uptime `up` (ms) of boot `boot` (low 16 bits).  Replayed records therefore
+# carry either t or up, not both.
+import binascii
+import struct
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):
+        return x
+
+KIND_VITALS = const(1)
+KIND_NIBP = const(2)
+VITALS_LEN = const(16)
+NIBP_LEN = const(20)
+MAX_LEN = const(20)
+
+# sensor states (contract messages.vitals.fields.st), indexed by code
+STATES = ("ok", "searching", "no_finger", "probe_off", "no_data")
+
+_NONE8 = const(0xFF)
+_NONE16 = const(0xFFFF)
+_CHUNK = const(256)
+_SEG_SUFFIX = ".sp"
+_CURSOR = "cursor"
+
+# head byte: kind << 4 | flags.  vitals flags: 1 sync, 2 cuff; nibp: 1 sync, 2 ok
+# vitals: head st boot t_hi t_lo spo2 pr sig crc
+_VITALS_FMT = ">BBHHIBHBH"
+# nibp: head err boot t_hi t_lo sys dia map pr crc
+_NIBP_FMT = ">BBHHIHHHHH"
+
+
+def _crc16(buf, end):
+    return binascii.crc32(memoryview(buf)[:end]) & 0xFFFF
+
+
+def _n8(v):
+    return _NONE8 if v is None else v
+
+
+def _n16(v):
+    return _NONE16 if v is None else v
+
+
+def _v8(v):
+    return None if v == _NONE8 else v
+
+
+def _v16(v):
+    return None if v == _NONE16 else v
+
+
+def vitals_record(boot, tms, sync, spo2, pr, sig, st, cuff=0):
+    """Build the tuple push() takes for one vitals reading."""
+    return (KIND_VITALS, boot, tms, 1 if sync else 0, spo2, pr, sig, st, 1 if cuff else 0)
+
+
+def nibp_record(boot, tms, sync, ok, sys_, dia, map_, pr, err=0):
+    """Build the tuple push() takes for one NIBP result."""
+    return (KIND_NIBP, boot, tms, 1 if sync else 0, 1 if ok else 0, sys_, dia, map_, pr, err)
+
+
+def record_len(head):
+    """Length of the record whose first byte is `head`; 0 if not a record."""
+    kind = head >> 4
+    if kind == KIND_VITALS:
+        return VITALS_LEN
+    if kind == KIND_NIBP:
+        return NIBP_LEN
+    return 0
+
+
+def encode_record(rec):
+    """Record tuple (see vitals_record / nibp_record) -> bytes."""
+    kind = rec[0]
+    boot = rec[1] & 0xFFFF
+    tms = rec[2]
+    t_hi = (tms >> 32) & 0xFFFF
+    t_lo = tms & 0xFFFFFFFF
+    flags = 1 if rec[3] else 0
+    if kind == KIND_VITALS:
+        buf = bytearray(VITALS_LEN)
+        if rec[8]:
+            flags |= 2
+        st = STATES.index(rec[7])
+        struct.pack_into(_VITALS_FMT, buf, 0, (KIND_VITALS << 4) | flags, st, boot,
+                         t_hi, t_lo, _n8(rec[4]), _n16(rec[5]), rec[6], 0)
+    elif kind == KIND_NIBP:
+        buf = bytearray(NIBP_LEN)
+        if rec[4]:
+            flags |= 2
+        struct.pack_into(_NIBP_FMT, buf, 0, (KIND_NIBP << 4) | flags, rec[9] & 0xFF, boot,
+                         t_hi, t_lo, _n16(rec[5]), _n16(rec[6]), _n16(rec[7]),
+                         _n16(rec[8]), 0)
+    else:
+        raise ValueError("kind")
+    n = len(buf)
+    crc = _crc16(buf, n - 2)
+    buf[n - 2] = crc >> 8
+    buf[n - 1] = crc & 0xFF
+    return bytes(buf)
+
+
+def decode_record(buf, off=0):
+    """bytes at buf[off:] -> record tuple, or None if short, unknown or bad CRC."""
+    if len(buf) - off < 1:
+        return None
+    n = record_len(buf[off])
+    if n == 0 or len(buf) - off < n:
+        return None
+    mv = memoryview(buf)[off:off + n]
+    crc = (mv[n - 2] << 8) | mv[n - 1]
+    if binascii.crc32(mv[:n - 2]) & 0xFFFF != crc:
+        return None
+    head = mv[0]
+    if n == VITALS_LEN:
+        _, st, boot, t_hi, t_lo, spo2, pr, sig, _ = struct.unpack_from(_VITALS_FMT, mv, 0)
+        if st >= len(STATES):
+            return None
+        return (KIND_VITALS, boot, (t_hi << 32) | t_lo, head & 1, _v8(spo2), _v16(pr),
+                sig, STATES[st], (head >> 1) & 1)
+    _, err, boot, t_hi, t_lo, s, d, m, pr, _ = struct.unpack_from(_NIBP_FMT, mv, 0)
+    return (KIND_NIBP, boot, (t_hi << 32) | t_lo, head & 1, (head >> 1) & 1,
+            _v16(s), _v16(d), _v16(m), _v16(pr), err)
+
+
+class Spool:
+    def __init__(self, fs_dir, os_module, ram_records=64, max_bytes=512 * 1024,
+                 seg_bytes=32 * 1024, opener=None):
+        self._dir = fs_dir.rstrip("/")
+        self._os = os_module
+        self._open = opener or open  # os.open is the fd-level call on CPython
+        self._ram = [None] * ram_records
+        self._ram_head = 0  # index of the oldest record in the ring
+        self._ram_n = 0
+        self._seg_bytes = seg_bytes
+        self._max_segs = max(2, max_bytes // seg_bytes)
+        self.dropped = 0  # records dropped since this object was made (boot)
+        self.write_errors = 0
+        self._ensure_dir()
+        self._segs = self._list_segments()
+        self._cur_seg, self._cur_off = self._load_cursor()
+        # count what is waiting, and find a clean place to append
+        self._flash_n = 0
+        self._wseg = self._segs[-1] if self._segs else 0
+        self._wsize = self._file_size(self._wseg) if self._segs else 0
+        for seg in self._segs:
+            if seg < self._cur_seg:
+                continue
+            start = self._cur_off if seg == self._cur_seg else 0
+            end, count, clean = self._scan(seg, start, -1, None)
+            self._flash_n += count
+            if seg == self._wseg:
+                self._wsize = end
+                if not clean or end != self._file_size(seg):
+                    self._wseg += 1  # torn tail: never append after it
+                    self._wsize = 0
+        if not self._segs:
+            self._wseg = max(self._cur_seg, 0)
+
+    # ---- public -------------------------------------------------------
+    @property
+    def depth(self):
+        """Records waiting to be replayed (RAM + flash)."""
+        return self._ram_n + self._flash_n
+
+    @property
+    def ram_depth(self):
+        return self._ram_n
+
+    def push(self, rec):
+        """Queue one record tuple; spills the RAM ring to flash when full."""
+        if self._ram_n == len(self._ram):
+            self.flush()
+            if self._ram_n == len(self._ram):  # flash failed: drop the oldest
+                self._ram_pop(1)
+                self.dropped += 1
+        i = (self._ram_head + self._ram_n) % len(self._ram)
+        self._ram[i] = rec
+        self._ram_n += 1
+
+    def flush(self):
+        """Write every RAM record to flash (call before a planned reset too)."""
+        if self._ram_n == 0:
+            return 0
+        written = 0
+        f = None
+        try:
+            while self._ram_n:
+                rec = self._ram[self._ram_head]
+                data = encode_record(rec)
+                if f is None or self._wsize + len(data) > self._seg_bytes:
+                    if f is not None:
+                        f.close()
+                        f = None
+                    if self._wsize + len(data) > self._seg_bytes:
+                        self._rotate()
+                    f = self._open(self._seg_path(self._wseg), "ab")
+                    if not self._segs or self._segs[-1] != self._wseg:
+                        self._segs.append(self._wseg)
+                f.write(data)
+                self._wsize += len(data)
+                self._flash_n += 1
+                self._ram_pop(1)
+                written += 1
+        except OSError:
+            self.write_errors += 1
+            self._wseg += 1  # the failed segment may have a torn tail
+            self._wsize = 0
+        finally:
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    self.write_errors += 1
+        return written
+
+    def next_batch(self, n):
+        """Up to n oldest records, oldest first (flash, then RAM).
+
+        Nothing is removed: publish them, then commit() what the broker
+        acknowledged.  Calling it again without commit returns the same ones.
+        """
+        out = []
+        if self._flash_n:
+            seg, off = self._cur_seg, self._cur_off
+            for s in self._segs:
+                if s < seg:
+                    continue
+                self._scan(s, off if s == seg else 0, n - len(out), out)
+                if len(out) >= n:
+                    return out
+        i = 0
+        while len(out) < n and i < self._ram_n:
+            out.append(self._ram[(self._ram_head + i) % len(self._ram)])
+            i += 1
+        return out
+
+    def peek(self, i=0):
+        """The i-th oldest record not yet committed, or None."""
+        batch = self.next_batch(i + 1)
+        return batch[i] if len(batch) > i else None
+
+    def commit(self, n):
+        """Forget the n oldest records (after the broker acknowledged them).
+
+        Returns how many were removed.  Commit in order: the records are the
+        oldest ones at the time of the call.
+        """
+        done = 0
+        if n > 0 and self._flash_n:
+            ends = []
+            seg, off = self._cur_seg, self._cur_off
+            for s in self._segs:
+                if s < seg:
+                    continue
+                self._scan(s, off if s == seg else 0, n - len(ends), None, ends)
+                if len(ends) >= n:
+                    break
+            if ends:
+                done = len(ends)
+                self._set_cursor(ends[-1][0], ends[-1][1])
+                self._flash_n = max(0, self._flash_n - done)
+            if done < n:
+                self._flash_n = 0  # scanned to the end: nothing else is readable
+        k = min(n - done, self._ram_n)
+        if k > 0:
+            self._ram_pop(k)
+            done += k
+        return done
+
+    def pop(self):
+        """Remove and return the oldest record (None if empty)."""
+        rec = self.peek()
+        if rec is not None:
+            self.commit(1)
+        return rec
+
+    # ---- RAM ring -----------------------------------------------------
+    def _ram_pop(self, n):
+        size = len(self._ram)
+        for _ in range(n):
+            self._ram[self._ram_head] = None
+            self._ram_head = (self._ram_head + 1) % size
+            self._ram_n -= 1
+
+    # ---- files --------------------------------------------------------
+    def _ensure_dir(self):
+        try:
+            self._os.stat(self._dir)
+        except OSError:
+            self._os.mkdir(self._dir)
+
+    def _seg_path(self, seg):
+        return "%s/%08d%s" % (self._dir, seg, _SEG_SUFFIX)
+
+    def _list_segments(self):
+        segs = []
+        for name in self._os.listdir(self._dir):
+            if name.endswith(_SEG_SUFFIX):
+                try:
+                    segs.append(int(name[:-len(_SEG_SUFFIX)]))
+                except ValueError:
+                    pass
+        segs.sort()
+        return segs
+
+    def _file_size(self, seg):
+        try:
+            return self._os.stat(self._seg_path(seg))[6]
+        except OSError:
+            return 0
+
+    def _load_cursor(self):
+        first = self._segs[0] if self._segs else 0
+        try:
+            f = self._open(self._dir + "/" + _CURSOR, "rb")
+            try:
+                data = f.read(10)
+            finally:
+                f.close()
+        except OSError:
+            return first, 0
+        if len(data) == 10 and binascii.crc32(data[:8]) & 0xFFFF == (data[8] << 8) | data[9]:
+            seg, off = struct.unpack(">II", data[:8])
+            if seg >= first:
+                return seg, off
+        return first, 0
+
+    def _set_cursor(self, seg, off):
+        # drop fully read segments (all but the one being written)
+        while self._segs and self._segs[0] < seg:
+            self._remove(self._segs.pop(0))
+        if seg != self._wseg and off >= self._file_size(seg) and self._segs \
+                and self._segs[0] == seg:
+            self._remove(self._segs.pop(0))
+            seg, off = seg + 1, 0
+        self._cur_seg, self._cur_off = seg, off
+        data = bytearray(10)
+        struct.pack_into(">II", data, 0, seg, off)
+        crc = binascii.crc32(memoryview(data)[:8]) & 0xFFFF
+        data[8] = crc >> 8
+        data[9] = crc & 0xFF
+        tmp = self._dir + "/" + _CURSOR + ".new"
+        try:
+            f = self._open(tmp, "wb")
+            try:
+                f.write(data)
+            finally:
+                f.close()
+            self._os.rename(tmp, self._dir + "/" + _CURSOR)
+        except OSError:
+            self.write_errors += 1
+
+    def _remove(self, seg):
+        try:
+            self._os.remove(self._seg_path(seg))
+        except OSError:
+            self.write_errors += 1
+
+    def _rotate(self):
+        self._wseg += 1
+        self._wsize = 0
+        while len(self._segs) >= self._max_segs:
+            oldest = self._segs.pop(0)
+            start = self._cur_off if oldest == self._cur_seg else 0
+            if oldest >= self._cur_seg:
+                _, lost, _ = self._scan(oldest, start, -1, None)
+                self.dropped += lost
+                self._flash_n = max(0, self._flash_n - lost)
+            self._remove(oldest)
+            if oldest >= self._cur_seg:
+                nxt = self._segs[0] if self._segs else self._wseg
+                self._set_cursor(nxt, 0)
+
+    def _scan(self, seg, off, limit, out, ends=None):
+        """Read records of one segment from byte `off`.
+
+        Appends up to `limit` (-1: all) decoded records to `out` (if given) and
+        their (seg, end offset) to `ends`.  Returns (offset after the last good
+        record, records read, clean) where clean is False if bytes that are not
+        a good record were found (torn tail or corruption).
+        """
+        count = 0
+        clean = True
+        try:
+            f = self._open(self._seg_path(seg), "rb")
+        except OSError:
+            return off, 0, True
+        try:
+            f.seek(off)
+            buf = b""
+            pos = off  # file offset of buf[0]
+            good_end = off
+            eof = False
+            while limit < 0 or count < limit:
+                if len(buf) < MAX_LEN and not eof:
+                    chunk = f.read(_CHUNK)
+                    if chunk:
+                        buf = buf + chunk
+                        continue
+                    eof = True
+                if not buf:
+                    break
+                n = record_len(buf[0])
+                if n and len(buf) < n:
+                    clean = False  # torn tail
+                    break
+                rec = decode_record(buf) if n else None
+                if rec is None:
+                    clean = False
+                    buf = buf[1:]
+                    pos += 1
+                    continue
+                buf = buf[n:]
+                pos += n
+                good_end = pos
+                count += 1
+                if out is not None:
+                    out.append(rec)
+                if ends is not None:
+                    ends.append((seg, pos))
+        finally:
+            f.close()
+        return good_end, count, clean

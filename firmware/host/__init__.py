@@ -1,0 +1,1 @@
+"""Host hardware layer: fakes and simulators for running the firmware on CPython."""

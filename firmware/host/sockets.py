@@ -1,0 +1,107 @@
+"""Socket adapter: a CPython TCP socket with MicroPython's socket API.
+
+``make_connect_fn(host, port, wlan, timeout_s)`` returns the ``connect_fn``
+that :class:`csfw.mqtt.MQTTClient` takes.  Errors look like MicroPython's:
+a timeout is ``OSError(ETIMEDOUT)``, "no data yet" on a non-blocking socket is
+``OSError(EAGAIN)``.  When the :class:`host.wlan.FakeWLAN` is cut, the real
+socket is closed (the broker sees the drop) and every call raises
+``OSError(ECONNRESET)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+from collections.abc import Callable
+from typing import Any
+
+
+class HostSocket:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.closed = False
+        self.killed = False
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def _check(self) -> socket.socket:
+        if self.killed:
+            raise OSError(errno.ECONNRESET, "link cut")
+        if self.closed:
+            raise OSError(errno.EBADF, "closed")
+        return self._sock
+
+    def send(self, data: Any) -> int:
+        sock = self._check()
+        try:
+            n = sock.send(data)
+        except TimeoutError:
+            raise OSError(errno.ETIMEDOUT, "timed out") from None
+        except BlockingIOError:
+            raise OSError(errno.EAGAIN, "would block") from None
+        self.bytes_sent += n
+        return n
+
+    def write(self, data: Any) -> int:
+        return self.send(data)
+
+    def recv(self, n: int) -> bytes:
+        sock = self._check()
+        try:
+            data = sock.recv(n)
+        except TimeoutError:
+            raise OSError(errno.ETIMEDOUT, "timed out") from None
+        except BlockingIOError:
+            raise OSError(errno.EAGAIN, "would block") from None
+        except OSError:
+            if self.killed:
+                raise OSError(errno.ECONNRESET, "link cut") from None
+            raise
+        self.bytes_received += len(data)
+        return data
+
+    def read(self, n: int = 4096) -> bytes:
+        return self.recv(n)
+
+    def setblocking(self, flag: bool) -> None:
+        self._check().setblocking(flag)
+
+    def settimeout(self, value: float | None) -> None:
+        # MicroPython: settimeout(0) is non-blocking, None is blocking
+        self._check().settimeout(value)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._sock.close()
+
+    def kill(self) -> None:
+        """Link cut under the socket: close it for real, fail from now on."""
+        self.killed = True
+        if not self.closed:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self.close()
+
+
+def make_connect_fn(
+    host: str, port: int, wlan: Any = None, timeout_s: float = 5
+) -> Callable[[], HostSocket]:
+    """connect_fn() -> HostSocket connected to host:port (TCP connect bounded
+    by timeout_s).  With a FakeWLAN, fails while the WLAN is down."""
+
+    def connect_fn() -> HostSocket:
+        if wlan is not None and not wlan.isconnected():
+            raise OSError(errno.EHOSTUNREACH, "wlan down")
+        try:
+            raw = socket.create_connection((host, port), timeout=timeout_s)
+        except TimeoutError:
+            raise OSError(errno.ETIMEDOUT, "connect timed out") from None
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = HostSocket(raw)
+        if wlan is not None:
+            wlan.register(sock)
+        return sock
+
+    return connect_fn

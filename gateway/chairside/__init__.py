@@ -1,0 +1,1 @@
+"""Chairside: per-chair vital-signs monitoring (adjunct; not a validated medical device)."""

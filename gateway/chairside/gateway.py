@@ -1,0 +1,716 @@
+"""The gateway: MQTT (box topics) → validate → timestamp → alarm stage → InfluxDB.
+
+Three threads, each with one job:
+
+* paho's network thread runs :meth:`Gateway._on_message`, which only
+  validates and puts the result on a bounded inbox (full → counted drop);
+* the processor takes inbox items, timestamps them, runs the alarm stage,
+  publishes alarm events and hands line protocol to the store buffer; it also
+  ticks the alarm stage every second and flushes aggregated rejects;
+* the writer posts the store buffer to InfluxDB in batches (``batch_max``
+  lines or every ``batch_interval_s``) and, with ``manual_ack``, acknowledges
+  each MQTT message only once all its points are written.
+
+Alarms never wait for InfluxDB: a storage outage only grows the bounded store
+buffer.  While InfluxDB is unavailable, messages whose first write attempt
+failed are acknowledged anyway (they stay in the in-memory retry buffer), so
+the broker's in-flight window never stalls live alarm evaluation; a later
+disk spool will make that buffer durable.  Messages still unacknowledged at
+shutdown are redelivered by the broker (persistent session); a replay writes
+the same points again (same series, same timestamp), so nothing duplicates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import queue
+import signal
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+from chairside import contract
+from chairside.influx import InfluxRejected, InfluxUnavailable, InfluxWriter
+from chairside.metrics import Metrics
+from chairside.model import AlarmEvent, AlarmStage, Reading
+from chairside.points import alarm_event_line, reading_line, reject_line
+from chairside.timebase import Timebase
+from chairside.validate import Accepted, Rejected, validate
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+log = logging.getLogger("chairside.gateway")
+
+SUBSCRIBED_KINDS = ("vitals", "nibp", "status", "resp")
+_SEEN_PER_BOOT = 1024
+_SEEN_BOOTS = 4096
+_REJECT_LOG_PER_WINDOW = 10
+
+
+class Clock(Protocol):
+    def now_ms(self) -> int:
+        """Wall clock, milliseconds since 1970-01-01 UTC."""
+        ...
+
+
+class SystemClock:
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GatewayConfig:
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    client_id: str = "chairside-gateway"
+    keepalive_s: int = 30
+    influx_url: str = "http://127.0.0.1:8086"
+    database: str = "chairside"
+    influx_timeout_s: float = 2.0
+    state_dir: Path | None = None
+    queue_max: int = 10_000
+    """inbox bound (messages waiting for the processor)"""
+    store_max_lines: int = 200_000
+    """store buffer bound (lines waiting for InfluxDB, incl. retries)"""
+    batch_max: int = 500
+    batch_interval_s: float = 0.2
+    tick_interval_s: float = 1.0
+    retry_min_s: float = 0.5
+    retry_max_s: float = 15.0
+    reject_interval_s: float = 10.0
+    """at most one ``rejects`` point per reason per interval"""
+    skew_limit_ms: int = 120_000
+    manual_ack: bool = True
+    strict_fields: bool = False
+    stop_timeout_s: float = 5.0
+    metrics_port: int | None = None
+
+    def __post_init__(self) -> None:
+        positive = {
+            "mqtt_port": self.mqtt_port,
+            "keepalive_s": self.keepalive_s,
+            "influx_timeout_s": self.influx_timeout_s,
+            "queue_max": self.queue_max,
+            "store_max_lines": self.store_max_lines,
+            "batch_max": self.batch_max,
+            "batch_interval_s": self.batch_interval_s,
+            "tick_interval_s": self.tick_interval_s,
+            "retry_min_s": self.retry_min_s,
+            "reject_interval_s": self.reject_interval_s,
+            "stop_timeout_s": self.stop_timeout_s,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"GatewayConfig.{name} must be > 0, got {value!r}")
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("GatewayConfig.retry_max_s must be >= retry_min_s")
+        if self.store_max_lines < self.batch_max:
+            raise ValueError("GatewayConfig.store_max_lines must be >= batch_max")
+
+
+@dataclass(frozen=True, slots=True)
+class _Ack:
+    mid: int
+    qos: int
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Inbound:
+    result: Accepted | Rejected
+    rx_ms: int
+    ack: _Ack | None
+
+
+@dataclass(slots=True)
+class _Entry:
+    line: str
+    ack: _Ack | None
+    """set on the last line of a message: acknowledge once this is written"""
+
+
+@dataclass(slots=True)
+class _RejectWindow:
+    n: int
+    topic: str
+    detail: str
+
+
+class Gateway:
+    """Runs the pipeline; ``start()``/``stop()``; counters in ``metrics``."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        alarm_stage: AlarmStage,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self.alarm_stage = alarm_stage
+        self.clock: Clock = clock or SystemClock()
+        self.metrics = Metrics()
+        self._describe_metrics()
+        self.timebase = Timebase(config.state_dir, skew_limit_ms=config.skew_limit_ms)
+        self.influx = InfluxWriter(config.influx_url, config.database, config.influx_timeout_s)
+        self._inbox: queue.Queue[_Inbound] = queue.Queue(maxsize=config.queue_max)
+        self._store: deque[_Entry] = deque()
+        self._store_cond = threading.Condition()
+        self._writing = False
+        self._db_ready = False
+        self._stop_processor = threading.Event()
+        self._stop_writer = threading.Event()
+        self._subscribed = threading.Event()
+        self._generation = 0
+        self._gen_lock = threading.Lock()
+        self._seen: OrderedDict[tuple[str, str, int], tuple[deque[int], set[int]]] = (
+            OrderedDict()
+        )
+        self._rejects: dict[str, _RejectWindow] = {}
+        self._threads: list[threading.Thread] = []
+        self._http: ThreadingHTTPServer | None = None
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=config.client_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+            manual_ack=config.manual_ack,
+        )
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.max_queued_messages_set(10_000)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+
+    def _describe_metrics(self) -> None:
+        m = self.metrics
+        m.describe("messages_in", "counter", "MQTT messages received on box topics")
+        m.describe("rejected", "counter", "messages rejected by validation, by reason")
+        m.describe("points_written", "counter", "line-protocol points written to InfluxDB")
+        m.describe("write_errors", "counter", "failed InfluxDB writes, by kind")
+        m.describe("queue_dropped", "counter", "items dropped from a full buffer, by queue")
+        m.describe("alarm_events", "counter", "alarm events from the alarm stage")
+        m.describe("duplicates", "counter", "redelivered messages (same boot and seq)")
+        m.describe("clock_skew", "counter", "live synced messages whose clock is off rx time")
+        m.describe("time_estimated", "counter", "messages stored with an estimated timestamp")
+        m.describe("processing_errors", "counter", "unexpected errors while processing")
+        m.describe("mqtt_connected", "gauge", "1 while connected to the broker")
+        m.describe("write_seconds", "histogram", "InfluxDB write latency")
+
+    # ---- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker threads and connect (the broker may be down: paho retries)."""
+        if self._threads:
+            return
+        self._threads = [
+            threading.Thread(target=self._processor_loop, name="gw-processor", daemon=True),
+            threading.Thread(target=self._writer_loop, name="gw-writer", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        if self.config.metrics_port is not None:
+            self._start_metrics_server(self.config.metrics_port)
+        self.client.connect_async(
+            self.config.mqtt_host, self.config.mqtt_port, keepalive=self.config.keepalive_s
+        )
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        """Drain the inbox, flush what InfluxDB accepts within the deadline, disconnect."""
+        deadline = time.monotonic() + self.config.stop_timeout_s
+        self._stop_processor.set()
+        if self._threads:
+            self._threads[0].join(max(0.0, deadline - time.monotonic()))
+        self._stop_writer.set()
+        with self._store_cond:
+            self._store_cond.notify_all()
+        if len(self._threads) > 1:
+            self._threads[1].join(max(0.0, deadline - time.monotonic()) + 1.0)
+        with self._store_cond:
+            left = len(self._store)
+        if left:
+            self.metrics.inc("queue_dropped", left, queue="store_at_stop")
+            log.warning("%d points not written at stop (unacked ones will be redelivered)", left)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.influx.close()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        self._threads = []
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """True once the box-topic subscriptions are granted."""
+        return self._subscribed.wait(timeout)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True when nothing is queued, processing, buffered or being written."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._store_cond:
+                store_idle = not self._store and not self._writing
+            if self._inbox.unfinished_tasks == 0 and store_idle:
+                return True
+            time.sleep(0.02)
+        return False
+
+    # ---- MQTT callbacks (paho's thread: never raise, never block long) -----
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Any,
+    ) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused connection: %s", reason_code)
+            return
+        with self._gen_lock:
+            self._generation += 1
+        self.metrics.set("mqtt_connected", 1)
+        log.info(
+            "connected to %s:%d (session present: %s)",
+            self.config.mqtt_host,
+            self.config.mqtt_port,
+            flags.session_present,
+        )
+        client.subscribe([(contract.subscription(kind), 1) for kind in SUBSCRIBED_KINDS])
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Any,
+    ) -> None:
+        failed = [str(rc) for rc in reason_codes if rc.is_failure]
+        if failed:
+            log.error("subscription refused: %s", failed)
+        else:
+            self._subscribed.set()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Any,
+    ) -> None:
+        self.metrics.set("mqtt_connected", 0)
+        self._subscribed.clear()
+        if reason_code.is_failure:
+            log.warning("disconnected from broker: %s (paho reconnects)", reason_code)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        ack: _Ack | None = None
+        try:
+            rx_ms = self.clock.now_ms()
+            self.metrics.inc("messages_in")
+            if self.config.manual_ack and msg.qos > 0:
+                ack = _Ack(msg.mid, msg.qos, self._generation)
+            result = validate(msg.topic, msg.payload, strict=self.config.strict_fields)
+            self._inbox.put_nowait(_Inbound(result, rx_ms, ack))
+        except queue.Full:
+            self.metrics.inc("queue_dropped", queue="inbox")
+            log.error("inbox full (%d): dropped message on %s", self.config.queue_max, msg.topic)
+            self._ack(ack)
+        except Exception:
+            self.metrics.inc("processing_errors", stage="on_message")
+            log.exception("unexpected error handling a message on %s", msg.topic)
+            self._ack(ack)
+
+    def _ack(self, ack: _Ack | None) -> None:
+        if ack is None or ack.generation != self._generation:
+            # from an earlier connection: the broker redelivers it on this one
+            return
+        try:
+            self.client.ack(ack.mid, ack.qos)
+        except Exception:
+            log.exception("ack of mid %d failed", ack.mid)
+
+    # ---- processor -----------------------------------------------------------
+
+    def _processor_loop(self) -> None:
+        next_tick = time.monotonic() + self.config.tick_interval_s
+        next_rejects = time.monotonic() + self.config.reject_interval_s
+        while True:
+            wait = max(0.0, min(next_tick, next_rejects) - time.monotonic())
+            try:
+                item: _Inbound | None = self._inbox.get(timeout=min(wait, 0.1))
+            except queue.Empty:
+                item = None
+            if item is not None:
+                try:
+                    self._process(item)
+                except Exception:
+                    self.metrics.inc("processing_errors", stage="process")
+                    log.exception("unexpected error processing %s", item.result.topic)
+                    self._ack(item.ack)
+                finally:
+                    self._inbox.task_done()
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + self.config.tick_interval_s
+                self._tick()
+            if now >= next_rejects:
+                next_rejects = now + self.config.reject_interval_s
+                self._flush_rejects()
+            self.metrics.set("inbox_depth", self._inbox.qsize())
+            if self._stop_processor.is_set() and self._inbox.empty():
+                break
+        self._flush_rejects()
+
+    def _process(self, item: _Inbound) -> None:
+        result = item.result
+        if isinstance(result, Rejected):
+            self._note_reject(result)
+            self._ack(item.ack)
+            return
+        if result.ignored:
+            self.metrics.inc("unknown_fields_ignored")
+            log.info("ignored unknown fields %s on %s", ",".join(result.ignored), result.topic)
+        stamp = self.timebase.stamp(
+            result.site, result.chair, result.fields, item.rx_ms, historical=result.historical
+        )
+        if stamp.skew_ms is not None:
+            self.metrics.inc("clock_skew")
+            log.warning(
+                "clock skew %+d ms on %s/%s (device t vs receive time)",
+                stamp.skew_ms,
+                result.site,
+                result.chair,
+            )
+        if stamp.time_estimated:
+            self.metrics.inc("time_estimated")
+        reading = Reading(
+            site=result.site,
+            chair=result.chair,
+            kind=result.kind,
+            fields=result.fields,
+            measured_ms=stamp.measured_ms,
+            received_ms=item.rx_ms,
+            historical=result.historical,
+            time_estimated=stamp.time_estimated,
+        )
+        lines: list[str] = []
+        line = reading_line(reading)
+        if line is not None:
+            lines.append(line)
+        if result.kind == "resp":
+            log.info("box %s/%s answered %s", result.site, result.chair, dict(result.fields))
+        elif result.last_will:
+            log.warning("box %s/%s went offline (last will)", result.site, result.chair)
+        if self._is_duplicate(reading):
+            self.metrics.inc("duplicates")
+        else:
+            try:
+                events = self.alarm_stage.on_reading(reading, self.clock.now_ms())
+            except Exception:
+                self.metrics.inc("processing_errors", stage="alarm_stage")
+                log.exception("alarm stage failed on %s", result.topic)
+                events = []
+            lines.extend(self._emit(events))
+        self._store_lines(lines, item.ack)
+
+    def _is_duplicate(self, reading: Reading) -> bool:
+        seq, boot = reading.fields.get("seq"), reading.fields.get("boot")
+        if not isinstance(seq, int) or not isinstance(boot, int):
+            return False
+        key = (reading.site, reading.chair, boot)
+        entry = self._seen.get(key)
+        if entry is None:
+            entry = (deque(), set())
+            self._seen[key] = entry
+            while len(self._seen) > _SEEN_BOOTS:
+                self._seen.popitem(last=False)
+        else:
+            self._seen.move_to_end(key)
+        order, seen = entry
+        if seq in seen:
+            return True
+        order.append(seq)
+        seen.add(seq)
+        if len(order) > _SEEN_PER_BOOT:
+            seen.discard(order.popleft())
+        return False
+
+    def _tick(self) -> None:
+        try:
+            events = self.alarm_stage.tick(self.clock.now_ms())
+        except Exception:
+            self.metrics.inc("processing_errors", stage="alarm_tick")
+            log.exception("alarm stage tick failed")
+            return
+        if events:
+            self._store_lines(self._emit(events), None)
+
+    def _emit(self, events: Sequence[AlarmEvent]) -> list[str]:
+        """Publish events and the chairs' active sets; return their points."""
+        lines: list[str] = []
+        chairs: set[tuple[str, str]] = set()
+        for event in events:
+            self.metrics.inc("alarm_events", event=event.event, priority=event.priority)
+            log.warning("alarm %s %s: %s", event.event, event.key, event.text)
+            self._publish(
+                contract.topic("alarms", event.site, event.chair),
+                json.dumps(event.to_payload(), separators=(",", ":")),
+                retain=False,
+            )
+            chairs.add((event.site, event.chair))
+            try:
+                lines.append(alarm_event_line(event))
+            except ValueError as exc:
+                log.error("cannot store alarm event %s: %s", event.id, exc)
+        for site, chair in sorted(chairs):
+            try:
+                active = self.alarm_stage.active(site, chair)
+            except Exception:
+                self.metrics.inc("processing_errors", stage="alarm_active")
+                log.exception("alarm stage active() failed for %s/%s", site, chair)
+                continue
+            payload = {"v": 1, "t": self.clock.now_ms(), "active": active}
+            self._publish(
+                contract.topic("alarms_active", site, chair),
+                json.dumps(payload, separators=(",", ":")),
+                retain=True,
+            )
+        return lines
+
+    def _publish(self, topic: str, payload: str, *, retain: bool) -> None:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            # NO_CONN: QoS 1 messages are queued by paho and sent on reconnect
+            self.metrics.inc("publish_errors")
+            log.error("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
+
+    def _note_reject(self, rej: Rejected) -> None:
+        self.metrics.inc("rejected", reason=rej.reason)
+        window = self._rejects.get(rej.reason)
+        if window is None:
+            window = _RejectWindow(0, rej.topic, rej.detail)
+            self._rejects[rej.reason] = window
+        window.n += 1
+        window.topic, window.detail = rej.topic, rej.detail
+        if window.n <= _REJECT_LOG_PER_WINDOW:
+            log.warning("rejected %s on %s: %s", rej.reason, rej.topic, rej.detail)
+
+    def _flush_rejects(self) -> None:
+        if not self._rejects:
+            return
+        now = self.clock.now_ms()
+        lines = []
+        for reason, window in sorted(self._rejects.items()):
+            if window.n > _REJECT_LOG_PER_WINDOW:
+                log.warning(
+                    "%d further %s rejects not logged", window.n - _REJECT_LOG_PER_WINDOW, reason
+                )
+            lines.append(reject_line(reason, window.n, window.topic, window.detail, now))
+        self._rejects.clear()
+        self._store_lines(lines, None)
+
+    # ---- store buffer and writer --------------------------------------------
+
+    def _store_lines(self, lines: Sequence[str], ack: _Ack | None) -> None:
+        if not lines:
+            self._ack(ack)
+            return
+        dropped: list[_Entry] = []
+        with self._store_cond:
+            for index, line in enumerate(lines):
+                last = index == len(lines) - 1
+                self._store.append(_Entry(line, ack if last else None))
+            while len(self._store) > self.config.store_max_lines:
+                dropped.append(self._store.popleft())
+            depth = len(self._store)
+            if depth >= self.config.batch_max:
+                self._store_cond.notify_all()
+        self.metrics.set("store_depth", depth)
+        if dropped:
+            self.metrics.inc("queue_dropped", len(dropped), queue="store")
+            log.error("store buffer full: dropped %d oldest points", len(dropped))
+            for entry in dropped:
+                self._ack(entry.ack)
+
+    def _writer_loop(self) -> None:
+        backoff = self.config.retry_min_s
+        retry_at = 0.0
+        while True:
+            pause = retry_at - time.monotonic()
+            if pause > 0:
+                self._stop_writer.wait(pause)  # backoff; a stop ends it early
+            with self._store_cond:
+                if not self._stop_writer.is_set():
+                    self._store_cond.wait_for(
+                        lambda: len(self._store) >= self.config.batch_max
+                        or self._stop_writer.is_set(),
+                        timeout=self.config.batch_interval_s,
+                    )
+                stopping = self._stop_writer.is_set()
+                batch = list(itertools.islice(self._store, self.config.batch_max))
+                if not batch:
+                    if stopping:
+                        return
+                    continue
+                self._writing = True
+            try:
+                ok = self._write_batch(batch)
+            finally:
+                with self._store_cond:
+                    self._writing = False
+            if ok:
+                backoff = self.config.retry_min_s
+                retry_at = 0.0
+                continue
+            if stopping:
+                return
+            retry_at = time.monotonic() + backoff
+            backoff = min(backoff * 2, self.config.retry_max_s)
+
+    def _write_batch(self, batch: list[_Entry]) -> bool:
+        """Write ``batch`` (the head of the store); True when it left the store."""
+        lines = [entry.line for entry in batch]
+        started = time.monotonic()
+        try:
+            if not self._db_ready:
+                self.influx.ensure_database()
+                self._db_ready = True
+            self.influx.write(lines)
+        except InfluxUnavailable as exc:
+            self.metrics.inc("write_errors", kind="unavailable")
+            log.warning("InfluxDB unavailable (%d points kept for retry): %s", len(lines), exc)
+            # keep the points; release the broker's in-flight window (see module doc)
+            for entry in batch:
+                self._ack(entry.ack)
+                entry.ack = None
+            return False
+        except InfluxRejected as exc:
+            if exc.status == 404:
+                self._db_ready = False
+                self.metrics.inc("write_errors", kind="no_database")
+                log.warning("database %s missing; will create it", self.config.database)
+                return False
+            self.metrics.inc("write_errors", kind="rejected")
+            self.metrics.inc("points_rejected", len(lines))
+            log.error("InfluxDB rejected a batch of %d points: %s", len(lines), exc)
+        else:
+            self.metrics.inc("points_written", len(lines))
+            self.metrics.observe("write_seconds", time.monotonic() - started)
+        with self._store_cond:
+            for _ in batch:
+                self._store.popleft()
+            self.metrics.set("store_depth", len(self._store))
+        for entry in batch:
+            self._ack(entry.ack)
+        return True
+
+    # ---- metrics endpoint --------------------------------------------------
+
+    def _start_metrics_server(self, port: int) -> None:
+        metrics = self.metrics
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path != "/metrics":
+                    self.send_error(404)
+                    return
+                body = metrics.render().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._http = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self._http.serve_forever, name="gw-metrics", daemon=True).start()
+
+
+# ---- command line -----------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mqtt-host", default="127.0.0.1", help="broker host")
+    parser.add_argument("--mqtt-port", type=int, default=1883, help="broker port")
+    parser.add_argument("--client-id", default="chairside-gateway", help="stable MQTT client id")
+    parser.add_argument("--influx-url", default="http://127.0.0.1:8086", help="InfluxDB 1.x URL")
+    parser.add_argument("--database", default=contract.influx_database(), help="database")
+    parser.add_argument(
+        "--state-dir", type=Path, default=None, help="folder for frozen boot times (replays)"
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help="serve /metrics on 127.0.0.1:PORT"
+    )
+    # The top-level parser may already define --log-level; don't override its value.
+    parser.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, ...")
+
+
+def config_from_args(args: argparse.Namespace) -> GatewayConfig:
+    return GatewayConfig(
+        mqtt_host=args.mqtt_host,
+        mqtt_port=args.mqtt_port,
+        client_id=args.client_id,
+        influx_url=args.influx_url,
+        database=args.database,
+        state_dir=args.state_dir,
+        metrics_port=args.metrics_port,
+    )
+
+
+def run(args: argparse.Namespace, alarm_stage: AlarmStage | None = None) -> int:
+    """Run until SIGINT/SIGTERM; returns the exit code."""
+    level = str(getattr(args, "log_level", "INFO")).upper()
+    logging.getLogger().setLevel(getattr(logging, level, logging.INFO))
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        log.error("bad configuration: %s", exc)
+        return 2
+    if alarm_stage is None:
+        from chairside.thresholds import ThresholdStage
+
+        alarm_stage = ThresholdStage()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread
+            log.debug("cannot install handler for signal %d", sig)
+    gateway = Gateway(config, alarm_stage)
+    gateway.start()
+    log.info(
+        "gateway running: mqtt %s:%d → %s/%s",
+        config.mqtt_host,
+        config.mqtt_port,
+        config.influx_url,
+        config.database,
+    )
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        gateway.stop()
+    return 0

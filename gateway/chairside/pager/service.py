@@ -1,0 +1,790 @@
+"""``chairside pager``: alarm events on MQTT → escalation → SMTP/webhook/MQTT.
+
+Stages, in order: parse and dedup the alarm event → pure escalation step
+(:mod:`.escalation`) → actions into a durable outbox → rate limit
+(:mod:`.ratelimit`) → delivery with retry and channel fallback
+(:mod:`.channels`) → record (delivery log, a record on the pages topic).
+
+Threads: paho's network thread handles incoming events and acks, the tick
+thread (1 s, woken early by new work) advances timers and drains the
+outbox, the ack web server has its own threads.  One lock guards the
+in-memory state; deliveries run outside it.  Every state change is saved
+(atomically) before the MQTT message that caused it is acknowledged, and an
+action stays in the outbox until it was carried out, so a crash repeats a
+page rather than losing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from .channels import (
+    Attempt,
+    DeliveryError,
+    Message,
+    MessageAction,
+    MqttPageSender,
+    Sender,
+    SmtpSender,
+    WebhookSender,
+    deliver,
+)
+from .escalation import (
+    AckVia,
+    Action,
+    EventIn,
+    State,
+    Step,
+    Thread,
+    decide,
+    on_ack,
+    on_event,
+    undeliverable,
+)
+from .policy import Policy, PolicyError, load_policy, on_call
+from .ratelimit import RateLimiter
+from .state import StateStore
+from .tokens import TokenError, make_token, verify_token
+
+log = logging.getLogger("chairside.pager")
+
+ALARMS_SUB = "chairside/v1/+/+/alarms"
+PAGE_ACK_SUB = "chairside/v1/+/pages/ack"
+PRIORITIES = ("high", "medium", "low")
+KINDS = ("physiological", "technical")
+EVENTS = ("raised", "escalated", "renotify", "acknowledged", "cleared")
+SEEN_MAX = 2000
+ATTEMPTS_MAX = 1000
+RESOLVED_RETAIN_S = 3600.0
+DRAIN_MAX = 200
+BY_MAX = 64
+
+
+def _ms(t: float | None) -> int | None:
+    return None if t is None else int(t * 1000)
+
+
+def parse_event(topic: str, payload: Mapping[str, Any]) -> EventIn | str:
+    """An alarm event from the engine, or the reason it is rejected."""
+    parts = topic.split("/")
+    if payload.get("v") != 1:
+        return "unsupported version"
+    for name in ("id", "site", "chair", "alarm", "text"):
+        if not isinstance(payload.get(name), str) or not payload[name]:
+            return f"missing or bad field {name}"
+    if payload.get("priority") not in PRIORITIES:
+        return "bad field priority"
+    if payload.get("kind") not in KINDS:
+        return "bad field kind"
+    if payload.get("event") not in EVENTS:
+        return "bad field event"
+    t = payload.get("t")
+    if isinstance(t, bool) or not isinstance(t, int):
+        return "bad field t"
+    site, chair, alarm = payload["site"], payload["chair"], payload["alarm"]
+    if len(parts) == 5 and (parts[2], parts[3]) != (site, chair):
+        return "topic site/chair differ from the payload"
+    key = f"{site}/{chair}/{alarm}"
+    if payload.get("key", key) != key:
+        return "key is not site/chair/alarm"
+    by = payload.get("by")
+    return EventIn(
+        key=key,
+        site=site,
+        chair=chair,
+        alarm=alarm,
+        priority=payload["priority"],
+        kind=payload["kind"],
+        event=payload["event"],
+        t=t,
+        text=payload["text"][:200],
+        by=by[:BY_MAX] if isinstance(by, str) and by else None,
+        drill=payload.get("drill") == 1,
+    )
+
+
+class Pager:
+    """The pager service.  ``start()`` connects and serves, ``stop()`` ends.
+
+    The ``handle_*`` and ``tick`` methods are thread-safe and also serve
+    tests and the drill command: they take ``now`` (epoch seconds).
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        secret: bytes,
+        state_path: str | Path,
+        broker_host: str = "127.0.0.1",
+        broker_port: int = 1883,
+        client_id: str = "chairside-pager",
+        ack_listen: str | None = None,
+        ack_port: int | None = None,
+        base_url: str | None = None,
+        smtp_password: str = "",
+        clock: Callable[[], float] = time.time,
+        tick_s: float = 1.0,
+    ) -> None:
+        if len(secret) < 16:
+            raise ValueError("ack secret must be at least 16 bytes")
+        self.policy = policy
+        self.secret = secret
+        self.clock = clock
+        self.tick_s = tick_s
+        self.broker = (broker_host, broker_port)
+        self.ack_listen = ack_listen or policy.ack.listen
+        self.ack_port_cfg = policy.ack.port if ack_port is None else ack_port
+        self.base_url = (base_url or policy.ack.base_url).rstrip("/")
+        self.store = StateStore(state_path)
+        self.deliveries_path = Path(str(state_path) + ".deliveries.jsonl")
+        self.counters: Counter[str] = Counter()
+        self.attempts: deque[Attempt] = deque(maxlen=ATTEMPTS_MAX)
+
+        self._lock = threading.RLock()
+        self._drain_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._tick_thread: threading.Thread | None = None
+
+        saved = self.store.load()
+        self._threads: dict[str, Thread] = {
+            k: Thread.from_json(v) for k, v in saved["threads"].items()
+        }
+        self._seq: dict[str, int] = {k: int(v) for k, v in saved["seq"].items()}
+        self._outbox: list[dict[str, Any]] = list(saved["outbox"])
+        self._seen: deque[str] = deque(saved["seen"], maxlen=SEEN_MAX)
+        self._next_id = int(saved["next_id"])
+        self.ratelimit = RateLimiter.from_json(policy.rate_limit, saved["ratelimit"])
+        if self._threads or self._outbox:
+            log.info(
+                "restored %d page thread(s), %d pending action(s) from %s",
+                len(self._threads),
+                len(self._outbox),
+                self.store.path,
+            )
+
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False
+        )
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.connected = threading.Event()
+
+        self.senders: dict[str, Sender] = {
+            "webhook": WebhookSender(policy.webhook_timeout_s),
+            "mqtt": MqttPageSender(self._publish),
+        }
+        if policy.smtp is not None:
+            smtp = SmtpSender(policy.smtp, smtp_password)
+            self.senders["email"] = smtp
+            self.senders["sms"] = smtp
+
+        from .ackserver import AckServer
+
+        self.ack_server: AckServer | None = None
+        self._ack_server_cls = AckServer
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def ack_port(self) -> int:
+        return self.ack_server.port if self.ack_server is not None else self.ack_port_cfg
+
+    def start(self) -> None:
+        self.ack_server = self._ack_server_cls(
+            self.ack_listen, self.ack_port_cfg, self.check_token, self.ack_token
+        )
+        self.ack_server.start()
+        self.client.connect_async(self.broker[0], self.broker[1], keepalive=30)
+        self.client.loop_start()
+        self._stop.clear()
+        self._tick_thread = threading.Thread(target=self._run_ticks, name="pager-tick", daemon=True)
+        self._tick_thread.start()
+        log.info(
+            "pager started: broker %s:%d, ack page on %s:%d",
+            self.broker[0],
+            self.broker[1],
+            self.ack_listen,
+            self.ack_port,
+        )
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self.connected.wait(timeout_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._tick_thread is not None:
+            self._tick_thread.join(timeout=30)
+            self._tick_thread = None
+        if self.ack_server is not None:
+            self.ack_server.stop()
+            self.ack_server = None
+        self.client.disconnect()
+        self.client.loop_stop()
+        with self._lock:
+            self._save()
+
+    def _run_ticks(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # the loop must survive any single failure
+                self.counters["tick_errors"] += 1
+                log.exception("pager tick failed")
+            self._wake.wait(self.tick_s)
+            self._wake.clear()
+
+    # ------------------------------------------------------------------ MQTT
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused connection: %s", reason_code)
+            return
+        client.subscribe([(ALARMS_SUB, 1), (PAGE_ACK_SUB, 1)])
+        self.connected.set()
+        log.info("connected to broker; subscribed to alarms and page acks")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            payload = json.loads(msg.payload)
+            if not isinstance(payload, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            self._reject("not a JSON object", msg.topic)
+            return
+        try:
+            now = self.clock()
+            if msg.topic.endswith("/pages/ack"):
+                _ok, why = self.handle_page_ack(msg.topic.split("/")[2], payload, now)
+                log.info("page ack on %s: %s", msg.topic, why)
+            else:
+                self.handle_alarm(msg.topic, payload, now)
+        except Exception:
+            self.counters["handler_errors"] += 1
+            log.exception("error handling %s", msg.topic)
+
+    def _reject(self, reason: str, topic: str) -> str:
+        self.counters[f"rejected:{reason}"] += 1
+        log.warning("rejected message on %s: %s", topic, reason)
+        return reason
+
+    def _publish(self, topic: str, payload: dict[str, Any]) -> None:
+        info = self.client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise DeliveryError(f"mqtt publish to {topic}: {mqtt.error_string(info.rc)}")
+
+    # ------------------------------------------------------------ handlers
+
+    def handle_alarm(self, topic: str, payload: Mapping[str, Any], now: float) -> str:
+        """Apply one alarm event; returns the decision's reason."""
+        parsed = parse_event(topic, payload)
+        if isinstance(parsed, str):
+            return self._reject(parsed, topic)
+        event_id = str(payload["id"])
+        with self._lock:
+            if event_id in self._seen:
+                self.counters["duplicate_events"] += 1
+                return "duplicate event id"
+            self._seen.append(event_id)
+            thread = self._threads.get(parsed.key)
+            next_n = self._seq.get(parsed.key, 0) + 1
+            step = on_event(thread, parsed, self.policy, now, next_n)
+            if step.thread is not None and step.thread.n == next_n:
+                self._seq[parsed.key] = next_n
+            self._apply(step, now)
+            self._save()
+        self.counters[f"events:{parsed.event}"] += 1
+        log.info("%s %s: %s", parsed.key, parsed.event, step.reason)
+        self._wake.set()
+        return step.reason
+
+    def handle_page_ack(
+        self, site: str, payload: Mapping[str, Any], now: float
+    ) -> tuple[bool, str]:
+        """``{"v":1,"key":..,"by":..}`` or ``{"v":1,"token":..}`` from
+        chairside/v1/{site}/pages/ack."""
+        if payload.get("v") != 1:
+            return False, self._reject("unsupported version", f"{site}/pages/ack")
+        thread_n: int | None = None
+        token = payload.get("token")
+        if isinstance(token, str):
+            try:
+                claim = verify_token(self.secret, token, now)
+            except TokenError as exc:
+                return False, self._reject(exc.reason, f"{site}/pages/ack")
+            key, by, thread_n = claim.key, claim.person, claim.n
+        else:
+            raw_key, raw_by = payload.get("key"), payload.get("by")
+            if not isinstance(raw_key, str) or not isinstance(raw_by, str) or not raw_by:
+                return False, self._reject("missing key or by", f"{site}/pages/ack")
+            key, by = raw_key, raw_by
+            raw_n = payload.get("thread")
+            thread_n = raw_n if isinstance(raw_n, int) and not isinstance(raw_n, bool) else None
+        if not key.startswith(site + "/"):
+            return False, self._reject("key is for another site", f"{site}/pages/ack")
+        return self._ack(key, by[:BY_MAX], "mqtt", thread_n, now)
+
+    def _ack(
+        self, key: str, by: str, via: AckVia, thread_n: int | None, now: float
+    ) -> tuple[bool, str]:
+        with self._lock:
+            thread = self._threads.get(key)
+            if thread is None:
+                return False, f"no page thread for {key}"
+            if thread_n is not None and thread_n != thread.n:
+                return False, f"this page was for an earlier, closed alarm on {key}"
+            if thread.state is State.ACKED:
+                return True, f"already acknowledged by {thread.acked_by}"
+            step = on_ack(thread, by, via, now)
+            if step.thread is thread:
+                return False, step.reason
+            self._apply(step, now)
+            self._save()
+        self._wake.set()
+        log.info("%s: %s", key, step.reason)
+        return True, f"{step.reason}: {thread.site}/{thread.chair}: {thread.text}"
+
+    def check_token(self, token: str) -> tuple[bool, str]:
+        """For the confirmation page: is the token good, and for what?"""
+        now = self.clock()
+        try:
+            claim = verify_token(self.secret, token, now)
+        except TokenError as exc:
+            return False, exc.reason
+        with self._lock:
+            thread = self._threads.get(claim.key)
+        if thread is None or thread.n != claim.n:
+            return False, "this page was for an alarm that is already closed"
+        prefix = "DRILL " if thread.drill else ""
+        return True, (
+            f"{prefix}{thread.priority.upper()} {thread.site}/{thread.chair}: {thread.text}. "
+            f"Acknowledge as {claim.person}?"
+        )
+
+    def ack_token(self, token: str) -> tuple[bool, str]:
+        """Acknowledge through the page link (POST /ack)."""
+        now = self.clock()
+        try:
+            claim = verify_token(self.secret, token, now)
+        except TokenError as exc:
+            return False, exc.reason
+        return self._ack(claim.key, claim.person, "link", claim.n, now)
+
+    # --------------------------------------------------------------- timers
+
+    def tick(self, now: float | None = None) -> None:
+        """Advance every thread to ``now`` and carry out pending actions."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            changed = False
+            for key, thread in list(self._threads.items()):
+                step = decide(thread, self.policy, now)
+                if step.thread != thread or step.actions:
+                    self._apply(step, now)
+                    changed = True
+                    log.info("%s: %s", key, step.reason)
+            for summary in self.ratelimit.summaries_due(now):
+                self._enqueue(
+                    {
+                        "kind": "summary",
+                        "key": f"rate-limit/{summary.person}",
+                        "to": [summary.person],
+                        "count": summary.count,
+                        "keys": list(summary.keys),
+                    },
+                    now,
+                )
+                changed = True
+            referenced = {item["key"] for item in self._outbox}
+            for key, thread in list(self._threads.items()):
+                if (
+                    thread.state is State.RESOLVED
+                    and thread.resolved_at is not None
+                    and now - thread.resolved_at > RESOLVED_RETAIN_S
+                    and key not in referenced
+                ):
+                    del self._threads[key]
+                    changed = True
+            if changed:
+                self._save()
+        self._drain()
+
+    def threads(self) -> dict[str, Thread]:
+        with self._lock:
+            return dict(self._threads)
+
+    def pending(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(item) for item in self._outbox]
+
+    # -------------------------------------------------------- state/outbox
+
+    def _save(self) -> None:
+        self.store.save(
+            {
+                "v": 1,
+                "threads": {k: t.to_json() for k, t in self._threads.items()},
+                "seq": self._seq,
+                "outbox": self._outbox,
+                "seen": list(self._seen),
+                "ratelimit": self.ratelimit.to_json(),
+                "next_id": self._next_id,
+            }
+        )
+
+    def _enqueue(self, item: dict[str, Any], now: float) -> None:
+        item["id"] = self._next_id
+        item["t"] = now
+        self._next_id += 1
+        self._outbox.append(item)
+
+    def _apply(self, step: Step, now: float) -> None:
+        thread = step.thread
+        if thread is None:
+            return
+        self._threads[thread.key] = thread
+        for action in step.actions:
+            self._enqueue(self._item(action, thread), now)
+
+    @staticmethod
+    def _item(action: Action, thread: Thread) -> dict[str, Any]:
+        to = [action.person] if action.person else list(thread.paged)
+        return {
+            "kind": action.kind,
+            "key": action.key,
+            "n": action.n,
+            "level": action.level,
+            "round": action.round,
+            "to": to,
+            "by": action.by,
+            "via": action.via,
+            "reason": action.reason,
+            "thread": thread.to_json(),
+        }
+
+    def _drain(self) -> None:
+        with self._drain_lock:
+            done: set[int] = set()
+            for _ in range(DRAIN_MAX):
+                if self._stop.is_set():
+                    return
+                with self._lock:
+                    item = next((i for i in self._outbox if i["id"] not in done), None)
+                if item is None:
+                    return
+                done.add(item["id"])
+                try:
+                    self._execute(item)
+                except Exception:
+                    self.counters["action_errors"] += 1
+                    log.exception("action %s for %s failed", item["kind"], item["key"])
+                with self._lock:
+                    self._outbox = [i for i in self._outbox if i["id"] != item["id"]]
+                    self._save()
+
+    # ------------------------------------------------------------- actions
+
+    def _message(self, item: dict[str, Any], action: MessageAction, to: str) -> Message:
+        th = Thread.from_json(item["thread"])
+        now = self.clock()
+        ack_url = None
+        if action == "trigger":
+            token = make_token(
+                self.secret, th.key, th.n, to, int(now + self.policy.ack.token_ttl_s)
+            )
+            ack_url = f"{self.base_url}/ack?token={token}"
+        return Message(
+            action=action,
+            key=th.key,
+            n=th.n,
+            site=th.site,
+            chair=th.chair,
+            alarm=th.alarm,
+            priority=th.priority,
+            text=th.text,
+            t=now,
+            drill=th.drill,
+            level=item.get("level", 0),
+            round=item.get("round", 0),
+            to=to,
+            ack_url=ack_url,
+            by=item.get("by"),
+        )
+
+    def _deliver(self, message: Message, person_id: str) -> tuple[bool, str | None, list[Attempt]]:
+        person = self.policy.people.get(person_id)
+        if person is None:
+            return False, None, []
+        result = deliver(
+            message,
+            person,
+            self.senders,
+            self.policy.retry,
+            clock=self.clock,
+            sleep=self._stop.wait,
+            should_stop=self._stop.is_set,
+        )
+        self._log_attempts(result.attempts, message)
+        return result.ok, result.channel, list(result.attempts)
+
+    def _log_attempts(self, attempts: tuple[Attempt, ...], message: Message) -> None:
+        if not attempts:
+            return
+        lines = []
+        for a in attempts:
+            self.attempts.append(a)
+            self.counters["delivery_ok" if a.ok else "delivery_failed"] += 1
+            row = a.to_json() | {"key": message.key, "thread": message.n, "action": message.action}
+            lines.append(json.dumps(row, separators=(",", ":")))
+            if not a.ok:
+                log.warning("delivery to %s via %s failed: %s", a.person, a.channel, a.error)
+        try:
+            with open(self.deliveries_path, "a", encoding="utf-8") as fh:
+                fh.write("\n".join(lines) + "\n")
+        except OSError as exc:
+            log.error("cannot append to %s: %s", self.deliveries_path, exc)
+
+    def _execute(self, item: dict[str, Any]) -> None:
+        kind = item["kind"]
+        now = self.clock()
+        if kind == "summary":
+            person = item["to"][0]
+            th = Thread(
+                key=item["key"], n=0, site="all", chair="-", alarm="rate-limit",
+                priority="low", kind="technical",
+                text=f"{item['count']} page(s) held by the rate limit: "
+                + ", ".join(item["keys"][:10]),
+                drill=False, state=State.OPEN, opened_at=now, event_t=_ms(now) or 0,
+                next_at=None,
+            )  # fmt: skip
+            msg = self._message(item | {"thread": th.to_json()}, "summary", person)
+            ok, channel, attempts = self._deliver(msg, person)
+            if ok:
+                with self._lock:
+                    self.ratelimit.record_sent(person, now)
+            self._record(item, "summary", now, to=person, ok=ok, channel=channel, attempts=attempts)
+            return
+        if kind == "page":
+            self._execute_page(item, now)
+            return
+        if kind in ("acknowledge", "resolve"):
+            for person in item["to"]:
+                msg = self._message(item, kind, person)
+                ok, channel, attempts = self._deliver(msg, person)
+                self._record(item, kind, now, to=person, ok=ok, channel=channel, attempts=attempts)
+            return
+        if kind == "forward_ack":
+            th = item["thread"]
+            topic = f"chairside/v1/{th['site']}/{th['chair']}/alarms/ack"
+            ok = True
+            try:
+                self._publish(topic, {"v": 1, "alarm": th["alarm"], "by": item["by"]})
+            except DeliveryError as exc:
+                ok = False
+                log.error("forwarding ack for %s failed: %s", item["key"], exc)
+            self._record(item, "forward_ack", now, ok=ok)
+            return
+        if kind == "exhausted":
+            log.error("%s: %s", item["key"], item["reason"])
+            self._record(item, "exhausted", now, ok=False)
+
+    def _execute_page(self, item: dict[str, Any], now: float) -> None:
+        person = item["to"][0]
+        with self._lock:
+            allowed, why = self.ratelimit.check(person, now)
+            if not allowed:
+                self.ratelimit.record_suppressed(person, item["key"])
+                self.counters["suppressed"] += 1
+        if not allowed:
+            log.warning("%s: page to %s suppressed: %s", item["key"], person, why)
+            self._after_failed_page(item, now, why)
+            self._record(item, "suppressed", now, to=person, ok=False, reason=why)
+            return
+        msg = self._message(item, "trigger", person)
+        ok, channel, attempts = self._deliver(msg, person)
+        with self._lock:
+            if ok:
+                self.ratelimit.record_sent(person, now)
+        if not ok:
+            self._after_failed_page(item, now, "every channel failed")
+        self._record(
+            item, "page", now, to=person, ok=ok, channel=channel, attempts=attempts,
+            ack_url=msg.ack_url,
+        )  # fmt: skip
+
+    def _after_failed_page(self, item: dict[str, Any], now: float, why: str) -> None:
+        with self._lock:
+            thread = self._threads.get(item["key"])
+            if thread is not None and thread.n == item["n"] and thread.level == item["level"]:
+                self._threads[item["key"]] = undeliverable(thread, now, why)
+                self._save()
+        self._wake.set()
+
+    def _record(
+        self,
+        item: dict[str, Any],
+        action: str,
+        now: float,
+        *,
+        to: str | None = None,
+        ok: bool,
+        channel: str | None = None,
+        attempts: list[Attempt] | None = None,
+        reason: str | None = None,
+        ack_url: str | None = None,
+    ) -> None:
+        """Publish an audit record on the site's pages topic (drills read
+        time-to-page and time-to-ack from these)."""
+        th = item["thread"]
+        with self._lock:
+            live = self._threads.get(item["key"])
+        first_page_at = th.get("first_page_at")
+        acked_at = th.get("acked_at")
+        if live is not None and live.n == th.get("n"):
+            first_page_at = live.first_page_at
+            acked_at = live.acked_at
+        record = {
+            "v": 1,
+            "type": "record",
+            "action": action,
+            "key": item["key"],
+            "thread": th.get("n"),
+            "site": th.get("site"),
+            "chair": th.get("chair"),
+            "alarm": th.get("alarm"),
+            "priority": th.get("priority"),
+            "drill": 1 if th.get("drill") else 0,
+            "level": item.get("level", 0),
+            "round": item.get("round", 0),
+            "to": to,
+            "ok": ok,
+            "channel": channel,
+            "attempts": [a.to_json() for a in attempts or []],
+            "by": item.get("by"),
+            "via": item.get("via"),
+            "reason": reason or item.get("reason"),
+            "ack_url": ack_url,
+            "event_t": th.get("event_t"),
+            "opened_t": _ms(th.get("opened_at")),
+            "first_page_t": _ms(first_page_at),
+            "acked_t": _ms(acked_at),
+            "t": _ms(now),
+        }
+        try:
+            self._publish(f"chairside/v1/{th.get('site')}/pages", record)
+        except DeliveryError as exc:
+            log.error("cannot publish page record: %s", exc)
+
+
+# ------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``chairside pager``."""
+    parser.add_argument("--policy", required=True, help="escalation policy JSON file")
+    parser.add_argument("--broker-host", default="127.0.0.1", help="MQTT broker host")
+    parser.add_argument("--broker-port", type=int, default=1883, help="MQTT broker port")
+    parser.add_argument("--client-id", default="chairside-pager", help="MQTT client id")
+    parser.add_argument(
+        "--state", default="pager-state.json", help="durable state file (default: %(default)s)"
+    )
+    parser.add_argument("--ack-listen", default=None, help="ack page address (policy ack.listen)")
+    parser.add_argument("--ack-port", type=int, default=None, help="ack page port (policy)")
+    parser.add_argument("--base-url", default=None, help="public ack page URL (policy)")
+    parser.add_argument(
+        "--secret-file", default=None, help="file with the HMAC secret (else env ack.secret_env)"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="validate the policy, show who is on call, exit"
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``chairside pager`` until SIGTERM/SIGINT; returns the exit code."""
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        print(exc)
+        return 2
+    if args.check:
+        now = datetime.now(UTC)
+        depth = len(policy.rota[0].levels) if policy.rota else len(policy.fallback)
+        for level in range(1, max(depth, len(policy.fallback)) + 1):
+            print(f"level {level}: {on_call(policy, level, now).id}")
+        print("policy OK")
+        return 0
+    if args.secret_file:
+        secret = Path(args.secret_file).read_bytes().strip()
+    else:
+        secret = os.environ.get(policy.ack.secret_env, "").encode()
+    if len(secret) < 16:
+        print(f"ack secret missing or shorter than 16 bytes (set {policy.ack.secret_env})")
+        return 2
+    password = ""
+    if policy.smtp is not None and policy.smtp.password_env:
+        password = os.environ.get(policy.smtp.password_env, "")
+    pager = Pager(
+        policy,
+        secret=secret,
+        state_path=args.state,
+        broker_host=args.broker_host,
+        broker_port=args.broker_port,
+        client_id=args.client_id,
+        ack_listen=args.ack_listen,
+        ack_port=args.ack_port,
+        base_url=args.base_url,
+        smtp_password=password,
+    )
+    done = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    pager.start()
+    while not done.wait(1.0):
+        pass
+    pager.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chairside pager", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+__all__ = ["Pager", "add_arguments", "main", "parse_event", "run"]

@@ -1,0 +1,221 @@
+"""Validate one box message against ``contract.json``.
+
+``validate(topic, payload)`` never raises: it returns :class:`Accepted` with
+the decoded fields or :class:`Rejected` with a ``reason`` from the small fixed
+set :data:`REASONS` (used as a counter label) and a human ``detail`` naming
+the field and value.  Every rule comes from the contract's field specs
+(type, required, nullable, min, max, max_len, enum values).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from chairside import contract
+from chairside.model import MessageKind
+
+REASONS: Final[tuple[str, ...]] = (
+    "too_large",
+    "not_utf8",
+    "not_json",
+    "not_object",
+    "bad_topic",
+    "unknown_kind",
+    "schema_version",
+    "missing_field",
+    "bad_type",
+    "out_of_range",
+    "bad_enum",
+    "unknown_field",
+)
+
+_DETAIL_MAX = 120
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A message that satisfies the contract."""
+
+    topic: str
+    site: str
+    chair: str
+    kind: MessageKind
+    fields: Mapping[str, Any]
+    last_will: bool = False
+    ignored: tuple[str, ...] = ()
+    """Unknown field names dropped from ``fields`` (only when not strict)."""
+
+    @property
+    def historical(self) -> bool:
+        return self.fields.get("h") == 1
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message that breaks the contract; ``reason`` is one of :data:`REASONS`."""
+
+    topic: str
+    reason: str
+    detail: str = ""
+    site: str | None = None
+    chair: str | None = None
+    kind: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _reject(
+    topic: str,
+    reason: str,
+    detail: str,
+    site: str | None = None,
+    chair: str | None = None,
+    kind: str | None = None,
+) -> Rejected:
+    return Rejected(topic, reason, detail[:_DETAIL_MAX], site, chair, kind)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def check_field(name: str, spec: Mapping[str, Any], value: Any) -> tuple[str, str] | None:
+    """``(reason, detail)`` if ``value`` breaks ``spec``, else ``None``."""
+    if value is None:
+        if spec.get("nullable", False):
+            return None
+        return "bad_type", f"{name}=null not allowed"
+    kind = spec.get("type")
+    if kind == "int":
+        # bool is a subclass of int in Python; JSON true must not pass as 1.
+        if type(value) is not int:
+            return "bad_type", f"{name}={_short(value)} is not an integer"
+    elif kind == "float":
+        if type(value) not in (int, float) or not math.isfinite(value):
+            return "bad_type", f"{name}={_short(value)} is not a number"
+    elif kind == "str":
+        if not isinstance(value, str):
+            return "bad_type", f"{name}={_short(value)} is not a string"
+        max_len = spec.get("max_len")
+        if max_len is not None and len(value) > int(max_len):
+            return "out_of_range", f"{name} longer than {max_len} characters"
+        return None
+    elif kind == "enum":
+        if not isinstance(value, str):
+            return "bad_type", f"{name}={_short(value)} is not a string"
+        if value not in spec.get("values", ()):
+            return "bad_enum", f"{name}={_short(value)} not in {list(spec.get('values', ()))}"
+        return None
+    elif kind == "list":
+        if not isinstance(value, list):
+            return "bad_type", f"{name}={_short(value)} is not a list"
+        return None
+    else:
+        return "bad_type", f"{name}: contract type {kind!r} unsupported"
+    low, high = spec.get("min"), spec.get("max")
+    if low is not None and value < low:
+        return "out_of_range", f"{name}={_short(value)} < min {low}"
+    if high is not None and value > high:
+        return "out_of_range", f"{name}={_short(value)} > max {high}"
+    return None
+
+
+def _check_fields(
+    msg: Mapping[str, Any], specs: Mapping[str, Mapping[str, Any]]
+) -> tuple[str, str] | None:
+    for name, spec in specs.items():
+        if name not in msg:
+            if spec.get("required", False):
+                return "missing_field", name
+            continue
+        problem = check_field(name, spec, msg[name])
+        if problem is not None:
+            return problem
+    return None
+
+
+def _is_last_will(kind: str, msg: Mapping[str, Any]) -> bool:
+    # The will is {"v":1,"state":"offline"}: no common fields at all.
+    return kind == "status" and msg.get("state") == "offline" and "seq" not in msg
+
+
+def validate(
+    topic: str, payload: bytes | bytearray, *, strict: bool = False
+) -> Accepted | Rejected:
+    """Check ``payload`` received on ``topic``; never raises.
+
+    With ``strict`` an unknown field rejects the message (``unknown_field``);
+    otherwise unknown fields are dropped and listed in ``Accepted.ignored``.
+    """
+    limit = contract.max_payload_bytes()
+    if len(payload) > limit:
+        return _reject(topic, "too_large", f"{len(payload)} bytes > {limit}")
+
+    parsed = contract.parse_topic(topic)
+    if parsed is None:
+        parts = topic.split("/")
+        root = contract.topic_root().split("/")
+        ids = contract.id_regex()
+        if (
+            len(parts) == len(root) + 3
+            and parts[: len(root)] == root
+            and ids.fullmatch(parts[len(root)])
+            and ids.fullmatch(parts[len(root) + 1])
+        ):
+            return _reject(topic, "unknown_kind", f"kind {_short(parts[-1])}")
+        return _reject(topic, "bad_topic", _short(topic))
+    site, chair, kind = parsed
+    where = (site, chair, kind)
+
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _reject(topic, "not_utf8", f"byte {exc.start}", *where)
+    try:
+        msg = json.loads(text, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:
+        return _reject(topic, "not_json", str(exc), *where)
+    if not isinstance(msg, dict):
+        return _reject(topic, "not_object", type(msg).__name__, *where)
+
+    if "v" not in msg:
+        return _reject(topic, "missing_field", "v", *where)
+    version = msg["v"]
+    if type(version) is not int or version != contract.schema_version():
+        return _reject(topic, "schema_version", f"v={_short(version)}", *where)
+
+    message_specs = contract.message_fields(kind)
+    last_will = _is_last_will(kind, msg)
+    specs: dict[str, Mapping[str, Any]] = {}
+    for name, spec in contract.common_fields().items():
+        # The will carries no common fields except v; any it has must be valid.
+        optional = last_will and name != "v"
+        specs[name] = {**spec, "required": False} if optional else spec
+    specs.update(message_specs)
+
+    unknown = tuple(sorted(name for name in msg if name not in specs))
+    if unknown and strict:
+        return _reject(topic, "unknown_field", ",".join(unknown), *where)
+
+    problem = _check_fields(msg, specs)
+    if problem is not None:
+        return _reject(topic, problem[0], problem[1], *where)
+
+    fields = {name: value for name, value in msg.items() if name not in unknown}
+    return Accepted(
+        topic=topic,
+        site=site,
+        chair=chair,
+        kind=kind,
+        fields=fields,
+        last_will=last_will,
+        ignored=unknown,
+    )

@@ -1,0 +1,305 @@
+# Store-and-forward spool (csfw.spool): codec, RAM ring, segments, cursor,
+# capacity, overflow and power cuts.  Runs on CPython (pytest) and on the
+# MicroPython WebAssembly port (tools/mpvm/run_tests.mjs).
+import os
+
+from csfw import spool
+from csfw.spool import Spool, decode_record, encode_record, nibp_record, vitals_record
+
+_counter = [0]
+
+
+def _rmtree(path):
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return
+    for name in names:
+        os.remove(path + "/" + name)
+    os.rmdir(path)
+
+
+def fresh_dir(tag):
+    """An empty directory that works on CPython and on the MicroPython VM."""
+    _counter[0] += 1
+    try:
+        import tempfile
+        base = tempfile.gettempdir()
+    except ImportError:  # MicroPython
+        base = "/tmp"
+        try:
+            os.stat(base)
+        except OSError:
+            os.mkdir(base)
+    path = "%s/csfw_spool_%s_%d_%d" % (base, tag, _counter[0], id(_counter) & 0xFFFF)
+    _rmtree(path)
+    os.mkdir(path)
+    return path
+
+
+def _v(i, sync=1):
+    # 1 Hz vitals, t = 1.79e12 + i s, values cycle through the ranges
+    return vitals_record(3, 1790000000000 + i * 1000, sync, 90 + i % 11,
+                         60 + i % 200, i % 16, spool.STATES[i % 5], i % 2)
+
+
+def _n(i, ok=True):
+    return nibp_record(3, 1790000000000 + i * 1000, 1, ok, 120 + i % 100, 80, 93, 70, 0)
+
+
+def _drain(sp, batch=7):
+    out = []
+    while True:
+        got = sp.next_batch(batch)
+        if not got:
+            return out
+        out.extend(got)
+        assert sp.commit(len(got)) == len(got)
+
+
+def _seg_files(path):
+    return sorted(n for n in os.listdir(path) if n.endswith(".sp"))
+
+
+def test_codec_round_trip_and_sizes():
+    v = vitals_record(65535, 4102444800000, True, 100, 300, 15, "no_data", 1)
+    n = nibp_record(2, 123456, False, True, 300, 0, 155, None, 7)
+    bv = encode_record(v)
+    bn = encode_record(n)
+    assert len(bv) == spool.VITALS_LEN == 16
+    assert len(bn) == spool.NIBP_LEN == 20
+    assert decode_record(bv) == v
+    assert decode_record(bn) == n
+    nulls = vitals_record(0, 0, False, None, None, 0, "probe_off")
+    assert decode_record(encode_record(nulls)) == nulls
+    err = nibp_record(1, 5, True, False, None, None, None, None, 42)
+    assert decode_record(encode_record(err)) == err
+    # exact bytes: head (kind 1, sync, cuff) st boot t_hi t_lo spo2 pr sig crc
+    b = encode_record(vitals_record(1, 0x0102030405, True, 97, 72, 5, "ok", 0))
+    assert b[:14] == bytes([0x11, 0, 0, 1, 0, 1, 2, 3, 4, 5, 97, 0, 72, 5])
+
+
+def test_decode_rejects_torn_and_corrupt():
+    b = encode_record(_v(1))
+    for cut in range(len(b)):
+        assert decode_record(b[:cut]) is None
+    for i in range(len(b)):
+        bad = bytearray(b)
+        bad[i] ^= 0x40
+        assert decode_record(bytes(bad)) is None
+    assert decode_record(b"\x00" * 16) is None
+
+
+def test_ram_ring_order_and_commit_after_puback():
+    sp = Spool(fresh_dir("ram"), os, ram_records=8)
+    for i in range(5):
+        sp.push(_v(i))
+    assert sp.depth == 5 and sp.ram_depth == 5
+    batch = sp.next_batch(3)
+    assert batch == [_v(0), _v(1), _v(2)]
+    # no PUBACK yet: the same records come again
+    assert sp.next_batch(3) == batch
+    assert sp.commit(2) == 2  # only two were acknowledged
+    assert sp.peek() == _v(2)
+    assert _drain(sp) == [_v(2), _v(3), _v(4)]
+    assert sp.depth == 0 and sp.dropped == 0
+    assert sp.commit(5) == 0
+
+
+def test_spills_to_flash_in_order_across_segments_and_reboot():
+    d = fresh_dir("order")
+    sp = Spool(d, os, ram_records=16, max_bytes=8 * 512, seg_bytes=512)
+    recs = []
+    for i in range(150):
+        rec = _n(i) if i % 30 == 0 else _v(i)
+        recs.append(rec)
+        sp.push(rec)
+    assert sp.depth == 150 and sp.dropped == 0
+    assert len(_seg_files(d)) > 2
+    # read part, acknowledge it, then "reboot" (RAM contents flushed first)
+    first = sp.next_batch(40)
+    assert first == recs[:40]
+    sp.commit(40)
+    sp.flush()
+    sp2 = Spool(d, os, ram_records=16, max_bytes=8 * 512, seg_bytes=512)
+    assert sp2.depth == 110
+    assert _drain(sp2) == recs[40:]
+    assert sp2.depth == 0
+    # fully read segments are deleted, except the one being written
+    assert len(_seg_files(d)) <= 1
+
+
+def test_peek_and_commit_span_flash_and_ram():
+    sp = Spool(fresh_dir("span"), os, ram_records=4, max_bytes=4096, seg_bytes=1024)
+    for i in range(10):
+        sp.push(_v(i))
+    assert sp.ram_depth < 10 and sp.depth == 10
+    assert sp.peek() == _v(0) and sp.peek(9) == _v(9) and sp.peek(10) is None
+    assert sp.next_batch(20) == [_v(i) for i in range(10)]
+    assert sp.commit(7) == 7
+    assert sp.next_batch(20) == [_v(7), _v(8), _v(9)]
+    assert sp.pop() == _v(7)
+    assert sp.commit(10) == 2
+    assert sp.depth == 0 and sp.pop() is None
+
+
+def test_uncommitted_batch_is_replayed_after_reboot():
+    d = fresh_dir("nocommit")
+    sp = Spool(d, os, ram_records=4, max_bytes=4096, seg_bytes=1024)
+    for i in range(20):
+        sp.push(_v(i))
+    sp.flush()
+    assert sp.next_batch(5) == [_v(i) for i in range(5)]
+    # power cut before the PUBACK: nothing committed
+    sp2 = Spool(d, os, ram_records=4, max_bytes=4096, seg_bytes=1024)
+    assert _drain(sp2) == [_v(i) for i in range(20)]
+
+
+def test_capacity_eight_hours_fit_in_512k():
+    # sizes only: 8 h of 1 Hz vitals + NIBP every 5 min, against what survives
+    # a drop (all segments but one)
+    need = 8 * 3600 * spool.VITALS_LEN + (8 * 3600 // 300) * spool.NIBP_LEN
+    max_bytes = 512 * 1024
+    seg = 32 * 1024
+    kept = (max_bytes // seg - 1) * (seg - spool.MAX_LEN)
+    assert need <= kept, (need, kept)
+
+
+def test_capacity_full_run_small_segments():
+    # the same ratio at 1/16 scale on the real code path: 30 min of vitals +
+    # NIBP every 5 min into 32 KB of 2 KB segments, nothing dropped
+    d = fresh_dir("cap")
+    sp = Spool(d, os, ram_records=64, max_bytes=32 * 1024, seg_bytes=2 * 1024)
+    recs = []
+    for i in range(1800):
+        rec = _v(i)
+        sp.push(rec)
+        recs.append(rec)
+        if i % 300 == 0:
+            rec = _n(i)
+            sp.push(rec)
+            recs.append(rec)
+    sp.flush()
+    assert sp.dropped == 0 and sp.depth == len(recs)
+    total = 0
+    for name in _seg_files(d):
+        total += os.stat(d + "/" + name)[6]
+    assert total <= 32 * 1024
+    sp2 = Spool(d, os, ram_records=64, max_bytes=32 * 1024, seg_bytes=2 * 1024)
+    assert _drain(sp2, 50) == recs
+
+
+def test_overflow_drops_oldest_and_counts():
+    d = fresh_dir("over")
+    seg = 256  # 16 vitals per segment
+    sp = Spool(d, os, ram_records=8, max_bytes=4 * seg, seg_bytes=seg)
+    n = 200
+    for i in range(n):
+        sp.push(_v(i))
+    sp.flush()
+    assert len(_seg_files(d)) <= 4
+    assert sp.dropped > 0
+    assert sp.depth + sp.dropped == n
+    left = sp.depth
+    got = _drain(sp)
+    assert len(got) == left and sp.depth == 0
+    # what is left is the newest, in order, with no gap
+    assert got == [_v(i) for i in range(n - len(got), n)]
+    assert len(got) + sp.dropped == n
+    total = 0
+    for name in _seg_files(d):
+        total += os.stat(d + "/" + name)[6]
+    assert total <= 4 * seg
+
+
+def test_ram_only_overflow_when_flash_fails():
+    class NoFlash:
+        def __init__(self):
+            self.made = []
+
+        def stat(self, p):
+            return (0x4000, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+        def mkdir(self, p):
+            self.made.append(p)
+
+        def listdir(self, p):
+            return []
+
+        def open(self, p, mode="r"):
+            raise OSError(28)
+
+        def remove(self, p):
+            raise OSError(2)
+
+        def rename(self, a, b):
+            raise OSError(28)
+
+    nf = NoFlash()
+    sp = Spool("/spool", nf, ram_records=4, opener=nf.open)
+    for i in range(10):
+        sp.push(_v(i))
+    assert sp.depth == 4 and sp.dropped == 6
+    assert sp.write_errors > 0
+    assert sp.next_batch(10) == [_v(6), _v(7), _v(8), _v(9)]
+
+
+def test_power_cut_at_every_byte_of_a_record():
+    # Earlier records are on flash; the next record's write is cut after k
+    # bytes (k = 0 .. len-1).  After "reboot" every earlier record reads back,
+    # the torn one is skipped, and records written afterwards follow in order.
+    for torn_kind in (0, 1):
+        torn = encode_record(_n(99) if torn_kind else _v(99))
+        for k in range(len(torn)):
+            d = fresh_dir("cut")
+            sp = Spool(d, os, ram_records=4, max_bytes=8192, seg_bytes=1024)
+            for i in range(10):
+                sp.push(_v(i))
+            sp.flush()
+            names = _seg_files(d)
+            f = open(d + "/" + names[-1], "ab")
+            f.write(torn[:k])
+            f.close()
+            sp2 = Spool(d, os, ram_records=4, max_bytes=8192, seg_bytes=1024)
+            assert sp2.depth == 10, (k, sp2.depth)
+            for i in range(100, 105):
+                sp2.push(_v(i))
+            sp2.flush()
+            sp3 = Spool(d, os, ram_records=4, max_bytes=8192, seg_bytes=1024)
+            want = [_v(i) for i in range(10)] + [_v(i) for i in range(100, 105)]
+            assert _drain(sp3) == want, k
+
+
+def test_corrupt_record_in_the_middle_is_skipped():
+    d = fresh_dir("corrupt")
+    sp = Spool(d, os, ram_records=4, max_bytes=8192, seg_bytes=4096)
+    for i in range(10):
+        sp.push(_v(i))
+    sp.flush()
+    path = d + "/" + _seg_files(d)[0]
+    f = open(path, "rb")
+    data = bytearray(f.read())
+    f.close()
+    data[16 * 4 + 5] ^= 0xFF  # damage record 4
+    f = open(path, "wb")
+    f.write(data)
+    f.close()
+    sp2 = Spool(d, os, ram_records=4, max_bytes=8192, seg_bytes=4096)
+    assert sp2.depth == 9
+    got = _drain(sp2)
+    assert got == [_v(i) for i in range(10) if i != 4]
+
+
+def test_corrupt_cursor_replays_from_oldest():
+    d = fresh_dir("cursor")
+    sp = Spool(d, os, ram_records=4, max_bytes=8192, seg_bytes=4096)
+    for i in range(8):
+        sp.push(_v(i))
+    sp.flush()
+    sp.next_batch(3)
+    sp.commit(3)
+    f = open(d + "/cursor", "wb")
+    f.write(b"\x00\x01garbage!")
+    f.close()
+    sp2 = Spool(d, os, ram_records=4, max_bytes=8192, seg_bytes=4096)
+    assert _drain(sp2) == [_v(i) for i in range(8)]

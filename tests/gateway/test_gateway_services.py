@@ -1,0 +1,245 @@
+"""The gateway against a real Mosquitto and a real influxd.
+
+A paho publisher plays the chair boxes, building payloads with the firmware's
+own encoders (firmware/csfw/contract.py); results are read back with
+InfluxQL and from MQTT.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from chairside.gateway import Gateway, GatewayConfig
+from chairside.services import InfluxDB, Mosquitto
+from chairside.thresholds import ThresholdStage
+from csfw import contract as fw
+from paho.mqtt.enums import CallbackAPIVersion
+
+pytestmark = pytest.mark.services
+
+DB = "chairside_test"
+_ids = itertools.count()
+
+
+def query(influx: InfluxDB, q: str) -> list[dict[str, Any]]:
+    """Rows of the first series as dicts (empty list if none)."""
+    result: Any = influx.query(q, DB)
+    series = result["results"][0].get("series", [])
+    if not series:
+        return []
+    cols = series[0]["columns"]
+    return [dict(zip(cols, row, strict=True)) for row in series[0]["values"]]
+
+
+class Box:
+    """A publisher standing in for chair boxes (QoS 1, waits for each PUBACK)."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"box-{next(_ids)}"
+        )
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+
+    def send(self, topic: str, payload: str | bytes) -> None:
+        info = self.client.publish(topic, payload, qos=1)
+        info.wait_for_publish(timeout=5)
+        assert info.is_published()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Listener:
+    """Collects JSON messages on a topic filter."""
+
+    def __init__(self, broker: Mosquitto, topic_filter: str) -> None:
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"ear-{next(_ids)}"
+        )
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+        self.client.subscribe(topic_filter, qos=1)
+        assert subscribed.wait(5)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append((msg.topic, json.loads(msg.payload)))
+
+    def on(self, topic: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [m for t, m in self.messages if t == topic]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def gateway(mosquitto: Mosquitto, influxdb: InfluxDB, tmp_path: Path) -> Iterator[Gateway]:
+    config = GatewayConfig(
+        mqtt_port=mosquitto.port,
+        influx_url=influxdb.url,
+        database=DB,
+        state_dir=tmp_path / "state",
+        client_id=f"gw-test-{next(_ids)}",
+        reject_interval_s=0.3,
+        retry_min_s=0.1,
+        retry_max_s=0.5,
+        influx_timeout_s=1.0,
+    )
+    gw = Gateway(config, ThresholdStage())
+    gw.start()
+    assert gw.wait_subscribed(10)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def box(mosquitto: Mosquitto) -> Iterator[Box]:
+    b = Box(mosquitto)
+    yield b
+    b.close()
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def vitals(seq: int, t: int, spo2: int | None = 97, pr: int = 72, hist: bool = False) -> str:
+    env = fw.envelope(seq, 4, 60_000 + seq * 1000, t, True, hist)
+    return fw.vitals_payload(env, spo2, pr, 6, "ok")
+
+
+def test_good_messages_stored_bad_ones_counted(
+    gateway: Gateway, box: Box, influxdb: InfluxDB
+) -> None:
+    topics = fw.Topics("clinic1", "chair3")
+    base = wall_ms() - 60_000
+    bad = {
+        "not_json": (topics.vitals, b"spo2=97"),
+        "out_of_range": (topics.vitals, vitals(900, base).replace('"spo2": 97', '"spo2": 130')),
+        "bad_type": (topics.vitals, vitals(901, base).replace('"sync": 1', '"sync": true')),
+        "bad_enum": (topics.vitals, vitals(902, base).replace('"st": "ok"', '"st": "great"')),
+        "schema_version": (topics.vitals, vitals(903, base).replace('"v": 1', '"v": 2')),
+        "missing_field": (topics.vitals, vitals(904, base).replace('"spo2": 97, ', "")),
+    }
+    assert all(p != vitals(0, base) for _, p in bad.values())
+    seqs = list(range(30))
+    bad_iter = iter(bad.values())
+    for seq in seqs:
+        box.send(topics.vitals, vitals(seq, base + seq * 1000))
+        if seq % 5 == 0:
+            box.send(*next(bad_iter))
+    box.send(topics.vitals, vitals(7, base + 7000))  # a redelivery: same point again
+    env = fw.envelope(30, 4, 90_000, base + 30_000, True, False)
+    box.send(topics.nibp, fw.nibp_payload(env, True, 128, 82, 97, 70))
+    env = fw.envelope(31, 4, 91_000, base + 31_000, True, False)
+    box.send(topics.status, fw.status_payload(env, {"fw": "0.3.1", "boot_t": base - 60_000}))
+    time.sleep(0.5)  # one reject-flush interval
+    assert gateway.wait_idle(10)
+
+    rows = query(influxdb, "SELECT * FROM vitals WHERE chair = 'chair3' AND site = 'clinic1'")
+    assert [r["seq"] for r in rows] == seqs  # none missing, none duplicated
+    assert [r["time"] for r in rows] == [base + s * 1000 for s in seqs]
+    first = rows[0]
+    assert (first["spo2"], first["pr"], first["st"], first["boot"], first["hist"]) == (
+        97, 72, "ok", 4, False,
+    )
+    assert first["dev_t"] == base and first["rx_ms"] >= base
+    nibp = query(influxdb, "SELECT sys, dia, map, seq FROM nibp")
+    assert [(r["sys"], r["dia"], r["map"], r["seq"]) for r in nibp] == [(128, 82, 97, 30)]
+    device = query(influxdb, "SELECT online, fw, boot_t FROM device")
+    assert [(r["online"], r["fw"], r["boot_t"]) for r in device] == [(1, "0.3.1", base - 60_000)]
+
+    m = gateway.metrics
+    for reason in bad:
+        assert m.get("rejected", reason=reason) == 1, reason
+    assert m.get("duplicates") == 1
+    assert m.get("messages_in") == len(seqs) + len(bad) + 3
+    assert m.get("points_written") >= len(seqs) + 2
+    rejects = query(influxdb, "SELECT sum(n) FROM rejects GROUP BY reason")
+    assert rejects  # stored, aggregated per reason
+    per_reason = influxdb.query("SELECT sum(n) FROM rejects GROUP BY reason", DB)
+    series: Any = per_reason["results"][0]["series"]  # type: ignore[index]
+    assert {s["tags"]["reason"]: s["values"][0][1] for s in series} == dict.fromkeys(bad, 1)
+    assert "chairside_gateway_rejected_total{reason=\"not_json\"} 1" in m.render()
+
+
+def test_desaturation_raises_alarm_historical_does_not(
+    gateway: Gateway, box: Box, influxdb: InfluxDB, mosquitto: Mosquitto
+) -> None:
+    ear = Listener(mosquitto, "chairside/v1/+/+/alarms/#")
+    try:
+        live = fw.Topics("clinic1", "chair1")
+        other = fw.Topics("clinic1", "chair2")
+        now = wall_ms()
+        box.send(live.vitals, vitals(1, now - 2000, spo2=97))
+        # a replayed desaturation from the box's buffer on another chair
+        box.send(other.vitals, vitals(1, now - 600_000, spo2=80, hist=True))
+        assert gateway.wait_idle(10)
+        time.sleep(0.3)
+        assert ear.messages == []
+
+        box.send(live.vitals, vitals(2, now - 1000, spo2=84))
+        deadline = time.monotonic() + 5
+        while not ear.on(f"{live.vitals[:-7]}/alarms") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        events = ear.on("chairside/v1/clinic1/chair1/alarms")
+        assert len(events) == 1
+        event = events[0]
+        assert (event["alarm"], event["event"], event["priority"], event["value"]) == (
+            "spo2_low", "raised", "medium", 84.0,
+        )
+        assert event["key"] == "clinic1/chair1/spo2_low"
+        deadline = time.monotonic() + 5
+        while not ear.on("chairside/v1/clinic1/chair1/alarms/active"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        active = ear.on("chairside/v1/clinic1/chair1/alarms/active")[-1]
+        assert [a["alarm"] for a in active["active"]] == ["spo2_low"]
+        assert ear.on("chairside/v1/clinic1/chair2/alarms") == []
+
+        assert gateway.wait_idle(10)
+        stored = query(influxdb, "SELECT * FROM alarm_events")
+        assert [(r["alarm"], r["event"], r["chair"], r["id"]) for r in stored] == [
+            ("spo2_low", "raised", "chair1", event["id"])
+        ]
+        hist = query(influxdb, "SELECT spo2, hist FROM vitals WHERE chair = 'chair2'")
+        assert [(r["spo2"], r["hist"], r["time"]) for r in hist] == [(80, True, now - 600_000)]
+    finally:
+        ear.close()
+
+
+def test_influx_outage_buffers_then_delivers(
+    gateway: Gateway, box: Box, influxdb: InfluxDB
+) -> None:
+    topics = fw.Topics("clinic1", "chair5")
+    base = wall_ms() - 30_000
+    box.send(topics.vitals, vitals(0, base))
+    assert gateway.wait_idle(10)
+    influxdb.kill()
+    for seq in range(1, 11):
+        box.send(topics.vitals, vitals(seq, base + seq * 1000))
+    time.sleep(1.0)
+    assert gateway.metrics.get("write_errors", kind="unavailable") >= 1
+    assert not gateway.wait_idle(0.2)
+    influxdb.start()
+    assert gateway.wait_idle(15)
+    rows = query(influxdb, "SELECT seq FROM vitals WHERE chair = 'chair5'")
+    assert [r["seq"] for r in rows] == list(range(11))
+    assert gateway.metrics.total("queue_dropped") == 0

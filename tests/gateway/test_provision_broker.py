@@ -1,0 +1,280 @@
+"""Provisioning against a real Mosquitto running the shipped configuration.
+
+deploy/mosquitto/chairside.conf is started as shipped (only its paths and
+ports are moved to a temp folder and loopback): no anonymous access, the
+password file and ACL written by `chairside provision`, TLS with certificates
+from `chairside certs`.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import shutil
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from chairside import pki, provision
+from chairside.provision import ShippedMosquitto, State
+
+pytestmark = pytest.mark.services
+
+SITE = "clinic1"
+
+
+class Conn:
+    """A paho client that records the CONNACK and every message it receives."""
+
+    def __init__(self, port: int, user: str | None = None, password: str | None = None,
+                 ca: Path | None = None) -> None:
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        if user is not None:
+            self.client.username_pw_set(user, password)
+        if ca is not None:
+            self.client.tls_set(ca_certs=str(ca), cert_reqs=ssl.CERT_REQUIRED)
+        self.connack: queue.Queue[bool] = queue.Queue()
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.subscribed = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p: self.connack.put(not rc.is_failure)
+        self.client.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload))
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
+        self.port = port
+
+    def connect(self) -> bool:
+        try:
+            self.client.connect("127.0.0.1", self.port, keepalive=10)
+        except (ssl.SSLError, OSError):
+            sock = self.client.socket()
+            if sock is not None:
+                sock.close()
+            return False
+        self.client.loop_start()
+        try:
+            ok = self.connack.get(timeout=5)
+        except queue.Empty:
+            ok = False
+        if not ok:
+            self.close()
+        return ok
+
+    def subscribe(self, topic: str) -> None:
+        self.subscribed.clear()
+        self.client.subscribe(topic, qos=1)
+        assert self.subscribed.wait(5)
+
+    def publish(self, topic: str, payload: bytes = b"{}", retain: bool = False) -> None:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(5)
+
+    def received(self, until_topic: str, timeout: float = 5) -> list[str]:
+        """Topics received up to and including ``until_topic``."""
+        seen: list[str] = []
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                topic, _ = self.messages.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            seen.append(topic)
+            if topic == until_topic:
+                return seen
+        raise AssertionError(f"{until_topic} never arrived; got {seen}")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        sock = self.client.socket()
+        if sock is not None:
+            sock.close()
+
+
+class Clinic:
+    def __init__(self, root: Path) -> None:
+        self.state = State(root / "state")
+        self.pki_dir = root / "pki"
+        pki.init_ca(self.pki_dir)
+        pki.issue_server(self.pki_dir, ["localhost", "127.0.0.1"])
+        for name in ("gateway", "pager", "staff"):
+            self.state.provision_service(name)
+        for chair in ("3", "4"):
+            self.state.provision_box(SITE, chair, mqtt_host="127.0.0.1")
+        conf = self.state.broker_dir
+        for name in ("ca.crt", "server.crt", "server.key"):
+            shutil.copy(self.pki_dir / name, conf / name)
+        self.broker = ShippedMosquitto(conf, workdir=root / "broker")
+        self.conns: list[Conn] = []
+
+    def box_creds(self, chair: str) -> tuple[str, str]:
+        cfg = json.loads(self.state.box_config_path(SITE, chair).read_text())
+        return str(cfg["mqtt"]["user"]), str(cfg["mqtt"]["password"])
+
+    def conn(self, who: str, tls_ca: Path | None = None, must_connect: bool = True) -> Conn:
+        if who.startswith("box"):
+            user, password = self.box_creds(who[3:])
+        else:
+            user, password = self.state.service_credentials(who)
+        port = self.broker.tls_port if tls_ca else self.broker.port
+        c = Conn(port, user, password, tls_ca)
+        ok = c.connect()
+        self.conns.append(c)
+        if must_connect:
+            assert ok, f"{who} could not connect"
+        return c
+
+
+@pytest.fixture
+def clinic(tmp_path: Path) -> Iterator[Clinic]:
+    c = Clinic(tmp_path)
+    c.broker.start()
+    yield c
+    for conn in c.conns:
+        conn.close()
+    c.broker.stop()
+
+
+def t(name: str, chair: str = "3") -> str:
+    return provision._topic(name, SITE, chair)
+
+
+def test_anonymous_connection_refused(clinic: Clinic) -> None:
+    assert not Conn(clinic.broker.port).connect()
+    assert not Conn(clinic.broker.tls_port, ca=clinic.pki_dir / "ca.crt").connect()
+    assert not Conn(clinic.broker.port, "box-clinic1-3", "wrong password").connect()
+
+
+def test_box_cannot_publish_to_another_chair(clinic: Clinic) -> None:
+    gateway = clinic.conn("gateway")
+    gateway.subscribe("chairside/v1/#")
+    box3 = clinic.conn("box3")
+    for name in ("vitals", "nibp", "status", "resp"):
+        box3.publish(t(name, "4"))
+    box3.publish(t("cmd", "4"))          # nor command another box
+    box3.publish(t("alarms", "3"))       # nor fake gateway output for itself
+    box3.publish(t("vitals", "3"))       # allowed: marks the end
+    seen = clinic.conns[0].received(t("vitals", "3"))
+    assert seen == [t("vitals", "3")]
+
+
+def test_box_reads_only_its_own_command_topic(clinic: Clinic) -> None:
+    box3 = clinic.conn("box3")
+    box3.subscribe("chairside/v1/#")
+    gateway = clinic.conn("gateway")
+    gateway.publish(t("cmd", "4"))
+    gateway.publish(t("vitals", "4"))
+    gateway.publish(t("cmd", "3"))
+    assert box3.received(t("cmd", "3")) == [t("cmd", "3")]
+
+
+def test_gateway_receives_everything(clinic: Clinic) -> None:
+    gateway = clinic.conn("gateway")
+    gateway.subscribe("chairside/v1/#")
+    box3, box4 = clinic.conn("box3"), clinic.conn("box4")
+    staff, pager = clinic.conn("staff"), clinic.conn("pager")
+    expected = []
+    for box, chair in ((box3, "3"), (box4, "4")):
+        for name in ("vitals", "nibp", "status", "resp"):
+            box.publish(t(name, chair))
+            expected.append(t(name, chair))
+    for name in ("alarm_ack", "limits_set"):
+        staff.publish(t(name))
+        expected.append(t(name))
+    staff.publish(provision._topic("page_ack", SITE))
+    pager.publish(provision._topic("pages", SITE))
+    expected += [provision._topic("page_ack", SITE), provision._topic("pages", SITE)]
+    seen = gateway.received(expected[-1])
+    assert sorted(seen) == sorted(expected)
+
+
+def test_pager_reads_alarms_and_writes_pages_only(clinic: Clinic) -> None:
+    pager = clinic.conn("pager")
+    pager.subscribe("chairside/v1/+/+/alarms")
+    pager.subscribe("chairside/v1/+/+/vitals")   # accepted but never delivered
+    gateway = clinic.conn("gateway")
+    gateway.subscribe(provision._topic("pages", SITE))
+    gateway.publish(t("vitals"))
+    gateway.publish(t("alarms"))
+    assert pager.received(t("alarms")) == [t("alarms")]
+    pager.publish(t("cmd"))                       # denied
+    pager.publish(provision._topic("pages", SITE))
+    assert gateway.received(provision._topic("pages", SITE)) == [provision._topic("pages", SITE)]
+
+
+def test_revoked_and_rotated_boxes_cannot_connect(clinic: Clinic) -> None:
+    old_user, old_password = clinic.box_creds("3")
+    clinic.conn("box3").close()
+    clinic.state.provision_box(SITE, "3")           # rotate
+    clinic.state.revoke_box(SITE, "4")
+    clinic.broker.reload()
+    time.sleep(0.5)
+    assert not Conn(clinic.broker.port, old_user, old_password).connect()
+    clinic.conn("box3")                               # the new password works
+    user4 = provision.box_user(SITE, "4")
+    assert not clinic.state.box_config_path(SITE, "4").exists()
+    assert user4 not in (clinic.state.broker_dir / "passwd").read_text()
+    assert user4 not in (clinic.state.broker_dir / "acl").read_text()
+
+
+def test_revoked_box_with_saved_password_is_refused(clinic: Clinic) -> None:
+    user, password = clinic.box_creds("4")
+    assert Conn(clinic.broker.port, user, password).connect()
+    clinic.state.revoke_box(SITE, "4")
+    clinic.broker.reload()
+    time.sleep(0.5)
+    assert not Conn(clinic.broker.port, user, password).connect()
+
+
+def test_tls_with_generated_ca_succeeds_and_wrong_ca_fails(clinic: Clinic, tmp_path: Path) -> None:
+    box = clinic.conn("box3", tls_ca=clinic.pki_dir / "ca.crt")
+    gateway = clinic.conn("gateway")
+    gateway.subscribe(t("status"))
+    box.publish(t("status"), b'{"v":1,"state":"online"}', retain=True)
+    assert gateway.received(t("status")) == [t("status")]
+
+    other = tmp_path / "other-ca"
+    pki.init_ca(other, name="Some other CA")
+    # (checked with the ssl module directly: paho leaks the socket of a failed handshake)
+    context = ssl.create_default_context(cafile=str(other / "ca.crt"))
+    with (
+        socket.create_connection(("127.0.0.1", clinic.broker.tls_port), timeout=5) as raw,
+        pytest.raises(ssl.SSLCertVerificationError),
+    ):
+        context.wrap_socket(raw, server_hostname="localhost").close()
+    context = ssl.create_default_context(cafile=str(clinic.pki_dir / "ca.crt"))
+    with socket.create_connection(("127.0.0.1", clinic.broker.tls_port), timeout=5) as raw:
+        context.wrap_socket(raw, server_hostname="localhost").close()  # the right CA: ok
+
+
+def test_password_hash_format_matches_mosquitto() -> None:
+    digest = provision.hash_password("p", salt=b"\x00" * 12)
+    assert digest.startswith("$7$101$AAAAAAAAAAAAAAAA$") and len(digest.split("$")[4]) == 88
+
+
+def test_acl_has_no_anonymous_rules_and_cli_round_trip(tmp_path: Path) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    provision.add_arguments(parser)
+    state_dir = tmp_path / "s"
+    base = ["--state-dir", str(state_dir)]
+    assert provision.run(parser.parse_args([*base, "--site", SITE, "--chair", "3"])) == 1
+    args = [*base, "--site", SITE, "--chair", "3", "--mqtt-host", "10.0.0.2",
+            "--wifi-ssid", "clinic-iot"]
+    assert provision.run(parser.parse_args(args)) == 0
+    cfg = json.loads((state_dir / "boxes/clinic1/3/config.json").read_text())
+    assert cfg["mqtt"]["tls"] is True and cfg["mqtt"]["port"] == 8883
+    assert cfg["mqtt"]["ca_file"] == "ca.crt" and cfg["wifi"]["ssid"] == "clinic-iot"
+    assert (state_dir / "boxes/clinic1/3/config.json").stat().st_mode & 0o077 == 0
+    acl = (state_dir / "mosquitto/acl").read_text()
+    first_user = acl.index("user ")
+    assert "topic" not in acl[:first_user].replace("# No topic lines", "")
+    assert provision.run(parser.parse_args([*base, "--site", "Bad Site", "--chair", "3",
+                                            "--mqtt-host", "x"])) == 1
+    assert provision.run(parser.parse_args([*base, "--site", SITE, "--chair", "3",
+                                            "--revoke"])) == 0
