@@ -41,6 +41,7 @@ with warnings.catch_warnings():
     from grafana_foundation_sdk.builders import common as common_builders
     from grafana_foundation_sdk.builders import dashboard as dash
     from grafana_foundation_sdk.builders import stat, statetimeline, table, timeseries
+    from grafana_foundation_sdk.cog import builder as cogbuilder
     from grafana_foundation_sdk.cog.encoder import JSONEncoder
     from grafana_foundation_sdk.models import common
     from grafana_foundation_sdk.models import dashboard as dm
@@ -229,7 +230,7 @@ def prop(name: str, value: object) -> dm.DynamicConfigValue:
     return dm.DynamicConfigValue(id_val=name, value=value)
 
 
-def variables(*, multi: bool) -> list[dash.QueryVariable]:
+def variables(*, multi: bool) -> list[cogbuilder.Builder[dm.VariableModel]]:
     site = (
         dash.QueryVariable("site")
         .label("Site")

@@ -15,19 +15,23 @@
 #   the spool (the gateway writes idempotently, so a duplicate is harmless).
 from csfw import contract
 from csfw.led import OFFLINE, OK, SENSOR_FAULT, StatusLed
+from csfw.link import mqtt_link
+from csfw.mqtt import InflightFull, MQTTClient
+from csfw.nibp import Nibp
+from csfw.oximeter import Oximeter
+from csfw.spool import Spool
 from csfw.supervisor import Supervisor
 
 VITALS_PERIOD_MS = 1000
 STATUS_PERIOD_MS = 60000
 REPLAY_PER_POLL = 4  # bound the work one loop iteration does for the replay
 LIVE_RESERVE = 2  # inflight slots kept free for live readings during a replay
+FLUSH_PERIOD_MS = 10000  # while offline, RAM ring -> flash at least this often
+NTP_RETRY_MS = 600000
+MAX_PENDING = 8
 
 KIND_VITALS = 1
 KIND_NIBP = 2
-
-ST_CODES = (contract.ST_OK, contract.ST_SEARCHING, contract.ST_NO_FINGER,
-            contract.ST_PROBE_OFF, contract.ST_NO_DATA)
-
 
 class Hardware:
     """What the app needs from the board; firmware/main.py and
@@ -68,42 +72,264 @@ def next_boot_count(os_module, fs_dir):
     return count
 
 
-class Outbox:
-    """Readings on their way to the gateway: live publishes awaiting PUBACK
-    and the spool of everything not yet delivered.
+class App:
+    def __init__(self, cfg, hw, clock, boot=0, fw_version="0", cfg_hash=""):
+        self.cfg = cfg
+        self.hw = hw
+        self.clock = clock
+        self.boot = boot
+        self.fw_version = fw_version
+        self.cfg_hash = cfg_hash
+        self.topics = contract.Topics(cfg["site"], cfg["chair"])
+        self.oxi = Oximeter(hw.oxi_uart)
+        self.nibp = Nibp(hw.nibp_uart)
+        self.spool = Spool(hw.fs_dir + "/spool", hw.os, ram_records=cfg.get("ram_records", 64),
+                           max_bytes=cfg.get("spool_bytes", 512 * 1024))
+        mq = cfg["mqtt"]
+        self.mqtt = MQTTClient(
+            "chairside-" + cfg["site"] + "-" + cfg["chair"], hw.connect_fn,
+            keepalive_s=mq.get("keepalive_s", 30), user=mq.get("user"), password=mq.get("password"),
+            will_topic=self.topics.status, will_msg=contract.OFFLINE_PAYLOAD, will_qos=1,
+            will_retain=True, clean_session=False, max_inflight=8,
+            on_message=self._on_message, on_puback=self._on_puback)
+        wifi = cfg.get("wifi") or {}
+        self.link = mqtt_link(hw.wlan, self.mqtt, ssid=wifi.get("ssid"), key=wifi.get("key"),
+                              on_online=self._on_online, on_offline=self._on_offline,
+                              clock_rand=hw.rand)
+        self.sup = Supervisor(hw.wdt)
+        self._task_sensors = self.sup.register("sensors", 0)
+        self._task_link = self.sup.register("link", 0)
+        self.led = StatusLed(hw.led_pin)
+        self.seq = 0
+        self._live = {}  # pid -> True for live readings awaiting PUBACK
+        self._replay = []  # [pid, acked] for spooled records in flight, oldest first
+        self._pending = []  # (topic, payload, retain) that could not be sent yet
+        now = clock.now_ms()
+        self._next_vitals = now + VITALS_PERIOD_MS
+        self._next_status = now + STATUS_PERIOD_MS
+        self._next_flush = now
+        self._next_ntp = now
+        self.errors = 0  # exceptions caught in the loop (a fault is a status)
+        self.published_live = 0
+        self.published_hist = 0
+        interval = cfg.get("nibp_interval_s", 0)
+        if interval:
+            self.nibp.set_interval(interval, now)
 
-    `spool` provides push(record), peek(i) -> record|None (i-th oldest not yet
-    committed), commit(n) (drop the n oldest), depth, dropped.
-    """
+    # -- loop ------------------------------------------------------------
+    def poll(self):
+        now = self.clock.now_ms()
+        try:
+            self.oxi.poll(now)
+            result = self.nibp.poll(now)
+            if result is not None:
+                self._record_nibp(result, now)
+            if now >= self._next_vitals:
+                self._next_vitals += VITALS_PERIOD_MS
+                if now - self._next_vitals > 5 * VITALS_PERIOD_MS:
+                    self._next_vitals = now + VITALS_PERIOD_MS  # loop stalled: don't burst
+                self._record_vitals(now)
+            self.sup.progress(self._task_sensors, now)
+        except Exception as exc:  # a sensor fault is a status, never a crash
+            self._fault("sensors", exc)
+        try:
+            self.link.poll(now)
+            if self.link.online:
+                self._send_pending(now)
+                self._replay_some(now)
+                if now >= self._next_status:
+                    self._next_status = now + STATUS_PERIOD_MS
+                    self._publish_status(now)
+                self._maybe_ntp(now)
+            elif now >= self._next_flush:
+                self._next_flush = now + FLUSH_PERIOD_MS
+                self.spool.flush()  # bound what a power cut during an outage loses
+            self.sup.progress(self._task_link, now)
+        except Exception as exc:
+            self._fault("link", exc)
+            self.link.lost(now, error=exc)
+        self._update_led(now)
+        self.led.poll(now)
+        self.sup.check(now)
+        return now
 
-    def __init__(self, spool):
-        self.spool = spool
-        self.live = {}  # pid -> record, live publishes awaiting PUBACK
-        self.replay = []  # [pid, done] for spooled records in flight, oldest first
-        self.published = 0
-        self.requeued = 0
+    def _fault(self, where, exc):
+        self.errors += 1
+        self.last_error = where + ": " + repr(exc)
 
-    def on_puback(self, pid):
-        if pid in self.live:
-            del self.live[pid]
+    # -- readings --------------------------------------------------------
+    def _next_seq(self):
+        seq = self.seq
+        self.seq = (self.seq + 1) & 0x7FFFFFFF
+        return seq
+
+    def _record_vitals(self, now):
+        spo2, pr, sig, st = self.oxi.summary(now)
+        rec = (KIND_VITALS, self.boot, self._next_seq(), now, 1 if self.clock.synced else 0,
+               spo2, pr, sig, st, 1 if self.nibp.inflating else 0)
+        self._deliver(rec, now)
+
+    def _record_nibp(self, result, now):
+        ok, sys_, dia, map_, pr, err = result
+        rec = (KIND_NIBP, self.boot, self._next_seq(), now, 1 if self.clock.synced else 0,
+               1 if ok else 0, sys_, dia, map_, pr, err or 0)
+        self._deliver(rec, now)
+
+    def _payload(self, rec, hist):
+        """Record tuple -> (topic, JSON).  Device time t = boot epoch + up:
+        exact for this boot while the clock is synced; otherwise sync=0 and
+        the gateway derives the time from the boot time it learned."""
+        kind, boot, seq, up, sync = rec[0], rec[1], rec[2], rec[3], rec[4]
+        if sync and boot == self.boot and self.clock.synced:
+            t = self.clock.epoch_ms() - self.clock.now_ms() + up
+        else:
+            sync = 0
+            t = self.clock.epoch_ms() - self.clock.now_ms() + up if boot == self.boot else 0
+            if t < 0:
+                t = 0
+        env = contract.envelope(seq, boot, up, t, sync, hist)
+        if kind == KIND_VITALS:
+            return self.topics.vitals, contract.vitals_payload(env, rec[5], rec[6], rec[7], rec[8],
+                                                               rec[9])
+        ok = rec[5]
+        err = None if ok else rec[10]
+        return self.topics.nibp, contract.nibp_payload(env, ok, rec[6], rec[7], rec[8], rec[9], err)
+
+    def _deliver(self, rec, now):
+        """Publish live if the link and the QoS 1 window allow, else spool."""
+        if self.link.online and len(self.mqtt.inflight) < self.mqtt.max_inflight:
+            topic, payload = self._payload(rec, False)
+            try:
+                pid = self.mqtt.publish(topic, payload, 1, False, now)
+            except InflightFull:
+                pid = 0
+            except OSError as exc:
+                self.link.lost(now, error=exc)
+                pid = 0
+            if pid:
+                self._live[pid] = True
+                self.published_live += 1
+                return
+        self.spool.push(rec)
+
+    def _replay_some(self, now):
+        """Replay spooled records (h=1) in the window's spare slots."""
+        for _ in range(REPLAY_PER_POLL):
+            if self.mqtt.max_inflight - len(self.mqtt.inflight) <= LIVE_RESERVE:
+                return
+            rec = self.spool.peek(len(self._replay))
+            if rec is None:
+                return
+            topic, payload = self._payload(rec, True)
+            pid = self.mqtt.publish(topic, payload, 1, False, now)
+            self._replay.append([pid, False])
+            self.published_hist += 1
+
+    def _on_puback(self, pid):
+        if self._live.pop(pid, None) is not None:
             return
-        for entry in self.replay:
+        for entry in self._replay:
             if entry[0] == pid:
                 entry[1] = True
                 break
         done = 0
-        while done < len(self.replay) and self.replay[done][1]:
+        while done < len(self._replay) and self._replay[done][1]:
             done += 1
         if done:
             self.spool.commit(done)
-            self.replay = self.replay[done:]
+            self._replay = self._replay[done:]
 
-    def link_lost(self):
-        """Put live readings without PUBACK back into the spool; spooled ones
-        in flight simply stay uncommitted and are replayed again."""
-        pids = sorted(self.live)
-        for pid in pids:
-            self.spool.push(self.live[pid])
-            self.requeued += 1
-        self.live = {}
-        self.replay = []
+    # -- link events -----------------------------------------------------
+    def _on_online(self, session_present, now):
+        if not session_present:
+            self.mqtt.subscribe(self.topics.cmd, 1, now)
+        self._publish_status(now)
+        self._next_status = now + STATUS_PERIOD_MS
+
+    def _on_offline(self, cause, now):
+        # QoS 1 messages stay with the MQTT client and are resent (DUP) on
+        # reconnect; nothing to move here.
+        pass
+
+    def _send_pending(self, now):
+        while self._pending:
+            topic, payload, retain = self._pending[0]
+            try:
+                self.mqtt.publish(topic, payload, 1, retain, now)
+            except InflightFull:
+                return
+            self._pending.pop(0)
+
+    def _queue(self, topic, payload, retain, now):
+        """Non-reading messages (status, command answers): small bounded queue."""
+        if len(self._pending) >= MAX_PENDING:
+            self._pending.pop(0)
+            self.pending_dropped += 1
+        self._pending.append((topic, payload, retain))
+        if self.link.online:
+            self._send_pending(now)
+
+    pending_dropped = 0
+    last_error = None
+
+    def status_fields(self, now):
+        return {
+            "fw": self.fw_version, "cfg": self.cfg_hash, "reset": self.hw.reset_cause,
+            "boot_t": (self.clock.epoch_ms() - now) if self.clock.synced else None,
+            "spool": self.spool.depth, "dropped": self.spool.dropped + self.pending_dropped,
+            "oxi": self.oxi.health(now), "nibp": self.nibp.health(now),
+            "rssi": self.link.rssi(), "link": "wifi",
+        }
+
+    def _publish_status(self, now):
+        fields = self.status_fields(now)
+        if fields["boot_t"] is None:
+            del fields["boot_t"]
+        env = contract.envelope(self._next_seq(), self.boot, now, self.clock.epoch_ms(),
+                                self.clock.synced, False)
+        self._queue(self.topics.status, contract.status_payload(env, fields), True, now)
+
+    def _maybe_ntp(self, now):
+        if self.clock.synced or self.hw.ntp_sync is None or now < self._next_ntp:
+            return
+        self._next_ntp = now + NTP_RETRY_MS
+        try:
+            self.hw.ntp_sync()
+        except Exception as exc:  # NTP unreachable: the gateway's time command covers it
+            self._fault("ntp", exc)
+
+    # -- commands --------------------------------------------------------
+    def _on_message(self, topic, msg):
+        now = self.clock.now_ms()
+        cmd_id = "?"
+        cmd = "?"
+        try:
+            cmd, cmd_id, args = contract.parse_command(msg)
+            ok, err = self._run_command(cmd, args, now)
+        except contract.CommandError as exc:
+            ok, err = False, str(exc)
+        env = contract.envelope(self._next_seq(), self.boot, now, self.clock.epoch_ms(),
+                                self.clock.synced, False)
+        self._queue(self.topics.resp, contract.resp_payload(env, cmd_id, cmd, ok, err), False, now)
+
+    def _run_command(self, cmd, args, now):
+        if cmd == "nibp_start":
+            if not self.nibp.start(now):
+                return False, "busy"
+        elif cmd == "nibp_stop":
+            self.nibp.stop(now)
+        elif cmd == "nibp_interval":
+            self.nibp.set_interval(args["s"], now)
+        elif cmd == "time":
+            self.clock.set_epoch_ms(args["t"])
+        elif cmd == "status":
+            self._publish_status(now)
+        return True, None
+
+    def _update_led(self, now):
+        if not self.link.online:
+            self.led.show(OFFLINE)
+        elif self.oxi.health(now) != "ok" or self.nibp.health(now) == "silent":
+            self.led.show(SENSOR_FAULT)
+        else:
+            self.led.show(OK)

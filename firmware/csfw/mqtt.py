@@ -353,7 +353,7 @@ class MQTTClient:
         self._ping_at = None
         try:
             sock.settimeout(timeout_ms / 1000)
-            self._write_all(self._connect_pkt, timeout_ms / 1000)
+            self._write_all(self._connect_pkt)
             # 3.2: the first packet from the server MUST be CONNACK
             head = self._read_exact(2)
             if head[0] != CONNACK or head[1] != 2:
@@ -369,8 +369,10 @@ class MQTTClient:
         self.connects += 1
         self._last_tx = now
         self._last_rx = now
-        if not session_present:
-            self._subs = {}
+        # a SUBSCRIBE left unacknowledged on the old connection is not resent
+        # (4.4 covers PUBLISH/PUBREL only): the app subscribes again whenever
+        # session_present is False
+        self._subs = {}
         return session_present
 
     def _read_exact(self, n):
@@ -388,7 +390,7 @@ class MQTTClient:
         """3.14 DISCONNECT (the server then discards the will), then close."""
         if self._sock is not None:
             try:
-                self._write_all(DISCONNECT_PACKET, self._write_timeout_s)
+                self._write_all(DISCONNECT_PACKET)
             except OSError:
                 pass
         self.close()
@@ -409,7 +411,7 @@ class MQTTClient:
 
     # -- output
 
-    def _write_all(self, data, timeout_s):
+    def _write_all(self, data):
         """Write every byte (MicroPython's send may write part); bounded."""
         sock = self._sock
         if sock is None:
@@ -435,7 +437,7 @@ class MQTTClient:
             raise OSError(ENOTCONN)
         try:
             self._sock.settimeout(self._write_timeout_s)
-            self._write_all(data, self._write_timeout_s)
+            self._write_all(data)
             self._sock.setblocking(False)
         except OSError:
             self.close()

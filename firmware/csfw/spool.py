@@ -27,9 +27,12 @@
 # cursor update means records are replayed twice: harmless, because the
 # gateway stores a reading at the time it was measured (same point again).
 #
-# Time field: `tms` is the wall clock t (ms since 1970) when sync=1, else the
-# uptime `up` (ms) of boot `boot` (low 16 bits).  Replayed records therefore
-# carry either t or up, not both.
+# Identity and time: a record keeps the reading's boot counter, sequence
+# number (24 bits: ~194 days at 1 Hz) and uptime `up` (ms, 32 bits: 49.7 days)
+# plus the sync flag.  The app rebuilds the device time t from the boot's
+# epoch when it replays, and the gateway from the boot time it learned, so a
+# replayed reading is stored at exactly the timestamp a live one would have
+# had (idempotent writes).
 import binascii
 import struct
 
@@ -42,8 +45,8 @@ except ImportError:  # CPython
 KIND_VITALS = const(1)
 KIND_NIBP = const(2)
 VITALS_LEN = const(16)
-NIBP_LEN = const(20)
-MAX_LEN = const(20)
+NIBP_LEN = const(21)
+MAX_LEN = const(21)
 
 # sensor states (contract messages.vitals.fields.st), indexed by code
 STATES = ("ok", "searching", "no_finger", "probe_off", "no_data")
@@ -55,10 +58,10 @@ _SEG_SUFFIX = ".sp"
 _CURSOR = "cursor"
 
 # head byte: kind << 4 | flags.  vitals flags: 1 sync, 2 cuff; nibp: 1 sync, 2 ok
-# vitals: head st boot t_hi t_lo spo2 pr sig crc
-_VITALS_FMT = ">BBHHIBHBH"
-# nibp: head err boot t_hi t_lo sys dia map pr crc
-_NIBP_FMT = ">BBHHIHHHHH"
+# vitals: head st<<4|sig boot seq_hi seq_lo up spo2 pr crc
+_VITALS_FMT = ">BBHBHIBHH"
+# nibp: head err boot seq_hi seq_lo up sys dia map pr crc
+_NIBP_FMT = ">BBHBHIHHHHH"
 
 
 def _crc16(buf, end):
@@ -81,14 +84,14 @@ def _v16(v):
     return None if v == _NONE16 else v
 
 
-def vitals_record(boot, tms, sync, spo2, pr, sig, st, cuff=0):
+def vitals_record(boot, seq, up, sync, spo2, pr, sig, st, cuff=0):
     """Build the tuple push() takes for one vitals reading."""
-    return (KIND_VITALS, boot, tms, 1 if sync else 0, spo2, pr, sig, st, 1 if cuff else 0)
+    return (KIND_VITALS, boot, seq, up, 1 if sync else 0, spo2, pr, sig, st, 1 if cuff else 0)
 
 
-def nibp_record(boot, tms, sync, ok, sys_, dia, map_, pr, err=0):
+def nibp_record(boot, seq, up, sync, ok, sys_, dia, map_, pr, err=0):
     """Build the tuple push() takes for one NIBP result."""
-    return (KIND_NIBP, boot, tms, 1 if sync else 0, 1 if ok else 0, sys_, dia, map_, pr, err)
+    return (KIND_NIBP, boot, seq, up, 1 if sync else 0, 1 if ok else 0, sys_, dia, map_, pr, err)
 
 
 def record_len(head):
@@ -105,24 +108,23 @@ def encode_record(rec):
     """Record tuple (see vitals_record / nibp_record) -> bytes."""
     kind = rec[0]
     boot = rec[1] & 0xFFFF
-    tms = rec[2]
-    t_hi = (tms >> 32) & 0xFFFF
-    t_lo = tms & 0xFFFFFFFF
-    flags = 1 if rec[3] else 0
+    seq = rec[2] & 0xFFFFFF
+    up = rec[3] & 0xFFFFFFFF
+    flags = 1 if rec[4] else 0
     if kind == KIND_VITALS:
         buf = bytearray(VITALS_LEN)
-        if rec[8]:
+        if rec[9]:
             flags |= 2
-        st = STATES.index(rec[7])
-        struct.pack_into(_VITALS_FMT, buf, 0, (KIND_VITALS << 4) | flags, st, boot,
-                         t_hi, t_lo, _n8(rec[4]), _n16(rec[5]), rec[6], 0)
+        st = STATES.index(rec[8])
+        struct.pack_into(_VITALS_FMT, buf, 0, (KIND_VITALS << 4) | flags, (st << 4) | (rec[7] & 0x0F),
+                         boot, seq >> 16, seq & 0xFFFF, up, _n8(rec[5]), _n16(rec[6]), 0)
     elif kind == KIND_NIBP:
         buf = bytearray(NIBP_LEN)
-        if rec[4]:
+        if rec[5]:
             flags |= 2
-        struct.pack_into(_NIBP_FMT, buf, 0, (KIND_NIBP << 4) | flags, rec[9] & 0xFF, boot,
-                         t_hi, t_lo, _n16(rec[5]), _n16(rec[6]), _n16(rec[7]),
-                         _n16(rec[8]), 0)
+        struct.pack_into(_NIBP_FMT, buf, 0, (KIND_NIBP << 4) | flags, rec[10] & 0xFF, boot,
+                         seq >> 16, seq & 0xFFFF, up, _n16(rec[6]), _n16(rec[7]), _n16(rec[8]),
+                         _n16(rec[9]), 0)
     else:
         raise ValueError("kind")
     n = len(buf)
@@ -145,13 +147,14 @@ def decode_record(buf, off=0):
         return None
     head = mv[0]
     if n == VITALS_LEN:
-        _, st, boot, t_hi, t_lo, spo2, pr, sig, _ = struct.unpack_from(_VITALS_FMT, mv, 0)
+        _, stsig, boot, s_hi, s_lo, up, spo2, pr, _ = struct.unpack_from(_VITALS_FMT, mv, 0)
+        st = stsig >> 4
         if st >= len(STATES):
             return None
-        return (KIND_VITALS, boot, (t_hi << 32) | t_lo, head & 1, _v8(spo2), _v16(pr),
-                sig, STATES[st], (head >> 1) & 1)
-    _, err, boot, t_hi, t_lo, s, d, m, pr, _ = struct.unpack_from(_NIBP_FMT, mv, 0)
-    return (KIND_NIBP, boot, (t_hi << 32) | t_lo, head & 1, (head >> 1) & 1,
+        return (KIND_VITALS, boot, (s_hi << 16) | s_lo, up, head & 1, _v8(spo2), _v16(pr),
+                stsig & 0x0F, STATES[st], (head >> 1) & 1)
+    _, err, boot, s_hi, s_lo, up, s, d, m, pr, _ = struct.unpack_from(_NIBP_FMT, mv, 0)
+    return (KIND_NIBP, boot, (s_hi << 16) | s_lo, up, head & 1, (head >> 1) & 1,
             _v16(s), _v16(d), _v16(m), _v16(pr), err)
 
 

@@ -39,6 +39,9 @@ from types import FrameType
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
 from chairside import contract
 from chairside.influx import InfluxRejected, InfluxUnavailable, InfluxWriter
 from chairside.metrics import Metrics
@@ -46,12 +49,12 @@ from chairside.model import AlarmEvent, AlarmStage, Reading
 from chairside.points import alarm_event_line, reading_line, reject_line
 from chairside.timebase import Timebase
 from chairside.validate import Accepted, Rejected, validate
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger("chairside.gateway")
 
 SUBSCRIBED_KINDS = ("vitals", "nibp", "status", "resp")
+CONTROL_KINDS = ("alarm_ack", "limits_set")
+TIME_SYNC_INTERVAL_MS = 60_000
 _SEEN_PER_BOOT = 1024
 _SEEN_BOOTS = 4096
 _REJECT_LOG_PER_WINDOW = 10
@@ -132,6 +135,18 @@ class _Inbound:
     ack: _Ack | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Control:
+    """A staff message (alarm acknowledgement or limit change) for a chair."""
+
+    kind: str
+    site: str
+    chair: str
+    payload: bytes
+    rx_ms: int
+    ack: _Ack | None
+
+
 @dataclass(slots=True)
 class _Entry:
     line: str
@@ -162,7 +177,8 @@ class Gateway:
         self._describe_metrics()
         self.timebase = Timebase(config.state_dir, skew_limit_ms=config.skew_limit_ms)
         self.influx = InfluxWriter(config.influx_url, config.database, config.influx_timeout_s)
-        self._inbox: queue.Queue[_Inbound] = queue.Queue(maxsize=config.queue_max)
+        self._inbox: queue.Queue[_Inbound | _Control] = queue.Queue(maxsize=config.queue_max)
+        self._time_sent: dict[tuple[str, str], int] = {}
         self._store: deque[_Entry] = deque()
         self._store_cond = threading.Condition()
         self._writing = False
@@ -287,7 +303,7 @@ class Gateway:
             self.config.mqtt_port,
             flags.session_present,
         )
-        client.subscribe([(contract.subscription(kind), 1) for kind in SUBSCRIBED_KINDS])
+        client.subscribe([(contract.subscription(kind), 1) for kind in SUBSCRIBED_KINDS + CONTROL_KINDS])
 
     def _on_subscribe(
         self,
@@ -323,6 +339,10 @@ class Gateway:
             self.metrics.inc("messages_in")
             if self.config.manual_ack and msg.qos > 0:
                 ack = _Ack(msg.mid, msg.qos, self._generation)
+            control = _control_of(msg.topic, bytes(msg.payload), rx_ms, ack)
+            if control is not None:
+                self._inbox.put_nowait(control)
+                return
             result = validate(msg.topic, msg.payload, strict=self.config.strict_fields)
             self._inbox.put_nowait(_Inbound(result, rx_ms, ack))
         except queue.Full:
@@ -351,15 +371,18 @@ class Gateway:
         while True:
             wait = max(0.0, min(next_tick, next_rejects) - time.monotonic())
             try:
-                item: _Inbound | None = self._inbox.get(timeout=min(wait, 0.1))
+                item: _Inbound | _Control | None = self._inbox.get(timeout=min(wait, 0.1))
             except queue.Empty:
                 item = None
             if item is not None:
                 try:
-                    self._process(item)
+                    if isinstance(item, _Control):
+                        self._process_control(item)
+                    else:
+                        self._process(item)
                 except Exception:
                     self.metrics.inc("processing_errors", stage="process")
-                    log.exception("unexpected error processing %s", item.result.topic)
+                    log.exception("unexpected error processing an inbox item")
                     self._ack(item.ack)
                 finally:
                     self._inbox.task_done()
@@ -415,6 +438,8 @@ class Gateway:
             log.info("box %s/%s answered %s", result.site, result.chair, dict(result.fields))
         elif result.last_will:
             log.warning("box %s/%s went offline (last will)", result.site, result.chair)
+        if not reading.historical and reading.kind in ("vitals", "status"):
+            self._maybe_send_time(reading)
         if self._is_duplicate(reading):
             self.metrics.inc("duplicates")
         else:
@@ -426,6 +451,55 @@ class Gateway:
                 events = []
             lines.extend(self._emit(events))
         self._store_lines(lines, item.ack)
+
+    def _maybe_send_time(self, reading: Reading) -> None:
+        """Send the box the wall time when its clock is not synchronised (no NTP
+        on the clinic network); at most once a minute per chair."""
+        if reading.fields.get("sync") != 0:
+            return
+        key = (reading.site, reading.chair)
+        now = self.clock.now_ms()
+        last = self._time_sent.get(key)
+        if last is not None and now - last < TIME_SYNC_INTERVAL_MS:
+            return
+        self._time_sent[key] = now
+        self.metrics.inc("time_commands")
+        command = {"v": 1, "cmd": "time", "id": f"time-{now}", "t": now}
+        self._publish(contract.topic("cmd", reading.site, reading.chair),
+                      json.dumps(command, separators=(",", ":")), retain=False)
+
+    def _process_control(self, item: _Control) -> None:
+        """Apply an alarm acknowledgement or a limit change (audited)."""
+        from chairside.alarms import adapter
+        from chairside.alarms.engine import AlarmEngine
+
+        engine = self.alarm_stage
+        if not isinstance(engine, AlarmEngine):
+            self.metrics.inc("control_rejected", reason="no_engine")
+            self._ack(item.ack)
+            return
+        now = self.clock.now_ms()
+        lines: list[str] = []
+        if item.kind == "alarm_ack":
+            result = adapter.handle_ack(engine, item.site, item.chair, item.payload, now)
+            if isinstance(result, adapter.Rejected):
+                self._control_rejected(item, result.reason, result.detail)
+            else:
+                lines.extend(self._emit(result))
+        else:
+            record = adapter.handle_limits_set(engine, item.site, item.chair, item.payload, now)
+            if isinstance(record, adapter.Rejected):
+                self._control_rejected(item, record.reason, record.detail)
+            else:
+                log.warning("limit %s on %s/%s: %s -> %s by %s", record.param, item.site, item.chair,
+                            record.old, record.new, record.by)
+                self.metrics.inc("limit_changes")
+                lines.append(adapter.audit_line(record))
+        self._store_lines(lines, item.ack)
+
+    def _control_rejected(self, item: _Control, reason: str, detail: str) -> None:
+        self.metrics.inc("control_rejected", reason=reason)
+        log.warning("%s on %s/%s rejected: %s (%s)", item.kind, item.site, item.chair, reason, detail)
 
     def _is_duplicate(self, reading: Reading) -> bool:
         seq, boot = reading.fields.get("seq"), reading.fields.get("boot")
@@ -645,6 +719,26 @@ class Gateway:
 # ---- command line -----------------------------------------------------------
 
 
+def default_alarm_stage(profile_path: str | Path | None = None) -> AlarmStage:
+    """The clinical alarm engine with the adult profile (or the given file)."""
+    from chairside.alarms.engine import AlarmEngine
+    from chairside.alarms.profile import load_profile
+
+    return AlarmEngine(load_profile(Path(profile_path) if profile_path else None))
+
+
+def _control_of(topic: str, payload: bytes, rx_ms: int, ack: _Ack | None) -> _Control | None:
+    """Recognise the staff topics .../{site}/{chair}/alarms/ack and .../limits/set."""
+    parts = topic.split("/")
+    if len(parts) != 6 or "/".join(parts[:2]) != contract.topic_root():
+        return None
+    tail = parts[4] + "/" + parts[5]
+    kind = {"alarms/ack": "alarm_ack", "limits/set": "limits_set"}.get(tail)
+    if kind is None:
+        return None
+    return _Control(kind, parts[2], parts[3], payload, rx_ms, ack)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mqtt-host", default="127.0.0.1", help="broker host")
     parser.add_argument("--mqtt-port", type=int, default=1883, help="broker port")
@@ -656,6 +750,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--metrics-port", type=int, default=None, help="serve /metrics on 127.0.0.1:PORT"
+    )
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="alarm profile JSON (default: the adult profile)"
     )
     # The top-level parser may already define --log-level; don't override its value.
     parser.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, ...")
@@ -685,9 +782,7 @@ def run(args: argparse.Namespace, alarm_stage: AlarmStage | None = None) -> int:
         log.error("bad configuration: %s", exc)
         return 2
     if alarm_stage is None:
-        from chairside.thresholds import ThresholdStage
-
-        alarm_stage = ThresholdStage()
+        alarm_stage = default_alarm_stage(getattr(args, "profile", None))
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

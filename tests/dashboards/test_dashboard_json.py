@@ -169,3 +169,11 @@ def test_detail_annotations_map_text_and_tags() -> None:
         assert anno["mappings"]["text"] == {"source": "field", "value": "text"}
         assert anno["mappings"]["tags"]["value"] == "alarm"
         assert anno["query"] == anno["target"]["query"]
+
+
+def test_fallback_profile_is_marked_and_matches_the_profile_file(tmp_path: Path) -> None:
+    fallback = build.load_profile(tmp_path / "missing.json")
+    real = build.load_profile()
+    assert fallback.source.startswith("FALLBACK")
+    assert "profiles/adult.json" in real.source
+    assert set(fallback.limits) == set(real.limits)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from csfw import link as L
 from csfw.mqtt import MQTTError
 from host.wlan import STAT_WRONG_PASSWORD, FakeWLAN

@@ -16,6 +16,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+
 from csfw import link as L
 from csfw import mqtt
 from csfw.contract import OFFLINE_PAYLOAD

@@ -4,6 +4,7 @@ NibpSim <-> Nibp over the fake UART, driven by an integer simulated clock."""
 from __future__ import annotations
 
 import pytest
+
 from csfw import contract, suntech
 from csfw.nibp import Nibp
 from csfw.oximeter import Oximeter

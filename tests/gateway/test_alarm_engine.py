@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
+
 from chairside.alarms import AlarmEngine, AlarmState, load_profile, parse_profile
 from chairside.alarms.adapter import (
     Rejected,

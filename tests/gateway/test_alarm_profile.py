@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from chairside.alarms import (
     DEFAULT_PROFILE_PATH,
     AlarmEngine,

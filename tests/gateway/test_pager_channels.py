@@ -20,6 +20,7 @@ from chairside.pager.channels import (
     DeliveryError,
     Message,
     MqttPageSender,
+    Sender,
     SmtpSender,
     WebhookSender,
     deliver,
@@ -109,6 +110,12 @@ def msg(action: str = "trigger", drill: bool = False, **over: Any) -> Message:
     return Message(**fields)
 
 
+def text_of(mail: EmailMsg) -> str:
+    payload = mail.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return payload.decode()
+
+
 def test_email_page_has_drill_first_and_ack_link(smtp: tuple[SmtpSink, int]) -> None:
     sink, port = smtp
     sender = SmtpSender(SmtpConfig(host="127.0.0.1", port=port, sender="pager@clinic.example"))
@@ -119,12 +126,12 @@ def test_email_page_has_drill_first_and_ack_link(smtp: tuple[SmtpSink, int]) -> 
     email, sms, real = sink.messages
     assert email["Subject"].split()[0] == "DRILL"
     assert email["Subject"] == "DRILL HIGH clinic1/chair3: SpO2 84 % < 85 % (chair 3)"
-    body = email.get_payload(decode=True).decode()
+    body = text_of(email)
     assert body.split()[0] == "DRILL"
     assert page.ack_url is not None and page.ack_url in body
     assert "chairside/v1/clinic1/pages/ack" in body
     assert sink.rcpts[1] == ["447700900001@sms.example.net"]
-    sms_text = sms.get_payload(decode=True).decode().strip()
+    sms_text = text_of(sms).strip()
     assert sms_text.startswith("DRILL HIGH") and len(sms_text) <= SMS_TWO_PARTS
     assert sms_text.endswith(page.ack_url)
     short = msg(ack_url="http://p.lan/ack?token=abc", text="x" * 200).short
@@ -169,7 +176,7 @@ def test_webhook_error_status_raises(receiver: Receiver) -> None:
 
 def test_smtp_down_falls_back_to_next_channel_and_records_failures(receiver: Receiver) -> None:
     dead = free_port()  # nothing listens here: SMTP is down
-    senders = {
+    senders: dict[str, Sender] = {
         "email": SmtpSender(SmtpConfig(host="127.0.0.1", port=dead, timeout_s=2)),
         "webhook": WebhookSender(2),
     }

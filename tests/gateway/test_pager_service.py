@@ -261,6 +261,34 @@ def test_drill_page_on_mqtt_and_ack_via_page_ack_topic(
         pager.stop()
 
 
+def test_rate_limit_suppresses_then_sends_one_summary(
+    mosquitto: Mosquitto, rx: Receiver, watcher: Watcher, tmp_path: Path
+) -> None:
+    doc = policy_doc(rx, free_port())
+    doc["fallback"] = ["alice"]
+    doc["rate_limit"] = {"max_pages": 1, "window_s": 2}
+    pager = start_pager(doc, mosquitto, tmp_path / "state.json")
+    try:
+        for chair in ("chair1", "chair2", "chair4"):  # a fault on several chairs at once
+            event = alarm() | {"chair": chair, "key": f"clinic1/{chair}/spo2_low"}
+            watcher.publish(f"chairside/v1/clinic1/{chair}/alarms", event)
+        wait_until(lambda: pager.counters["suppressed"] >= 2, 10, "pages suppressed")
+        summaries = wait_until(
+            lambda: [b for _, b in rx.events("trigger") if b["dedup_key"] == "rate-limit/alice"],
+            10,
+            "summary page",
+        )
+        assert "held by the rate limit" in summaries[0]["payload"]["summary"]
+        time.sleep(0.5)
+        real_pages = [b for _, b in rx.events("trigger") if b["dedup_key"] != "rate-limit/alice"]
+        assert len(real_pages) == 1  # one page in the window, the rest held and summarised
+        assert pager.ratelimit.suppressed_total["alice"] >= 2
+        records = [p for p in watcher.on("chairside/v1/clinic1/pages") if p["type"] == "record"]
+        assert {"page", "suppressed", "summary"} <= {r["action"] for r in records}
+    finally:
+        pager.stop()
+
+
 def _spawn(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, CHAIRSIDE_PAGER_SECRET=SECRET, PYTHONPATH=str(REPO / "gateway"))
     with open(log, "ab") as fh:

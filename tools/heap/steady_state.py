@@ -3,7 +3,7 @@
 # UART bytes through the BCI (and, every 5 min, SunTech) parsers, the 1 Hz
 # vitals JSON payload, its MQTT PUBLISH packet, and the spool (offline for
 # the first half: push; online for the second half: replay + commit).
-# gc.collect() once per tick (as the app loop does between ticks); the heap
+# gc.collect() once per tick, between ticks; the heap
 # figure is the gc.mem_alloc() high-water sampled after every stage, i.e. live
 # objects + the garbage one tick makes.  Prints one line "HEAP {json}".
 import gc
@@ -109,7 +109,7 @@ rparser = suntech.ResponseParser() if suntech else None
 topics = contract.Topics("clinic1", "12") if contract else None
 sp = None
 if spool:
-    try:
+    try:  # noqa: SIM105 (no contextlib on MicroPython)
         os.mkdir(SPOOL_DIR)
     except OSError:
         pass
@@ -118,12 +118,11 @@ gc.collect()
 sample("setup")
 setup_alloc = gc.mem_alloc()
 
-seq = 0
-pid = 0
+state = {"seq": 0, "pid": 0, "published": 0}
 t0 = 1790000000000
-published = 0
-for tick in range(TICKS):
-    gc.collect()
+
+
+def tick(tick):
     now = tick * 1000
     spo2, pr, sig, st = 97, 72, 5, "ok"
     if oxi:
@@ -142,54 +141,67 @@ for tick in range(TICKS):
         sample("nibp")
     payload = None
     if contract:
-        env = contract.envelope(seq, 3, now, t0 + now, True, False)
+        env = contract.envelope(state["seq"], 3, now, t0 + now, True, False)
         payload = contract.vitals_payload(env, spo2, pr, sig, st)
-        seq += 1
+        state["seq"] += 1
         sample("json")
     online = tick >= TICKS // 2
     if online and mqtt and payload is not None:
-        pid = pid % 65535 + 1
-        pkt = mqtt.publish_packet(topics.vitals, payload, qos=1, pid=pid)
-        published += 1
+        state["pid"] = state["pid"] % 65535 + 1
+        mqtt.publish_packet(topics.vitals, payload, qos=1, pid=state["pid"])
+        state["published"] += 1
         sample("publish")
         if nibp is not None:
-            env = contract.envelope(seq, 3, now, t0 + now, True, False)
+            env = contract.envelope(state["seq"], 3, now, t0 + now, True, False)
             mqtt.publish_packet(topics.nibp, contract.nibp_payload(env, True, *nibp[:4]),
-                                qos=1, pid=pid)
-            seq += 1
+                                qos=1, pid=state["pid"])
+            state["seq"] += 1
     if sp:
         if not online:
-            sp.push(spool.vitals_record(3, t0 + now, True, spo2, pr, sig, st))
+            sp.push(spool.vitals_record(3, state["seq"], now, True, spo2, pr, sig, st))
             if nibp is not None:
-                sp.push(spool.nibp_record(3, t0 + now, True, True, nibp[0], nibp[1],
+                sp.push(spool.nibp_record(3, state["seq"], now, True, True, nibp[0], nibp[1],
                                           nibp[2], nibp[3]))
             sample("spool_push")
         else:
             batch = sp.next_batch(8)
             for rec in batch:
                 if contract and mqtt and rec[0] == spool.KIND_VITALS:
-                    env = contract.envelope(seq, 3, 0, rec[2], rec[3], True)
-                    body = contract.vitals_payload(env, rec[4], rec[5], rec[6], rec[7])
-                    pid = pid % 65535 + 1
-                    mqtt.publish_packet(topics.vitals, body, qos=1, pid=pid)
-                    seq += 1
+                    env = contract.envelope(state["seq"], 3, rec[3], t0 + rec[3], rec[4], True)
+                    body = contract.vitals_payload(env, rec[5], rec[6], rec[7], rec[8])
+                    state["pid"] = state["pid"] % 65535 + 1
+                    mqtt.publish_packet(topics.vitals, body, qos=1, pid=state["pid"])
+                    state["seq"] += 1
             sp.commit(len(batch))
             sample("spool_replay")
 
-gc.collect()
-result = {
-    "ticks": TICKS,
-    "heap_total": gc.mem_alloc() + gc.mem_free(),
-    "base_alloc": base_alloc,
-    "modules_alloc": modules_alloc,
-    "setup_alloc": setup_alloc,
-    "end_alloc": gc.mem_alloc(),
-    "peak_alloc": peak[0],
-    "peak_stage": peak[1],
-    "published": published,
-    "spool_depth": sp.depth if sp else None,
-    "spool_dropped": sp.dropped if sp else None,
-    "used": used,
-    "skipped": skipped,
-}
-print("HEAP " + json.dumps(result))
+
+def report():
+    gc.collect()
+    result = {
+        "ticks": TICKS,
+        "heap_total": gc.mem_alloc() + gc.mem_free(),
+        "base_alloc": base_alloc,
+        "modules_alloc": modules_alloc,
+        "setup_alloc": setup_alloc,
+        "end_alloc": gc.mem_alloc(),
+        "peak_alloc": peak[0],
+        "peak_stage": peak[1],
+        "published": state["published"],
+        "spool_depth": sp.depth if sp else None,
+        "spool_dropped": sp.dropped if sp else None,
+        "used": used,
+        "skipped": skipped,
+    }
+    print("HEAP " + json.dumps(result))
+
+
+try:
+    _DRIVEN = _CS_DRIVEN  # tools/mpvm/heap_steady.mjs calls tick() itself
+except NameError:
+    _DRIVEN = False
+if not _DRIVEN:
+    for _t in range(TICKS):
+        gc.collect()
+        tick(_t)
+    report()

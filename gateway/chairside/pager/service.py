@@ -35,6 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from .ackserver import AckServer
 from .channels import (
     Attempt,
     DeliveryError,
@@ -58,7 +59,7 @@ from .escalation import (
     on_event,
     undeliverable,
 )
-from .policy import Policy, PolicyError, load_policy, on_call
+from .policy import Policy, PolicyError, levels_at, load_policy
 from .ratelimit import RateLimiter
 from .state import StateStore
 from .tokens import TokenError, make_token, verify_token
@@ -198,10 +199,7 @@ class Pager:
             self.senders["email"] = smtp
             self.senders["sms"] = smtp
 
-        from .ackserver import AckServer
-
         self.ack_server: AckServer | None = None
-        self._ack_server_cls = AckServer
 
     # ------------------------------------------------------------ lifecycle
 
@@ -210,7 +208,7 @@ class Pager:
         return self.ack_server.port if self.ack_server is not None else self.ack_port_cfg
 
     def start(self) -> None:
-        self.ack_server = self._ack_server_cls(
+        self.ack_server = AckServer(
             self.ack_listen, self.ack_port_cfg, self.check_token, self.ack_token
         )
         self.ack_server.start()
@@ -576,15 +574,17 @@ class Pager:
         now = self.clock()
         if kind == "summary":
             person = item["to"][0]
+            site = item["keys"][0].split("/")[0] if item["keys"] else "all"
             th = Thread(
-                key=item["key"], n=0, site="all", chair="-", alarm="rate-limit",
+                key=item["key"], n=0, site=site, chair="-", alarm="rate-limit",
                 priority="low", kind="technical",
                 text=f"{item['count']} page(s) held by the rate limit: "
                 + ", ".join(item["keys"][:10]),
                 drill=False, state=State.OPEN, opened_at=now, event_t=_ms(now) or 0,
                 next_at=None,
             )  # fmt: skip
-            msg = self._message(item | {"thread": th.to_json()}, "summary", person)
+            item = item | {"thread": th.to_json()}
+            msg = self._message(item, "summary", person)
             ok, channel, attempts = self._deliver(msg, person)
             if ok:
                 with self._lock:
@@ -739,10 +739,9 @@ def run(args: argparse.Namespace) -> int:
         print(exc)
         return 2
     if args.check:
-        now = datetime.now(UTC)
-        depth = len(policy.rota[0].levels) if policy.rota else len(policy.fallback)
-        for level in range(1, max(depth, len(policy.fallback)) + 1):
-            print(f"level {level}: {on_call(policy, level, now).id}")
+        on_call_now = levels_at(policy, datetime.now(UTC))
+        for level, person in enumerate(on_call_now, start=1):
+            print(f"level {level}: {person.id} ({person.name})")
         print("policy OK")
         return 0
     if args.secret_file:

@@ -31,7 +31,7 @@ def fresh_dir(tag):
             os.stat(base)
         except OSError:
             os.mkdir(base)
-    path = "%s/csfw_spool_%s_%d_%d" % (base, tag, _counter[0], id(_counter) & 0xFFFF)
+    path = base + "/csfw_spool_" + tag + "_" + str(_counter[0])
     _rmtree(path)
     os.mkdir(path)
     return path
@@ -39,12 +39,12 @@ def fresh_dir(tag):
 
 def _v(i, sync=1):
     # 1 Hz vitals, t = 1.79e12 + i s, values cycle through the ranges
-    return vitals_record(3, 1790000000000 + i * 1000, sync, 90 + i % 11,
+    return vitals_record(3, i, 5000 + i * 1000, sync, 90 + i % 11,
                          60 + i % 200, i % 16, spool.STATES[i % 5], i % 2)
 
 
 def _n(i, ok=True):
-    return nibp_record(3, 1790000000000 + i * 1000, 1, ok, 120 + i % 100, 80, 93, 70, 0)
+    return nibp_record(3, 100000 + i, 5000 + i * 1000, 1, ok, 120 + i % 100, 80, 93, 70, 0)
 
 
 def _drain(sp, batch=7):
@@ -62,21 +62,21 @@ def _seg_files(path):
 
 
 def test_codec_round_trip_and_sizes():
-    v = vitals_record(65535, 4102444800000, True, 100, 300, 15, "no_data", 1)
-    n = nibp_record(2, 123456, False, True, 300, 0, 155, None, 7)
+    v = vitals_record(65535, 0xFFFFFF, 0xFFFFFFFF, True, 100, 300, 15, "no_data", 1)
+    n = nibp_record(2, 123456, 99, False, True, 300, 0, 155, None, 7)
     bv = encode_record(v)
     bn = encode_record(n)
     assert len(bv) == spool.VITALS_LEN == 16
-    assert len(bn) == spool.NIBP_LEN == 20
+    assert len(bn) == spool.NIBP_LEN == 21
     assert decode_record(bv) == v
     assert decode_record(bn) == n
-    nulls = vitals_record(0, 0, False, None, None, 0, "probe_off")
+    nulls = vitals_record(0, 0, 0, False, None, None, 0, "probe_off")
     assert decode_record(encode_record(nulls)) == nulls
-    err = nibp_record(1, 5, True, False, None, None, None, None, 42)
+    err = nibp_record(1, 5, 6, True, False, None, None, None, None, 42)
     assert decode_record(encode_record(err)) == err
-    # exact bytes: head (kind 1, sync, cuff) st boot t_hi t_lo spo2 pr sig crc
-    b = encode_record(vitals_record(1, 0x0102030405, True, 97, 72, 5, "ok", 0))
-    assert b[:14] == bytes([0x11, 0, 0, 1, 0, 1, 2, 3, 4, 5, 97, 0, 72, 5])
+    # exact bytes: head (kind 1, sync, cuff) st<<4|sig boot seq(24) up spo2 pr crc
+    b = encode_record(vitals_record(1, 0x010203, 0x04050607, True, 97, 72, 5, "ok", 0))
+    assert b[:14] == bytes([0x11, 0x05, 0, 1, 1, 2, 3, 4, 5, 6, 7, 97, 0, 72])
 
 
 def test_decode_rejects_torn_and_corrupt():
@@ -257,9 +257,8 @@ def test_power_cut_at_every_byte_of_a_record():
                 sp.push(_v(i))
             sp.flush()
             names = _seg_files(d)
-            f = open(d + "/" + names[-1], "ab")
-            f.write(torn[:k])
-            f.close()
+            with open(d + "/" + names[-1], "ab") as f:
+                f.write(torn[:k])
             sp2 = Spool(d, os, ram_records=4, max_bytes=8192, seg_bytes=1024)
             assert sp2.depth == 10, (k, sp2.depth)
             for i in range(100, 105):
@@ -277,13 +276,11 @@ def test_corrupt_record_in_the_middle_is_skipped():
         sp.push(_v(i))
     sp.flush()
     path = d + "/" + _seg_files(d)[0]
-    f = open(path, "rb")
-    data = bytearray(f.read())
-    f.close()
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
     data[16 * 4 + 5] ^= 0xFF  # damage record 4
-    f = open(path, "wb")
-    f.write(data)
-    f.close()
+    with open(path, "wb") as f:
+        f.write(data)
     sp2 = Spool(d, os, ram_records=4, max_bytes=8192, seg_bytes=4096)
     assert sp2.depth == 9
     got = _drain(sp2)
@@ -298,8 +295,7 @@ def test_corrupt_cursor_replays_from_oldest():
     sp.flush()
     sp.next_batch(3)
     sp.commit(3)
-    f = open(d + "/cursor", "wb")
-    f.write(b"\x00\x01garbage!")
-    f.close()
+    with open(d + "/cursor", "wb") as f:
+        f.write(b"\x00\x01garbage!")
     sp2 = Spool(d, os, ram_records=4, max_bytes=8192, seg_bytes=4096)
     assert _drain(sp2) == [_v(i) for i in range(8)]

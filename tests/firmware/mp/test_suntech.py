@@ -1,7 +1,8 @@
 # SunTech-style NIBP codec (runs on MicroPython too).  Frame layouts: see the
 # header of csfw/suntech.py and docs/hardware-protocols.md.
-from csfw import suntech
 from mptest import hexbytes, raises
+
+from csfw import suntech
 
 COMMANDS = (
     (suntech.START_BP, "3A 20 A6"),          # the documented start-BP example

@@ -1,0 +1,144 @@
+"""A simulated chair box: the real firmware (``csfw.app.App``) on the host
+hardware layer, wired to sensor simulators that speak the real byte
+protocols and to a real MQTT broker through a real TCP socket.
+
+Time is simulated (:class:`host.clock.SimClock`): ``step(ms)`` advances it in
+small ticks, letting the simulators write their bytes and the app poll, so a
+minute of patient data takes a fraction of a second.  CPython only; never
+copied to a board.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from typing import Any
+
+from csfw import VERSION
+from csfw.app import App, Hardware, next_boot_count
+
+from host.clock import SimClock
+from host.nibp_sim import NibpSim
+from host.oximeter_sim import OximeterSim
+from host.patient import make_patient
+from host.sockets import make_connect_fn
+from host.uart import uart_pair
+from host.wlan import FakeWLAN
+
+TICK_MS = 20
+
+
+class FakeWDT:
+    """machine.WDT stand-in: records feeds; `expired(now)` tells whether the
+    real one would have reset the board."""
+
+    def __init__(self, timeout_ms: int = 8000) -> None:
+        self.timeout_ms = timeout_ms
+        self.feeds = 0
+
+    def feed(self) -> None:
+        self.feeds += 1
+
+
+class FakePin:
+    """machine.Pin stand-in for the status LED."""
+
+    def __init__(self) -> None:
+        self.level = 0
+        self.changes = 0
+
+    def value(self, level: int | None = None) -> int:
+        if level is not None and level != self.level:
+            self.level = level
+            self.changes += 1
+        return self.level
+
+
+class SimBox:
+    def __init__(
+        self,
+        site: str,
+        chair: str,
+        scenario: str = "normal",
+        mqtt_host: str = "127.0.0.1",
+        mqtt_port: int = 1883,
+        clock: SimClock | None = None,
+        synced: bool = True,
+        ntp: bool = False,
+        seed: int = 0,
+        fs_dir: str | None = None,
+        nibp_interval_s: int = 0,
+        keepalive_s: int = 30,
+        mqtt_user: str | None = None,
+        mqtt_password: str | None = None,
+        epoch_at_boot_ms: int | None = None,
+    ) -> None:
+        self.clock = clock or SimClock(
+            epoch_at_boot_ms=epoch_at_boot_ms or 1_790_000_000_000, synced=synced
+        )
+        self.patient = make_patient(scenario, seed=seed)
+        self.oxi_box, oxi_dev = uart_pair()
+        self.nibp_box, nibp_dev = uart_pair()
+        self.oxi_sim = OximeterSim(self.patient, oxi_dev)
+        self.nibp_sim = NibpSim(self.patient, nibp_dev, seed=seed)
+        self.wlan = FakeWLAN()
+        self.wdt = FakeWDT()
+        self.led = FakePin()
+        self.fs_dir = fs_dir or tempfile.mkdtemp(prefix=f"chairside-box-{chair}-")
+        os.makedirs(self.fs_dir, exist_ok=True)
+        self.cfg: dict[str, Any] = {
+            "site": site,
+            "chair": chair,
+            "wifi": {"ssid": "clinic", "key": "sim"},
+            "mqtt": {"host": mqtt_host, "port": mqtt_port, "keepalive_s": keepalive_s,
+                     "user": mqtt_user, "password": mqtt_password},
+            "nibp_interval_s": nibp_interval_s,
+        }
+        rng = random.Random(seed)
+        hw = Hardware(
+            oxi_uart=self.oxi_box,
+            nibp_uart=self.nibp_box,
+            wlan=self.wlan,
+            connect_fn=make_connect_fn(mqtt_host, mqtt_port, self.wlan, timeout_s=2),
+            fs_dir=self.fs_dir,
+            os_module=os,
+            wdt=self.wdt,
+            led_pin=self.led,
+            reset_cause="power",
+            rand=rng.random,
+            ntp_sync=self._ntp_sync if ntp else None,
+        )
+        self.boot = next_boot_count(os, self.fs_dir)
+        self.app = App(self.cfg, hw, self.clock, boot=self.boot, fw_version=VERSION,
+                       cfg_hash="51a7b0c5")
+
+    def _ntp_sync(self) -> None:
+        if self.wlan.is_cut:
+            raise OSError("ntp unreachable")
+        self.clock.set_epoch_ms(self.clock.true_epoch_ms())
+
+    def poll_once(self) -> None:
+        now = self.clock.now_ms()
+        self.oxi_sim.advance(now)
+        self.nibp_sim.advance(now)
+        self.app.poll()
+
+    def step(self, ms: int, tick_ms: int = TICK_MS) -> None:
+        """Advance simulated time by `ms`, polling every `tick_ms`."""
+        end = self.clock.now_ms() + ms
+        while self.clock.now_ms() < end:
+            self.clock.advance(min(tick_ms, end - self.clock.now_ms()))
+            self.poll_once()
+
+    def power_off(self) -> None:
+        """Drop the TCP connection as a power cut would (broker fires the will)."""
+        self.wlan.cut()
+
+    def close(self) -> None:
+        """Close the box's socket (the broker then publishes its last will)."""
+        self.app.mqtt.close()
+
+    @property
+    def seq(self) -> int:
+        return self.app.seq

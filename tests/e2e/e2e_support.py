@@ -1,0 +1,122 @@
+"""End-to-end helpers: the real gateway (in this process) between a real
+Mosquitto and a real InfluxDB, an MQTT observer, InfluxQL row helpers."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from chairside.gateway import Gateway, GatewayConfig, default_alarm_stage
+from chairside.services import InfluxDB, Mosquitto
+
+
+class Observer:
+    """A plain paho subscriber recording every message it sees."""
+
+    def __init__(self, port: int, topic: str = "chairside/#") -> None:
+        self.messages: list[tuple[str, bytes, float]] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"observer-{time.monotonic_ns()}")
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._ready.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(topic, qos=1)
+        self.client.loop_start()
+        assert self._ready.wait(5), "observer could not subscribe"
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload), time.monotonic()))
+
+    def payloads(self, suffix: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [json.loads(p) for t, p, _ in self.messages if t.endswith(suffix)]
+
+    def wait_for(self, suffix: str, predicate: Any = lambda p: True, timeout: float = 10.0) -> dict[str, Any]:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for payload in self.payloads(suffix):
+                if predicate(payload):
+                    return payload
+            time.sleep(0.02)
+        raise AssertionError(f"no message on *{suffix} matching within {timeout} s")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class SimWallClock:
+    """The gateway's clock in accelerated-time tests: the simulated world's
+    wall time (what NTP would say), shared with the simulated boxes."""
+
+    def __init__(self, sim_clock: Any) -> None:
+        self.sim_clock = sim_clock
+
+    def now_ms(self) -> int:
+        return int(self.sim_clock.true_epoch_ms())
+
+
+def start_gateway(
+    mosquitto: Mosquitto, influxdb: InfluxDB, state_dir: Path, clock: Any = None, **overrides: Any
+) -> Gateway:
+    config = GatewayConfig(
+        mqtt_port=mosquitto.port,
+        influx_url=influxdb.url,
+        state_dir=state_dir,
+        **overrides,
+    )
+    gateway = Gateway(config, default_alarm_stage(), clock=clock)
+    gateway.start()
+    assert gateway.wait_subscribed(10), "gateway did not subscribe"
+    return gateway
+
+
+def query_rows(influxdb: InfluxDB, q: str) -> list[dict[str, Any]]:
+    """Run InfluxQL; rows as dicts (with 'time' in ms), all series concatenated."""
+    result: Any = influxdb.query(q, "chairside")
+    rows: list[dict[str, Any]] = []
+    for res in result.get("results", []):
+        assert "error" not in res, res
+        for series in res.get("series", []) or []:
+            tags = series.get("tags", {}) or {}
+            for values in series["values"]:
+                row = dict(zip(series["columns"], values, strict=True))
+                row.update(tags)
+                rows.append(row)
+    return rows
+
+
+def wait_rows(influxdb: InfluxDB, q: str, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+    end = time.monotonic() + timeout
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < end:
+        try:
+            rows = query_rows(influxdb, q)
+        except AssertionError:
+            rows = []
+        if len(rows) >= count:
+            return rows
+        time.sleep(0.1)
+    return rows
+
+
+def lockstep(fleet: Any, gateway: Gateway, sim_ms: int, step_ms: int = 1000, timeout: float = 5.0) -> None:
+    """Run the fleet `sim_ms` of simulated time, one step at a time, letting
+    the gateway catch up after each step (every message the boxes sent has
+    been received and processed), so the gateway's clock — the simulated wall
+    time — moves with the readings as it would live."""
+    for _ in range(sim_ms // step_ms):
+        fleet.run_for(step_ms)
+        sent = sum(box.app.seq for box in fleet.boxes)
+        end = time.monotonic() + timeout
+        while gateway.metrics.total("messages_in") < sent and time.monotonic() < end:
+            time.sleep(0.002)
+        gateway.wait_idle(timeout)

@@ -1,0 +1,131 @@
+// Prove the UART hot paths allocate nothing: feed bytes through
+// csfw.bci.BciParser.feed, csfw.oximeter.Oximeter.poll (with a UART stand-in
+// whose readinto does not allocate) and csfw.suntech.ResponseParser.feed
+// under micropython.heap_lock() on the official WebAssembly port.
+//   node tools/mpvm/heap_lock_check.mjs [--mpy]
+// Prints one line per check; exit 1 on MemoryError or wrong frame counts.
+// Modules not present are reported as SKIP.
+import { newVM, run } from "./vm.mjs";
+
+const mp = await newVM({ mpy: process.argv.includes("--mpy") });
+const err = run(mp, `
+import micropython
+
+results = []
+
+def _locked(name, fn, expect):
+    try:
+        micropython.heap_lock()
+        try:
+            got = fn()
+        finally:
+            micropython.heap_unlock()
+    except MemoryError:
+        results.append("FAIL " + name + ": allocated under heap_lock (MemoryError)")
+        return
+    if got != expect:
+        results.append("FAIL " + name + ": %d frames, expected %d" % (got, expect))
+    else:
+        results.append("OK " + name + ": %d frames, no allocation" % got)
+
+try:
+    from csfw import bci
+except ImportError:
+    bci = None
+try:
+    from csfw import oximeter
+except ImportError:
+    oximeter = None
+try:
+    from csfw import suntech
+except ImportError:
+    suntech = None
+
+if bci:
+    frames = bytearray()
+    for i in range(100):
+        frames.extend(bci.encode_frame(i % 9, i % 128, 60 + i, 90 + i % 11))
+    frames = bytes(frames)
+    parser = bci.BciParser()
+
+    def feed_bci():
+        p = parser
+        d = frames
+        n = 0
+        for i in range(len(d)):
+            if p.feed(d[i]):
+                n += 1
+        return n
+    _locked("bci.BciParser.feed", feed_bci, 100)
+else:
+    results.append("SKIP bci: csfw.bci missing")
+
+if bci and oximeter:
+    class Uart:
+        def __init__(self, data):
+            self.data = data
+            self.pos = 0
+
+        def any(self):
+            return len(self.data) - self.pos
+
+        def readinto(self, buf, n=-1):
+            if n < 0 or n > len(buf):
+                n = len(buf)
+            left = len(self.data) - self.pos
+            if n > left:
+                n = left
+            d = self.data
+            p = self.pos
+            for i in range(n):
+                buf[i] = d[p + i]
+            self.pos = p + n
+            return n
+
+        def read(self, n=-1):
+            return None
+
+        def write(self, b):
+            return 0
+
+    uart = Uart(frames)
+    oxi = oximeter.Oximeter(uart)
+    oxi.poll(0)  # first poll outside the lock: lazy state, if any
+    uart.pos = 0
+    oxi.parser.frames = 0
+
+    def poll_oxi():
+        for now in range(1, 60):
+            oxi.poll(now)
+        return oxi.parser.frames
+    _locked("oximeter.Oximeter.poll", poll_oxi, 100)
+elif not oximeter:
+    results.append("SKIP oximeter: csfw.oximeter missing")
+
+if suntech:
+    one = suntech.response(suntech.bp_data_payload(124, 82, 96, 71))
+    stream = one + one + one + one + one
+    rp = suntech.ResponseParser()
+
+    def feed_suntech():
+        n = 0
+        d = stream
+        for i in range(len(d)):
+            if rp.feed(d[i], 1000):
+                n += 1
+        return n
+    _locked("suntech.ResponseParser.feed", feed_suntech, 5)
+else:
+    results.append("SKIP suntech: csfw.suntech missing")
+`);
+if (err !== null) {
+  console.log(err);
+  process.exit(2);
+}
+const results = mp.globals.get("results");
+let failed = 0;
+for (const line of results) {
+  console.log(line);
+  if (line.startsWith("FAIL")) failed += 1;
+}
+process.exitCode = failed ? 1 : 0;
