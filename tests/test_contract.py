@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from chairside import contract as gw_contract
 from chairside.validate import Accepted, validate
 from csfw import contract as fw_contract
@@ -47,8 +48,8 @@ def test_firmware_payloads_pass_gateway_validation(kind: str, payload: str) -> N
 
 def test_firmware_constants_match_contract() -> None:
     spec = gw_contract.load()
-    assert fw_contract.SCHEMA_VERSION == spec["schema_version"]
-    assert fw_contract.TOPIC_ROOT == spec["topic_root"]
+    assert spec["schema_version"] == fw_contract.SCHEMA_VERSION
+    assert spec["topic_root"] == fw_contract.TOPIC_ROOT
     states = spec["messages"]["vitals"]["fields"]["st"]["values"]
     fw_states = [fw_contract.ST_OK, fw_contract.ST_SEARCHING, fw_contract.ST_NO_FINGER,
                  fw_contract.ST_PROBE_OFF, fw_contract.ST_NO_DATA]

@@ -83,8 +83,8 @@ class App:
         self.topics = contract.Topics(cfg["site"], cfg["chair"])
         self.oxi = Oximeter(hw.oxi_uart)
         self.nibp = Nibp(hw.nibp_uart)
-        self.spool = Spool(hw.fs_dir + "/spool", hw.os, ram_records=cfg.get("ram_records", 64),
-                           max_bytes=cfg.get("spool_bytes", 512 * 1024))
+        self.spool = Spool(hw.fs_dir + "/spool", hw.os, ram_records=cfg.get("hist_ram_records", 64),
+                           max_bytes=cfg.get("spool_kb", 512) * 1024)
         mq = cfg["mqtt"]
         self.mqtt = MQTTClient(
             "chairside-" + cfg["site"] + "-" + cfg["chair"], hw.connect_fn,

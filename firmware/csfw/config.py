@@ -27,8 +27,8 @@ TOP_DEFAULTS = {
     "site": None,
     "chair": None,
     "nibp_interval_s": 300,
-    "hist_ram_records": 300,
-    "hist_flash_records": 3600,
+    "hist_ram_records": 64,
+    "spool_kb": 512,
 }
 WIFI_DEFAULTS = {"ssid": "", "key": ""}
 
@@ -185,8 +185,8 @@ def validate(given):
     _int(cfg, "nibp_interval_s", 0, 3600, "nibp_interval_s")
     if 0 < cfg["nibp_interval_s"] < 60:
         raise ConfigError("nibp_interval_s: 0 (off) or at least 60")
-    _int(cfg, "hist_ram_records", 10, 5000, "hist_ram_records")
-    _int(cfg, "hist_flash_records", 0, 100000, "hist_flash_records")
+    _int(cfg, "hist_ram_records", 8, 512, "hist_ram_records")
+    _int(cfg, "spool_kb", 64, 1024, "spool_kb")
     return cfg
 
 

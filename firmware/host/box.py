@@ -17,7 +17,6 @@ from typing import Any
 
 from csfw import VERSION
 from csfw.app import App, Hardware, next_boot_count
-
 from host.clock import SimClock
 from host.nibp_sim import NibpSim
 from host.oximeter_sim import OximeterSim

@@ -7,17 +7,28 @@ Three threads, each with one job:
 * the processor takes inbox items, timestamps them, runs the alarm stage,
   publishes alarm events and hands line protocol to the store buffer; it also
   ticks the alarm stage every second and flushes aggregated rejects;
-* the writer posts the store buffer to InfluxDB in batches (``batch_max``
-  lines or every ``batch_interval_s``) and, with ``manual_ack``, acknowledges
-  each MQTT message only once all its points are written.
+* the writer takes the store buffer in batches (``batch_max`` lines or every
+  ``batch_interval_s``) and makes each batch durable: written to InfluxDB, or,
+  while InfluxDB is unreachable (or the spool still holds older points),
+  appended to the on-disk :class:`~chairside.point_spool.PointSpool`.  With
+  ``manual_ack`` each MQTT message is acknowledged only once all its points
+  are durable, so a gateway crash makes the broker redeliver (persistent
+  session: QoS 1, clean session off, stable client id) instead of losing.
+  The spool is replayed oldest first when InfluxDB returns; new batches queue
+  behind it, so order is kept.  A batch InfluxDB rejects as malformed is
+  bisected to isolate the bad line(s), which go to the dead-letter file with
+  the reason; the rest is stored.
 
-Alarms never wait for InfluxDB: a storage outage only grows the bounded store
-buffer.  While InfluxDB is unavailable, messages whose first write attempt
-failed are acknowledged anyway (they stay in the in-memory retry buffer), so
-the broker's in-flight window never stalls live alarm evaluation; a later
-disk spool will make that buffer durable.  Messages still unacknowledged at
-shutdown are redelivered by the broker (persistent session); a replay writes
-the same points again (same series, same timestamp), so nothing duplicates.
+Alarms never wait for InfluxDB: the processor never touches storage, and the
+writer acknowledges spooled messages at once, so the broker's in-flight
+window never stalls live alarm evaluation.  Writes are idempotent (same
+series and timestamp ⇒ the same point: boot times are frozen in the state
+dir), so a redelivery or a spool replay after a partial write stores nothing
+twice.  When the spool is full, batches are dropped (counted) and a technical
+alarm event ``gateway_spool_full`` is published like any other alarm event.
+
+``/health`` (JSON, 200 or 503) and ``/metrics`` (Prometheus text) are served
+on ``127.0.0.1:metrics_port`` when that is set.
 """
 
 from __future__ import annotations
@@ -27,7 +38,9 @@ import itertools
 import json
 import logging
 import queue
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections import OrderedDict, deque
@@ -43,9 +56,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from chairside import contract
+from chairside.deadletter import DeadLetters
 from chairside.influx import InfluxRejected, InfluxUnavailable, InfluxWriter
 from chairside.metrics import Metrics
 from chairside.model import AlarmEvent, AlarmStage, Reading
+from chairside.point_spool import PointSpool, SpoolError
 from chairside.points import alarm_event_line, reading_line, reject_line
 from chairside.timebase import Timebase
 from chairside.validate import Accepted, Rejected, validate
@@ -58,6 +73,9 @@ TIME_SYNC_INTERVAL_MS = 60_000
 _SEEN_PER_BOOT = 1024
 _SEEN_BOOTS = 4096
 _REJECT_LOG_PER_WINDOW = 10
+MALFORMED_STATUSES = frozenset({400, 413, 422})
+"""InfluxDB answers that blame the lines themselves: bisect, dead-letter the bad ones"""
+SPOOL_FULL_ALARM = "gateway_spool_full"
 
 
 class Clock(Protocol):
@@ -97,6 +115,18 @@ class GatewayConfig:
     strict_fields: bool = False
     stop_timeout_s: float = 5.0
     metrics_port: int | None = None
+    """serve /metrics and /health on 127.0.0.1:PORT"""
+    spool_max_bytes: int = 256 * 1024 * 1024
+    """bound of the on-disk spool (state_dir/spool); past it batches are dropped"""
+    spool_segment_bytes: int = 4 * 1024 * 1024
+    spool_fsync: bool = True
+    deadletter_max_bytes: int = 64 * 1024 * 1024
+    probe_interval_s: float = 5.0
+    """while idle, check InfluxDB is reachable this often (for /health)"""
+    health_write_age_s: float = 300.0
+    """/health reports 503 when points are waiting and none was written for this long"""
+    site: str = "gateway"
+    """site id under which the gateway publishes its own technical alarm events"""
 
     def __post_init__(self) -> None:
         positive = {
@@ -111,6 +141,11 @@ class GatewayConfig:
             "retry_min_s": self.retry_min_s,
             "reject_interval_s": self.reject_interval_s,
             "stop_timeout_s": self.stop_timeout_s,
+            "spool_max_bytes": self.spool_max_bytes,
+            "spool_segment_bytes": self.spool_segment_bytes,
+            "deadletter_max_bytes": self.deadletter_max_bytes,
+            "probe_interval_s": self.probe_interval_s,
+            "health_write_age_s": self.health_write_age_s,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -119,6 +154,8 @@ class GatewayConfig:
             raise ValueError("GatewayConfig.retry_max_s must be >= retry_min_s")
         if self.store_max_lines < self.batch_max:
             raise ValueError("GatewayConfig.store_max_lines must be >= batch_max")
+        if not contract.id_regex().fullmatch(self.site):
+            raise ValueError(f"GatewayConfig.site {self.site!r} is not a valid id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +220,29 @@ class Gateway:
         self._store_cond = threading.Condition()
         self._writing = False
         self._db_ready = False
+        self._temp_dir: Path | None = None
+        if config.state_dir is not None:
+            storage_dir = config.state_dir
+        else:
+            self._temp_dir = Path(tempfile.mkdtemp(prefix="chairside-gateway-"))
+            storage_dir = self._temp_dir
+            log.warning("no state dir: spool in %s will not survive a restart", storage_dir)
+        self.spool = PointSpool(
+            storage_dir / "spool",
+            max_bytes=config.spool_max_bytes,
+            segment_bytes=config.spool_segment_bytes,
+            fsync=config.spool_fsync,
+        )
+        self.deadletters = DeadLetters(
+            storage_dir / "deadletter", max_bytes=config.deadletter_max_bytes, fsync=config.spool_fsync
+        )
+        self._spool_full = False
+        self._spool_lock = threading.Lock()
+        self._influx_ok: bool | None = None
+        self._last_write: float | None = None
+        self._last_contact = 0.0
+        self._started = time.monotonic()
+        self._update_spool_gauges()
         self._stop_processor = threading.Event()
         self._stop_writer = threading.Event()
         self._subscribed = threading.Event()
@@ -222,6 +282,13 @@ class Gateway:
         m.describe("processing_errors", "counter", "unexpected errors while processing")
         m.describe("mqtt_connected", "gauge", "1 while connected to the broker")
         m.describe("write_seconds", "histogram", "InfluxDB write latency")
+        m.describe("spool_depth", "gauge", "points waiting in the on-disk spool")
+        m.describe("spool_bytes", "gauge", "bytes of the on-disk spool")
+        m.describe("spooled", "counter", "points appended to the on-disk spool")
+        m.describe("spool_dropped", "counter", "points dropped because the spool was full")
+        m.describe("spool_errors", "counter", "failed spool appends (disk errors)")
+        m.describe("deadletters", "counter", "points InfluxDB rejected as malformed (dead-lettered)")
+        m.describe("influx_reachable", "gauge", "1 while InfluxDB answers")
 
     # ---- lifecycle ---------------------------------------------------------
 
@@ -229,6 +296,7 @@ class Gateway:
         """Start the worker threads and connect (the broker may be down: paho retries)."""
         if self._threads:
             return
+        self._started = time.monotonic()
         self._threads = [
             threading.Thread(target=self._processor_loop, name="gw-processor", daemon=True),
             threading.Thread(target=self._writer_loop, name="gw-writer", daemon=True),
@@ -257,26 +325,37 @@ class Gateway:
             left = len(self._store)
         if left:
             self.metrics.inc("queue_dropped", left, queue="store_at_stop")
-            log.warning("%d points not written at stop (unacked ones will be redelivered)", left)
+            log.warning("%d points neither written nor spooled at stop (unacked: redelivered)", left)
         self.client.disconnect()
         self.client.loop_stop()
         self.influx.close()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+            self._http = None
         self._threads = []
+        if self._temp_dir is not None and self.spool.empty:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
 
     def wait_subscribed(self, timeout: float) -> bool:
         """True once the box-topic subscriptions are granted."""
         return self._subscribed.wait(timeout)
 
     def wait_idle(self, timeout: float) -> bool:
-        """True when nothing is queued, processing, buffered or being written."""
+        """True when nothing is queued, processing, buffered, spooled or being written."""
+        return self._wait(timeout, spool_too=True)
+
+    def wait_durable(self, timeout: float) -> bool:
+        """True when everything received is in InfluxDB or in the disk spool."""
+        return self._wait(timeout, spool_too=False)
+
+    def _wait(self, timeout: float, *, spool_too: bool) -> bool:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             with self._store_cond:
                 store_idle = not self._store and not self._writing
-            if self._inbox.unfinished_tasks == 0 and store_idle:
+                spool_idle = not spool_too or self.spool.empty
+            if self._inbox.unfinished_tasks == 0 and store_idle and spool_idle:
                 return True
             time.sleep(0.02)
         return False
@@ -623,12 +702,11 @@ class Gateway:
     def _writer_loop(self) -> None:
         backoff = self.config.retry_min_s
         retry_at = 0.0
+        stop_left = -1
         while True:
-            pause = retry_at - time.monotonic()
-            if pause > 0:
-                self._stop_writer.wait(pause)  # backoff; a stop ends it early
+            replay_due = not self.spool.empty and time.monotonic() >= retry_at
             with self._store_cond:
-                if not self._stop_writer.is_set():
+                if not self._stop_writer.is_set() and not replay_due:
                     self._store_cond.wait_for(
                         lambda: len(self._store) >= self.config.batch_max
                         or self._stop_writer.is_set(),
@@ -636,75 +714,275 @@ class Gateway:
                     )
                 stopping = self._stop_writer.is_set()
                 batch = list(itertools.islice(self._store, self.config.batch_max))
-                if not batch:
-                    if stopping:
-                        return
-                    continue
-                self._writing = True
+                self._writing = bool(batch) or not self.spool.empty
             try:
-                ok = self._write_batch(batch)
+                influx_up = time.monotonic() >= retry_at
+                if batch:
+                    if self.spool.empty and influx_up:
+                        if self._write_lines_safely([e.line for e in batch]):
+                            self._release(batch)
+                            backoff, retry_at = self.config.retry_min_s, 0.0
+                        else:
+                            retry_at, backoff = self._backoff(backoff)
+                            self._spool_batch(batch)
+                    else:
+                        self._spool_batch(batch)
+                if stopping:
+                    pass  # the spool is replayed after the next start
+                elif not self.spool.empty and time.monotonic() >= retry_at:
+                    if self._replay_spool():
+                        backoff, retry_at = self.config.retry_min_s, 0.0
+                    else:
+                        retry_at, backoff = self._backoff(backoff)
+                elif not batch and self.spool.empty:
+                    self._maybe_probe()
+            except Exception:
+                self.metrics.inc("processing_errors", stage="writer")
+                log.exception("unexpected error in the writer")
+                retry_at, backoff = self._backoff(backoff)
             finally:
                 with self._store_cond:
                     self._writing = False
-            if ok:
-                backoff = self.config.retry_min_s
-                retry_at = 0.0
-                continue
             if stopping:
-                return
-            retry_at = time.monotonic() + backoff
-            backoff = min(backoff * 2, self.config.retry_max_s)
+                with self._store_cond:
+                    left = len(self._store)
+                if left == 0 or left == stop_left:
+                    return  # done, or the spool cannot take it (disk error)
+                stop_left = left
+                # more to write or spool; stop() bounds this with its join deadline
+                # (points still in memory are unacknowledged: the broker redelivers them)
 
-    def _write_batch(self, batch: list[_Entry]) -> bool:
-        """Write ``batch`` (the head of the store); True when it left the store."""
+    def _backoff(self, backoff: float) -> tuple[float, float]:
+        """(retry_at, next backoff)."""
+        return time.monotonic() + backoff, min(backoff * 2, self.config.retry_max_s)
+
+    def _release(self, batch: list[_Entry]) -> None:
+        """``batch`` (the head of the store) is durable: drop it from memory and ack."""
+        with self._store_cond:
+            for _ in batch:
+                self._store.popleft()
+            depth = len(self._store)
+        self.metrics.set("store_depth", depth)
+        for entry in batch:
+            self._ack(entry.ack)
+
+    def _spool_batch(self, batch: list[_Entry]) -> None:
+        """Append ``batch`` to the disk spool, then ack; a full spool drops it (counted)."""
         lines = [entry.line for entry in batch]
+        try:
+            with self._spool_lock:
+                stored = self.spool.append(lines)
+        except SpoolError as exc:
+            # keep the batch (unacknowledged) in memory and try again later
+            self.metrics.inc("spool_errors")
+            log.error("cannot spool %d points: %s", len(lines), exc)
+            return
+        if stored:
+            self.metrics.inc("spooled", len(lines))
+            if self._spool_full:
+                self._set_spool_full(False)
+        else:
+            self.metrics.inc("spool_dropped", len(lines))
+            log.error(
+                "spool full (%d bytes): dropped %d points (%d dropped in all)",
+                self.spool.total_bytes, len(lines), self.spool.dropped_points,
+            )
+            if not self._spool_full:
+                self._set_spool_full(True)
+        self._update_spool_gauges()
+        self._release(batch)
+
+    def _set_spool_full(self, full: bool) -> None:
+        """Raise (or clear) the technical alarm ``gateway_spool_full``."""
+        self._spool_full = full
+        now = self.clock.now_ms()
+        text = (
+            "gateway spool full: readings are being dropped"
+            if full
+            else "gateway spool has room again"
+        )
+        event = AlarmEvent(
+            id=f"gw-spool-{'full' if full else 'ok'}-{now}",
+            site=self.config.site,
+            chair="gateway",
+            alarm=SPOOL_FULL_ALARM,
+            priority="high",
+            kind="technical",
+            event="raised" if full else "cleared",
+            t=now,
+            text=text,
+            value=float(self.spool.total_bytes),
+            limit=float(self.config.spool_max_bytes),
+        )
+        self.metrics.inc("alarm_events", event=event.event, priority=event.priority)
+        log.error("technical alarm %s %s: %s", SPOOL_FULL_ALARM, event.event, text)
+        self._publish(
+            contract.topic("alarms", event.site, event.chair),
+            json.dumps(event.to_payload(), separators=(",", ":")),
+            retain=False,
+        )
+        try:
+            line = alarm_event_line(event)
+        except ValueError as exc:
+            log.error("cannot store alarm event %s: %s", event.id, exc)
+            return
+        self._store_lines([line], None)
+
+    def _replay_spool(self) -> bool:
+        """Write the oldest spooled points; True when they are stored (or the spool is empty)."""
+        try:
+            with self._spool_lock:
+                batch = self.spool.read(self.config.batch_max)
+        except (SpoolError, OSError) as exc:
+            self.metrics.inc("spool_errors")
+            log.error("cannot read the spool: %s", exc)
+            return False
+        if batch is None:
+            return True
+        if not self._write_lines_safely(batch.lines):
+            return False
+        with self._spool_lock:
+            self.spool.commit(batch)
+        self.metrics.inc("points_replayed", len(batch.lines))
+        self._update_spool_gauges()
+        if self.spool.empty:
+            log.info("spool replayed: InfluxDB is up to date")
+        return True
+
+    def _update_spool_gauges(self) -> None:
+        self.metrics.set("spool_depth", self.spool.pending_points)
+        self.metrics.set("spool_bytes", self.spool.total_bytes)
+
+    def _write_lines_safely(self, lines: list[str]) -> bool:
+        """Write ``lines`` (bisecting malformed batches); False if InfluxDB is unavailable."""
+        try:
+            self._write_lines(lines, depth=0)
+        except InfluxUnavailable as exc:
+            self.metrics.inc("write_errors", kind="unavailable")
+            self._set_influx(False)
+            log.warning("InfluxDB unavailable (%d points go to the spool): %s", len(lines), exc)
+            return False
+        self._set_influx(True)
+        self._last_write = time.monotonic()
+        return True
+
+    def _set_influx(self, ok: bool) -> None:
+        self._influx_ok = ok
+        self._last_contact = time.monotonic()
+        self.metrics.set("influx_reachable", 1 if ok else 0)
+
+    def _write_lines(self, lines: list[str], depth: int) -> None:
+        """Write ``lines``; isolate malformed ones by bisection (depth ≤ log2 of the batch).
+
+        Raises :class:`InfluxUnavailable` to have the whole batch spooled; a
+        replay rewrites what was already stored, which is idempotent.
+        """
         started = time.monotonic()
         try:
             if not self._db_ready:
                 self.influx.ensure_database()
                 self._db_ready = True
             self.influx.write(lines)
-        except InfluxUnavailable as exc:
-            self.metrics.inc("write_errors", kind="unavailable")
-            log.warning("InfluxDB unavailable (%d points kept for retry): %s", len(lines), exc)
-            # keep the points; release the broker's in-flight window (see module doc)
-            for entry in batch:
-                self._ack(entry.ack)
-                entry.ack = None
-            return False
         except InfluxRejected as exc:
-            if exc.status == 404:
+            if exc.status == 404 and depth == 0:
                 self._db_ready = False
                 self.metrics.inc("write_errors", kind="no_database")
-                log.warning("database %s missing; will create it", self.config.database)
-                return False
+                log.warning("database %s missing; creating it", self.config.database)
+                try:
+                    self.influx.ensure_database()
+                    self._db_ready = True
+                    self.influx.write(lines)
+                except InfluxRejected as again:
+                    if again.status not in MALFORMED_STATUSES:
+                        raise InfluxUnavailable(f"after CREATE DATABASE: {again}") from again
+                    exc = again
+                else:
+                    self._count_written(lines, started)
+                    return
+            if exc.status not in MALFORMED_STATUSES:
+                # authorisation, missing database: not the lines' fault; keep them
+                self.metrics.inc("write_errors", kind=f"http_{exc.status}")
+                raise InfluxUnavailable(str(exc)) from exc
             self.metrics.inc("write_errors", kind="rejected")
-            self.metrics.inc("points_rejected", len(lines))
-            log.error("InfluxDB rejected a batch of %d points: %s", len(lines), exc)
-        else:
-            self.metrics.inc("points_written", len(lines))
-            self.metrics.observe("write_seconds", time.monotonic() - started)
-        with self._store_cond:
-            for _ in batch:
-                self._store.popleft()
-            self.metrics.set("store_depth", len(self._store))
-        for entry in batch:
-            self._ack(entry.ack)
-        return True
+            if len(lines) == 1:
+                self._dead_letter(lines[0], str(exc))
+                return
+            half = len(lines) // 2
+            self._write_lines(lines[:half], depth + 1)
+            self._write_lines(lines[half:], depth + 1)
+            return
+        self._count_written(lines, started)
 
-    # ---- metrics endpoint --------------------------------------------------
+    def _count_written(self, lines: list[str], started: float) -> None:
+        self.metrics.inc("points_written", len(lines))
+        self.metrics.observe("write_seconds", time.monotonic() - started)
+
+    def _dead_letter(self, line: str, reason: str) -> None:
+        self.metrics.inc("deadletters")
+        log.error("InfluxDB rejected a point (dead-lettered): %s: %.200s", reason, line)
+        self.deadletters.add(line, reason, self.clock.now_ms())
+
+    def _maybe_probe(self) -> None:
+        """While idle, check InfluxDB now and then so /health stays truthful."""
+        if time.monotonic() - self._last_contact < self.config.probe_interval_s:
+            return
+        try:
+            self.influx.ensure_database()
+        except InfluxUnavailable:
+            self._set_influx(False)
+            return
+        except InfluxRejected as exc:
+            log.warning("InfluxDB probe answered %s", exc)
+            self._set_influx(False)
+            return
+        self._db_ready = True
+        self._set_influx(True)
+
+    # ---- health and metrics endpoint ---------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, details) as served on /health."""
+        now = time.monotonic()
+        mqtt_connected = self.metrics.get("mqtt_connected") == 1
+        influx_reachable = self._influx_ok is not False
+        with self._store_cond:
+            waiting = len(self._store)
+        waiting += self.spool.pending_points
+        age = None if self._last_write is None else round(now - self._last_write, 3)
+        since = self._last_write if self._last_write is not None else self._started
+        stale = waiting > 0 and now - since > self.config.health_write_age_s
+        healthy = mqtt_connected and influx_reachable and not self._spool_full and not stale
+        details: dict[str, Any] = {
+            "status": "ok" if healthy else "degraded",
+            "mqtt_connected": mqtt_connected,
+            "influx_reachable": influx_reachable,
+            "spool_depth": self.spool.pending_points,
+            "spool_bytes": self.spool.total_bytes,
+            "spool_full": self._spool_full,
+            "spool_dropped": self.spool.dropped_points,
+            "store_depth": waiting - self.spool.pending_points,
+            "last_write_age_s": age,
+            "deadletters": self.deadletters.written,
+        }
+        return healthy, details
 
     def _start_metrics_server(self, port: int) -> None:
-        metrics = self.metrics
+        gateway = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path != "/metrics":
+                if self.path == "/metrics":
+                    status, ctype = 200, "text/plain; version=0.0.4"
+                    body = gateway.metrics.render().encode()
+                elif self.path == "/health":
+                    healthy, details = gateway.health()
+                    status, ctype = (200 if healthy else 503), "application/json"
+                    body = json.dumps(details, sort_keys=True).encode()
+                else:
                     self.send_error(404)
                     return
-                body = metrics.render().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -746,10 +1024,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--influx-url", default="http://127.0.0.1:8086", help="InfluxDB 1.x URL")
     parser.add_argument("--database", default=contract.influx_database(), help="database")
     parser.add_argument(
-        "--state-dir", type=Path, default=None, help="folder for frozen boot times (replays)"
+        "--state-dir", type=Path, default=None,
+        help="folder for frozen boot times, the disk spool and dead letters (must persist)",
     )
     parser.add_argument(
-        "--metrics-port", type=int, default=None, help="serve /metrics on 127.0.0.1:PORT"
+        "--metrics-port", type=int, default=None, help="serve /metrics and /health on 127.0.0.1:PORT"
+    )
+    parser.add_argument(
+        "--spool-max-mb", type=float, default=256.0, help="bound of the disk spool, MiB"
+    )
+    parser.add_argument(
+        "--site", default="gateway", help="site id for the gateway's own technical alarm events"
     )
     parser.add_argument(
         "--profile", type=Path, default=None, help="alarm profile JSON (default: the adult profile)"
@@ -767,6 +1052,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         database=args.database,
         state_dir=args.state_dir,
         metrics_port=args.metrics_port,
+        spool_max_bytes=int(args.spool_max_mb * 1024 * 1024),
+        site=args.site,
     )
 
 

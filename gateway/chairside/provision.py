@@ -206,7 +206,7 @@ class State:
                      "key": wifi_key if wifi_key is not None else old_wifi.get("key", "")},
             "mqtt": mqtt,
         }
-        for key in ("pins", "nibp_interval_s", "hist_ram_records", "hist_flash_records"):
+        for key in ("pins", "nibp_interval_s", "hist_ram_records", "spool_kb"):
             if key in old:
                 config[key] = old[key]
         rotated = f"{site}/{chair}" in self.accounts["boxes"]

@@ -26,6 +26,7 @@ import paho.mqtt.client as mqtt
 import serial
 from paho.mqtt.enums import CallbackAPIVersion
 
+from chairside import mqtt_auth
 from chairside.contract import topic
 
 LOG = logging.getLogger("chairside.serial_bridge")
@@ -161,8 +162,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chair", required=True)
     parser.add_argument("--mqtt-host", default="127.0.0.1")
     parser.add_argument("--mqtt-port", type=int, default=1883)
-    parser.add_argument("--mqtt-user", default=None)
-    parser.add_argument("--mqtt-password", default=None)
+    mqtt_auth.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -176,8 +176,11 @@ def run(args: argparse.Namespace) -> int:
         client_id=f"chairside-serial-{args.site}-{args.chair}",
         clean_session=False,
     )
-    if args.mqtt_user:
-        client.username_pw_set(args.mqtt_user, args.mqtt_password)
+    try:
+        mqtt_auth.apply(client, args.mqtt_credentials, args.mqtt_ca)
+    except mqtt_auth.CredentialsError as exc:
+        LOG.error("%s", exc)
+        return 2
     client.will_set(topic("status", args.site, args.chair), OFFLINE_PAYLOAD, qos=1, retain=True)
     bridge = SerialBridge(port, client, args.site, args.chair)
     client.connect(args.mqtt_host, args.mqtt_port, keepalive=30)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from e2e_support import Observer, SimWallClock, start_gateway
-from host.clock import SimClock
 
 from chairside.gateway import Gateway
 from chairside.services import InfluxDB, Mosquitto
+from host.clock import SimClock
 
 
 @pytest.fixture

@@ -17,11 +17,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
 from chairside.gateway import Gateway, GatewayConfig
 from chairside.services import InfluxDB, Mosquitto
 from chairside.thresholds import ThresholdStage
 from csfw import contract as fw
-from paho.mqtt.enums import CallbackAPIVersion
 
 pytestmark = pytest.mark.services
 

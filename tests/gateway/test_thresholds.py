@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from chairside.model import Reading
 from chairside.thresholds import ThresholdStage
 

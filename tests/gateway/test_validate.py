@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from chairside.validate import REASONS, Accepted, Rejected, validate
 from csfw import contract as fw
 

@@ -63,6 +63,8 @@ UNITS: Final[dict[str, str]] = {
     "map": "mmHg",
 }
 MAX_TEXT: Final = 200
+DRILL_PREFIX: Final = "drill-"
+"""chair ids of drill boxes (``chairside drill``): their events carry ``drill=True``"""
 AFIB_BUFFER: Final = 600  # at most this many 1-Hz pulse samples per chair
 
 
@@ -527,6 +529,7 @@ class AlarmEngine:
             value=slot.value,
             limit=slot.limit,
             by=by,
+            drill=chair.chair.startswith(DRILL_PREFIX),
             extra={
                 "active": kind != "cleared",
                 "level": PRIORITY_RANK[cond.priority],
@@ -536,4 +539,4 @@ class AlarmEngine:
         )
 
 
-__all__ = ["AlarmEngine", "AlarmState", "ProfileError"]
+__all__ = ["DRILL_PREFIX", "AlarmEngine", "AlarmState", "ProfileError"]

@@ -35,6 +35,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from chairside import mqtt_auth
+
 from .ackserver import AckServer
 from .channels import (
     Attempt,
@@ -725,6 +727,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--check", action="store_true", help="validate the policy, show who is on call, exit"
     )
     parser.add_argument("--log-level", default="INFO", help="logging level")
+    mqtt_auth.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -766,6 +769,11 @@ def run(args: argparse.Namespace) -> int:
         base_url=args.base_url,
         smtp_password=password,
     )
+    try:
+        mqtt_auth.apply(pager.client, getattr(args, "mqtt_credentials", None), getattr(args, "mqtt_ca", None))
+    except mqtt_auth.CredentialsError as exc:
+        print(exc)
+        return 2
     done = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:

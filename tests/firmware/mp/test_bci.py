@@ -1,7 +1,6 @@
 # BCI oximeter codec and byte-at-a-time parser (runs on MicroPython too).
-from mptest import hexbytes, raises
-
 from csfw import bci
+from mptest import hexbytes, raises
 
 # (frame bytes, decode_frame result) -- bit layout per csfw/bci.py header:
 # b1 = 1|beep|probe|search-long|sig, b2 = pleth, b3 = 0|PR7|searching|no-finger|bar,

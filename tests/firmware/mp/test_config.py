@@ -25,7 +25,7 @@ def test_defaults_are_merged():
     assert cfg["mqtt"]["ca_file"] == "ca.crt" and cfg["mqtt"]["keepalive_s"] == 60
     assert cfg["pins"] == pins.DEFAULTS
     assert cfg["nibp_interval_s"] == 300
-    assert cfg["hist_ram_records"] == 300 and cfg["hist_flash_records"] == 3600
+    assert cfg["hist_ram_records"] == 64 and cfg["spool_kb"] == 512
 
 
 def test_partial_pins_override_keeps_other_defaults():

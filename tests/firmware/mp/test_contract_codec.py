@@ -22,7 +22,7 @@ def test_historical_flag():
 
 def test_parse_command_ok_and_errors():
     assert contract.parse_command(b'{"v":1,"cmd":"nibp_start","id":"a1"}') == ("nibp_start", "a1", {})
-    cmd, cid, args = contract.parse_command(b'{"v":1,"cmd":"nibp_interval","id":"x","s":300}')
+    _cmd, _cid, args = contract.parse_command(b'{"v":1,"cmd":"nibp_interval","id":"x","s":300}')
     assert args["s"] == 300
     assert str(raises(contract.CommandError, contract.parse_command, b"nope")) == "not_json"
     assert str(raises(contract.CommandError, contract.parse_command,

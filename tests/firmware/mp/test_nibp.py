@@ -1,8 +1,7 @@
 # NIBP driver state machine: measurement flow, retries, timeouts, abort.
-from mptest import hexbytes
-
 from csfw import suntech
 from csfw.nibp import IDLE, MEASURING, READING, STARTING, Nibp
+from mptest import hexbytes
 
 START = suntech.command(suntech.START_BP)
 ABORT = suntech.command(suntech.ABORT_BP)

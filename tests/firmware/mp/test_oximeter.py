@@ -1,8 +1,7 @@
 # Oximeter driver: UART draining, summary states, no_data timing, health.
-from mptest import hexbytes
-
 from csfw import bci, contract
 from csfw.oximeter import Oximeter
+from mptest import hexbytes
 
 
 class TinyUart:

@@ -3,9 +3,8 @@
 # known synthetic rate and ratio are recovered.
 import math
 
-from mptest import raises
-
 from csfw import max30102, ppg
+from mptest import raises
 
 
 def _feed(est, bpm, ratio, seconds, rate=100, dc_ir=120000, dc_red=90000, perf=0.01):

@@ -1,8 +1,7 @@
 # SunTech-style NIBP codec (runs on MicroPython too).  Frame layouts: see the
 # header of csfw/suntech.py and docs/hardware-protocols.md.
-from mptest import hexbytes, raises
-
 from csfw import suntech
+from mptest import hexbytes, raises
 
 COMMANDS = (
     (suntech.START_BP, "3A 20 A6"),          # the documented start-BP example

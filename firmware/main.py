@@ -1,0 +1,136 @@
+# Chairside chair box - board entry point (Raspberry Pi Pico W, MicroPython).
+#
+# The only firmware file that touches `machine`, `network`, `socket`, `ssl`
+# and `ntptime`: it builds the real hardware objects and hands them to
+# csfw.app.App, which is the same code the host tests run against fakes.
+# A bad config.json shows the NO_CONFIG blink code and prints which field is
+# wrong on the USB serial console; it never crash-loops.
+import gc
+import os
+import time
+
+import machine
+import network
+
+from csfw import VERSION
+from csfw import config as box_config
+from csfw.app import App, Hardware, next_boot_count
+from csfw.clock import BoardClock
+from csfw.led import NO_CONFIG, StatusLed
+
+FS_DIR = "/data"
+WDT_TIMEOUT_MS = 8000  # RP2040 maximum is ~8.3 s
+LOOP_SLEEP_MS = 5
+
+RESET_CAUSES = {
+    getattr(machine, "PWRON_RESET", -1): "power",
+    getattr(machine, "WDT_RESET", -2): "watchdog",
+    getattr(machine, "SOFT_RESET", -3): "soft",
+}
+
+
+def reset_cause():
+    try:
+        return RESET_CAUSES.get(machine.reset_cause(), "unknown")
+    except Exception:
+        return "unknown"
+
+
+def ensure_dir(path):
+    try:
+        os.stat(path)
+    except OSError:
+        os.mkdir(path)
+
+
+def make_connect_fn(mq):
+    """Return connect_fn() -> socket for the MQTT client, with TLS when
+    configured (the box verifies the broker against the clinic CA)."""
+    import socket
+
+    host = mq["host"]
+    port = mq["port"]
+    ca_data = None
+    if mq.get("tls"):
+        with open(mq.get("ca_file", "ca.crt"), "rb") as f:
+            ca_data = f.read()
+
+    def connect_fn():
+        addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
+        sock = socket.socket()
+        sock.settimeout(5)
+        try:
+            sock.connect(addr)
+            if ca_data is not None:
+                import ssl
+
+                # PROTOCOL_TLS_CLIENT verifies the server certificate
+                # (CERT_REQUIRED) by default in MicroPython's ssl module
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.load_verify_locations(cadata=ca_data)
+                sock = ctx.wrap_socket(sock, server_hostname=host)
+        except Exception:
+            sock.close()
+            raise
+        return sock
+
+    return connect_fn
+
+
+def make_ntp_sync(clock):
+    def ntp_sync():
+        import ntptime
+
+        ntptime.settime()  # sets the RTC to UTC; raises OSError when unreachable
+        clock.set_epoch_ms(time.time() * 1000)
+
+    return ntp_sync
+
+
+def halt_with_config_error(err, led_pin):
+    print("chairside: config.json invalid:", err)
+    led = StatusLed(led_pin)
+    led.show(NO_CONFIG)
+    start = time.ticks_ms()
+    while True:  # no watchdog yet: wait for an engineer to fix the file
+        led.poll(time.ticks_diff(time.ticks_ms(), start))
+        time.sleep_ms(50)
+
+
+def main():
+    ensure_dir(FS_DIR)
+    try:
+        cfg = box_config.load(box_config.CONFIG_PATH)
+    except (OSError, ValueError) as err:
+        halt_with_config_error(err, machine.Pin(box_config.pins.LED, machine.Pin.OUT))
+        return
+    pins = cfg["pins"]
+    oxi_uart = machine.UART(pins["oxi_uart"], baudrate=pins["oxi_baud"],
+                            tx=machine.Pin(pins["oxi_tx"]), rx=machine.Pin(pins["oxi_rx"]),
+                            rxbuf=512)
+    nibp_uart = machine.UART(pins["nibp_uart"], baudrate=pins["nibp_baud"],
+                             tx=machine.Pin(pins["nibp_tx"]), rx=machine.Pin(pins["nibp_rx"]),
+                             rxbuf=256)
+    wlan = network.WLAN(network.STA_IF)
+    clock = BoardClock(time)
+    hw = Hardware(
+        oxi_uart=oxi_uart,
+        nibp_uart=nibp_uart,
+        wlan=wlan,
+        connect_fn=make_connect_fn(cfg["mqtt"]),
+        fs_dir=FS_DIR,
+        os_module=os,
+        wdt=machine.WDT(timeout=WDT_TIMEOUT_MS),
+        led_pin=machine.Pin(pins["led"], machine.Pin.OUT),
+        reset_cause=reset_cause(),
+        ntp_sync=make_ntp_sync(clock),
+    )
+    boot = next_boot_count(os, FS_DIR)
+    app = App(cfg, hw, clock, boot=boot, fw_version=VERSION, cfg_hash=cfg.get("_hash", ""))
+    gc.collect()
+    while True:
+        app.poll()
+        time.sleep_ms(LOOP_SLEEP_MS)
+
+
+main()
