@@ -307,7 +307,8 @@ class App:
             cmd, cmd_id, args = contract.parse_command(msg)
             ok, err = self._run_command(cmd, args, now)
         except contract.CommandError as exc:
-            ok, err = False, str(exc)
+            ok, err = False, exc.reason
+            cmd_id, cmd = exc.cmd_id, exc.cmd
         env = contract.envelope(self._next_seq(), self.boot, now, self.clock.epoch_ms(),
                                 self.clock.synced, False)
         self._queue(self.topics.resp, contract.resp_payload(env, cmd_id, cmd, ok, err), False, now)

@@ -80,7 +80,18 @@ def resp_payload(env, cmd_id, cmd, ok, err=None):
 
 
 class CommandError(ValueError):
-    pass
+    """A command the box refuses: `reason` (also str(err) on CPython), and the
+    id and name (when readable) so the answer can say which command."""
+
+    def __init__(self, reason, cmd_id="?", cmd="?"):
+        super().__init__(reason)
+        self.reason = reason
+        self.cmd_id = cmd_id
+        self.cmd = cmd
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_command(payload):
@@ -102,16 +113,16 @@ def parse_command(payload):
     if not isinstance(cmd_id, str) or len(cmd_id) > 36:
         raise CommandError("bad_id")
     if cmd not in COMMANDS:
-        raise CommandError("unknown_cmd")
+        raise CommandError("unknown_cmd", cmd_id)
     args = {}
     if cmd == "nibp_interval":
         s = msg.get("s")
-        if not isinstance(s, int) or s < 0 or s > 3600 or (0 < s < 60):
-            raise CommandError("bad_arg:s")
+        if not _is_int(s) or s < 0 or s > 3600 or (0 < s < 60):
+            raise CommandError("bad_arg:s", cmd_id, cmd)
         args["s"] = s
     elif cmd == "time":
         t = msg.get("t")
-        if not isinstance(t, int) or t < 0 or t > 4102444800000:
-            raise CommandError("bad_arg:t")
+        if not _is_int(t) or t < 0 or t > 4102444800000:
+            raise CommandError("bad_arg:t", cmd_id, cmd)
         args["t"] = t
     return cmd, cmd_id, args

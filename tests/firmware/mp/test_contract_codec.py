@@ -24,13 +24,13 @@ def test_parse_command_ok_and_errors():
     assert contract.parse_command(b'{"v":1,"cmd":"nibp_start","id":"a1"}') == ("nibp_start", "a1", {})
     _cmd, _cid, args = contract.parse_command(b'{"v":1,"cmd":"nibp_interval","id":"x","s":300}')
     assert args["s"] == 300
-    assert str(raises(contract.CommandError, contract.parse_command, b"nope")) == "not_json"
-    assert str(raises(contract.CommandError, contract.parse_command,
-                      b'{"v":2,"cmd":"status","id":"x"}')) == "schema_version"
-    assert str(raises(contract.CommandError, contract.parse_command,
-                      b'{"v":1,"cmd":"nibp_interval","id":"x","s":30}')) == "bad_arg:s"
-    assert str(raises(contract.CommandError, contract.parse_command,
-                      b'{"v":1,"cmd":"reboot","id":"x"}')) == "unknown_cmd"
+    assert raises(contract.CommandError, contract.parse_command, b"nope").reason == "not_json"
+    assert raises(contract.CommandError, contract.parse_command,
+                      b'{"v":2,"cmd":"status","id":"x"}').reason == "schema_version"
+    assert raises(contract.CommandError, contract.parse_command,
+                      b'{"v":1,"cmd":"nibp_interval","id":"x","s":30}').reason == "bad_arg:s"
+    assert raises(contract.CommandError, contract.parse_command,
+                      b'{"v":1,"cmd":"reboot","id":"x"}').reason == "unknown_cmd"
 
 
 def test_topics():

@@ -1,0 +1,682 @@
+"""Ingest benchmark: virtual chairs → real Mosquitto → real gateway → real InfluxDB.
+
+Run from the repository root with the project's Python::
+
+    python benchmarks/ingest.py                      # quick run (50 chairs, 1 Hz, 10 s)
+    python benchmarks/ingest.py --chairs 1000 --rate 10 --seconds 30
+    python benchmarks/ingest.py --preset issue8      # 100 and 1,000 chairs, plus 10k/s
+
+Everything runs on loopback: a private Mosquitto (``chairside.services``,
+with the deployed broker's in-flight/queue limits unless ``--broker-limits
+test``), a private InfluxDB 1.x, and the gateway as a *subprocess*
+(``python -m chairside.cli gateway``) so that it has its own interpreter,
+GIL and core, as in production, and its CPU time can be read from /proc.
+
+Virtual chairs are lightweight publishers in a child process: a few paho
+clients each covering many chairs, payloads built with the firmware's own
+encoders (``firmware/csfw/contract.py``), QoS 1 like a box.  Per run:
+
+1. **baseline** -- the same load to a bare paho subscriber (QoS 1, no
+   gateway): the broker's raw delivery rate and publish→receive latency;
+2. **gateway** -- the load through the gateway into InfluxDB, measuring
+
+   * stored readings/s: slope of ``count(seq)`` in InfluxDB over the last 75 %
+     of the publishing window (polled every 0.5 s);
+   * publish→stored latency: *probe chairs* (``p###``) are polled every
+     ``--poll-ms`` with ``max(seq) ... GROUP BY chair``; a reading counts as
+     stored at the end of the first query that shows a ``seq`` at or beyond
+     its own (the gateway writes in order per chair).  Each figure is an
+     upper bound, late by at most one poll interval plus one query;
+   * limit-crossing→alarm latency: *alarm chairs* (``a###``) publish one
+     SpO2 of 80 % (below ``spo2_critical``'s 85 %, which has no delay) at
+     staggered times; the latency runs from that publish to the ``raised``
+     event on ``.../alarms`` seen by an MQTT subscriber;
+   * readings lost: per chair, ``count``/``min``/``max`` of the stored
+     ``seq`` against what was published (each reading has its own
+     timestamp, so count = published and min/max = first/last means every
+     (chair, seq) arrived exactly once).
+
+Bounded: every phase has a deadline; the script stops its services itself.
+Performance figures go to docs/performance.md (with machine and date).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+for _extra in (REPO / "gateway", REPO / "firmware"):
+    if str(_extra) not in sys.path:
+        sys.path.insert(0, str(_extra))
+
+import paho.mqtt.client as mqtt  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+
+from chairside.services import InfluxDB, Mosquitto, free_port  # noqa: E402
+
+DEPLOY_LIMITS = "max_inflight_messages 20\nmax_queued_messages 10000\n"
+"""deploy/mosquitto/chairside.conf's bounds (applied after services.Mosquitto's own)"""
+SPO2_CRITICAL_PROBE = 80
+MAX_DRAIN_S = 60.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- publishers
+
+
+@dataclass
+class PubPlan:
+    port: int
+    site: str
+    chairs: list[str]
+    rate: float
+    seconds: float
+    clients: int
+    start_at: float
+    """time.monotonic() at which to start (CLOCK_MONOTONIC is system-wide)"""
+    alarm_at: dict[str, int] = field(default_factory=dict)
+    """chair -> seq that carries the SpO2 crossing"""
+
+
+@dataclass
+class PubResult:
+    pub_times: dict[str, list[float]]
+    """chair -> publish time (monotonic) per seq"""
+    published: int
+    acked: int
+    first: float
+    last: float
+    error: str = ""
+
+
+def _publisher_main(plan: PubPlan, conn: Any) -> None:
+    """Child process: publish the plan, then send a PubResult through ``conn``."""
+    try:
+        conn.send(_publish(plan))
+    except Exception as exc:  # report, never hang the parent
+        conn.send(PubResult({}, 0, 0, 0.0, 0.0, error=repr(exc)))
+    finally:
+        conn.close()
+
+
+def _publish(plan: PubPlan) -> PubResult:
+    from csfw import contract as fw  # the firmware's encoders: contract-exact payloads
+
+    acked = [0]
+    lock = threading.Lock()
+
+    def on_publish(*_a: Any) -> None:
+        with lock:
+            acked[0] += 1
+
+    clients = []
+    for i in range(plan.clients):
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{plan.site}-{os.getpid()}-{i}")
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        client.on_publish = on_publish
+        client.connect("127.0.0.1", plan.port, keepalive=60)
+        client.loop_start()
+        clients.append(client)
+    n = len(plan.chairs)
+    period = 1.0 / plan.rate
+    per_chair = max(1, int(plan.seconds * plan.rate))
+    slots = max(1, min(n, round(period / 0.005)))
+    buckets: list[list[int]] = [[] for _ in range(slots)]
+    for i in range(n):
+        buckets[i * slots // n].append(i)
+    topics = [fw.Topics(plan.site, chair).vitals for chair in plan.chairs]
+    pub_times: dict[str, list[float]] = {chair: [] for chair in plan.chairs}
+    last_t = [0] * n
+    rng = random.Random(plan.site)
+    boot_up = [rng.randrange(60_000, 600_000) for _ in range(n)]
+    delay = plan.start_at - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+    start = time.monotonic()
+    up0 = start
+    published = 0
+    for cycle in range(per_chair):
+        for slot, members in enumerate(buckets):
+            due = start + cycle * period + slot * period / slots
+            pause = due - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            for i in members:
+                chair = plan.chairs[i]
+                now_wall = time.time_ns() // 1_000_000
+                t_ms = max(now_wall, last_t[i] + 1)
+                last_t[i] = t_ms
+                up = boot_up[i] + int((time.monotonic() - up0) * 1000)
+                env = fw.envelope(cycle, 1, up, t_ms, True, False)
+                spo2 = SPO2_CRITICAL_PROBE if plan.alarm_at.get(chair) == cycle else 97 + (cycle + i) % 3
+                payload = fw.vitals_payload(env, spo2, 70 + (i % 20), 7, fw.ST_OK)
+                pub_times[chair].append(time.monotonic())
+                clients[i % len(clients)].publish(topics[i], payload, qos=1)
+                published += 1
+    last = time.monotonic()
+    end = last + 30.0
+    while time.monotonic() < end:
+        with lock:
+            if acked[0] >= published:
+                break
+        time.sleep(0.01)
+    for client in clients:
+        client.disconnect()
+        client.loop_stop()
+    return PubResult(pub_times, published, acked[0], start, last)
+
+
+def run_publishers(plan: PubPlan, procs: int) -> list[PubResult]:
+    """Split ``plan`` over ``procs`` child processes; wait (bounded) for all."""
+    ctx = mp.get_context("spawn")
+    parts: list[tuple[Any, Any]] = []
+    per = math.ceil(len(plan.chairs) / procs)
+    for k in range(procs):
+        chairs = plan.chairs[k * per : (k + 1) * per]
+        if not chairs:
+            continue
+        sub = PubPlan(plan.port, plan.site, chairs, plan.rate, plan.seconds,
+                      max(1, plan.clients // procs), plan.start_at,
+                      {c: s for c, s in plan.alarm_at.items() if c in chairs})
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_publisher_main, args=(sub, child), daemon=True)
+        proc.start()
+        child.close()
+        parts.append((proc, parent))
+    results = []
+    deadline = time.monotonic() + plan.seconds + (plan.start_at - time.monotonic()) + 60.0
+    for proc, parent in parts:
+        if not parent.poll(max(0.0, deadline - time.monotonic())):
+            proc.kill()
+            raise RuntimeError("publisher process did not finish in time")
+        results.append(parent.recv())
+        proc.join(5)
+    for res in results:
+        if res.error:
+            raise RuntimeError(f"publisher failed: {res.error}")
+    return results
+
+
+# ---------------------------------------------------------------- subscribers
+
+
+class Recorder:
+    """A bare paho subscriber recording (topic, payload, monotonic rx time)."""
+
+    def __init__(self, port: int, topic: str, name: str) -> None:
+        self.rows: list[tuple[str, bytes, float]] = []
+        self._ready = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{name}-{os.getpid()}")
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._ready.set()
+        self.client.connect("127.0.0.1", port, keepalive=60)
+        self.client.subscribe(topic, qos=1)
+        self.client.loop_start()
+        if not self._ready.wait(10):
+            raise RuntimeError(f"{name}: subscription not granted")
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self.rows.append((msg.topic, msg.payload, time.monotonic()))
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+# ---------------------------------------------------------------- InfluxDB helpers
+
+
+def influx_query(url: str, q: str, db: str = "chairside") -> list[dict[str, Any]]:
+    """InfluxQL → list of series dicts (empty if the database does not exist yet)."""
+    data = urllib.parse.urlencode({"q": q, "db": db, "epoch": "ms"}).encode()
+    with urllib.request.urlopen(f"{url}/query", data=data, timeout=30) as resp:
+        body = json.loads(resp.read())
+    series: list[dict[str, Any]] = []
+    for res in body.get("results", []):
+        if "error" in res:
+            if "database not found" in res["error"]:
+                return []
+            raise RuntimeError(res["error"])
+        series.extend(res.get("series", []) or [])
+    return series
+
+
+def stored_count(url: str, site: str, since_ms: int) -> int:
+    series = influx_query(url, f"SELECT count(\"seq\") FROM \"vitals\" WHERE \"site\"='{site}' "
+                               f"AND time >= {since_ms}ms")
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+class ProbePoller:
+    """Polls max(seq) of the probe chairs; records when each seq became visible."""
+
+    def __init__(self, url: str, site: str, since_ms: int, interval_s: float) -> None:
+        self.url, self.site, self.since_ms, self.interval_s = url, site, since_ms, interval_s
+        self.visible: dict[str, dict[int, float]] = {}
+        self._max: dict[str, int] = {}
+        self.query_s: list[float] = []
+        self.counts: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="probe-poller", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _loop(self) -> None:
+        q = (f"SELECT max(\"seq\") FROM \"vitals\" WHERE \"site\"='{self.site}' AND \"chair\" =~ /^p/ "
+             f"AND time >= {self.since_ms}ms GROUP BY \"chair\"")
+        next_count = 0.0
+        while not self._stop.is_set():
+            began = time.monotonic()
+            try:
+                series = influx_query(self.url, q)
+            except (OSError, RuntimeError):
+                series = []
+            seen = time.monotonic()
+            self.query_s.append(seen - began)
+            for s in series:
+                chair = s["tags"]["chair"]
+                top = int(s["values"][0][1])
+                prev = self._max.get(chair, -1)
+                if top > prev:
+                    marks = self.visible.setdefault(chair, {})
+                    for seq in range(prev + 1, top + 1):
+                        marks[seq] = seen
+                    self._max[chair] = top
+            if seen >= next_count:
+                next_count = seen + 0.5
+                try:
+                    self.counts.append((time.monotonic(), stored_count(self.url, self.site, self.since_ms)))
+                except (OSError, RuntimeError):
+                    pass
+            self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - began)))
+
+
+# ---------------------------------------------------------------- gateway process
+
+
+def _metrics(port: int) -> dict[str, float]:
+    """Sum the gateway's Prometheus counters/gauges by name (labels folded)."""
+    out: dict[str, float] = {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name_part, _, value = line.rpartition(" ")
+        name = re.sub(r"\{.*\}", "", name_part).removeprefix("chairside_gateway_")
+        try:
+            out[name] = out.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+class GatewayProcess:
+    """``python -m chairside.cli gateway`` (or, with config overrides, the same
+    Gateway built by a two-line bootstrap) as a child process."""
+
+    def __init__(self, broker: Mosquitto, influx: InfluxDB, workdir: Path, overrides: dict[str, Any]) -> None:
+        self.metrics_port = free_port()
+        self.log_path = workdir / "gateway.log"
+        client_id = f"bench-gw-{os.getpid()}-{time.monotonic_ns()}"
+        cli = ["gateway", "--mqtt-port", str(broker.port), "--influx-url", influx.url,
+               "--client-id", client_id, "--metrics-port", str(self.metrics_port),
+               "--state-dir", str(workdir / "gw-state")]
+        if overrides:
+            boot = (
+                "import sys, dataclasses as d, json; from chairside import cli, gateway as g\n"
+                "o = json.loads(sys.argv[1]); c = g.config_from_args\n"
+                "g.config_from_args = lambda a: d.replace(c(a), **o)\n"
+                "sys.exit(cli.main(sys.argv[2:]))\n"
+            )
+            cmd = [sys.executable, "-c", boot, json.dumps(overrides), "--log-level", "WARNING", *cli]
+        else:
+            cmd = [sys.executable, "-m", "chairside.cli", "--log-level", "WARNING", *cli]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "gateway"), env.get("PYTHONPATH", "")])
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+
+    def cpu_seconds(self) -> float:
+        return _cpu_seconds(self.proc.pid)
+
+    def metrics(self) -> dict[str, float]:
+        return _metrics(self.metrics_port)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+# ---------------------------------------------------------------- one run
+
+
+@dataclass
+class RunResult:
+    chairs: int
+    rate: float
+    seconds: float
+    published: int = 0
+    offered_per_s: float = 0.0
+    baseline_per_s: float = 0.0
+    baseline_p50_ms: float = math.nan
+    baseline_p99_ms: float = math.nan
+    stored: int = 0
+    stored_per_s: float = 0.0
+    stored_p50_ms: float = math.nan
+    stored_p99_ms: float = math.nan
+    stored_samples: int = 0
+    alarm_p50_ms: float = math.nan
+    alarm_p99_ms: float = math.nan
+    alarm_n: int = 0
+    alarm_expected: int = 0
+    lost: int = 0
+    drain_s: float = 0.0
+    gw_cpu: float = 0.0
+    """gateway CPU seconds per wall second during the gateway phase"""
+    gw_stored_per_cpu_s: float = 0.0
+    poll_ms: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[k]
+
+
+def _chair_names(n: int) -> tuple[list[str], list[str], list[str]]:
+    """(all, probes, alarm chairs): a few p### probe and a### alarm chairs among c####."""
+    probes = max(2, min(50, n // 20)) if n >= 4 else 1
+    alarms = max(1, min(20, n // 50)) if n >= 3 else 0
+    plain = max(0, n - probes - alarms)
+    p = [f"p{i:03d}" for i in range(probes)]
+    a = [f"a{i:03d}" for i in range(alarms)]
+    c = [f"c{i:05d}" for i in range(plain)]
+    return p + a + c, p, a
+
+
+def run_once(args: argparse.Namespace, chairs: int, rate: float, seconds: float,
+             broker: Mosquitto, influx: InfluxDB, workdir: Path, tag: str) -> RunResult:
+    result = RunResult(chairs, rate, seconds)
+    names, probes, alarm_chairs = _chair_names(chairs)
+    per_chair = max(1, int(seconds * rate))
+    procs = args.pub_procs or (2 if chairs * rate > 4000 else 1)
+    clients = args.pub_clients
+
+    # -- 1. baseline: the same load to a bare paho subscriber -----------------
+    base_site = f"b{tag}"
+    rec = Recorder(broker.port, f"chairside/v1/{base_site}/+/vitals", "baseline")
+    try:
+        plan = PubPlan(broker.port, base_site, names, rate, seconds, clients, time.monotonic() + 1.5)
+        pubs = run_publishers(plan, procs)
+        expected = sum(r.published for r in pubs)
+        end = time.monotonic() + 30
+        while len(rec.rows) < expected and time.monotonic() < end:
+            time.sleep(0.05)
+    finally:
+        rec.close()
+    rows = rec.rows
+    if len(rows) >= 2:
+        result.baseline_per_s = (len(rows) - 1) / max(1e-9, rows[-1][2] - rows[0][2])
+    pub_index = {c: t for r in pubs for c, t in r.pub_times.items()}
+    lat = []
+    for topic, payload, rx in rows:
+        chair = topic.split("/")[3]
+        seq = json.loads(payload)["seq"]
+        lat.append(rx - pub_index[chair][seq])
+    result.baseline_p50_ms, result.baseline_p99_ms = _pct(lat, 50) * 1e3, _pct(lat, 99) * 1e3
+    if len(rows) != expected:
+        result.notes.append(f"baseline subscriber got {len(rows)} of {expected}")
+
+    # -- 2. through the gateway ------------------------------------------------
+    site = f"g{tag}"
+    overrides: dict[str, Any] = {}
+    if args.batch_max:
+        overrides["batch_max"] = args.batch_max
+    if args.batch_interval:
+        overrides["batch_interval_s"] = args.batch_interval
+    gw = GatewayProcess(broker, influx, workdir, overrides)
+    alarms: Recorder | None = None
+    poller: ProbePoller | None = None
+    try:
+        warm = Recorder(broker.port, "chairside/v1/+/+/cmd", "warmup")
+        from csfw import contract as fw
+
+        warm_site = f"w{tag}"
+        deadline = time.monotonic() + 30
+        seq = 0
+        since_ms = time.time_ns() // 1_000_000 - 1000
+        while stored_count(influx.url, warm_site, since_ms) == 0:
+            if time.monotonic() > deadline or gw.proc.poll() is not None:
+                raise RuntimeError(f"gateway did not store a warm-up reading; log: {gw.log_path}")
+            env = fw.envelope(seq, 1, 1000 + seq, time.time_ns() // 1_000_000, True, False)
+            warm.client.publish(fw.Topics(warm_site, "w0").vitals, fw.vitals_payload(env, 98, 70, 7, "ok"), qos=1)
+            seq += 1
+            time.sleep(0.3)
+        warm.close()
+        alarms = Recorder(broker.port, f"chairside/v1/{site}/+/alarms", "alarms")
+        since_ms = time.time_ns() // 1_000_000 - 1000
+        poller = ProbePoller(influx.url, site, since_ms, args.poll_ms / 1000)
+        poller.start()
+        start_at = time.monotonic() + 1.5
+        alarm_at = {c: max(1, (k + 1) * per_chair // (len(alarm_chairs) + 1)) for k, c in enumerate(alarm_chairs)}
+        alarm_at = {c: s for c, s in alarm_at.items() if s < per_chair}
+        cpu0, wall0 = gw.cpu_seconds(), time.monotonic()
+        pubs = run_publishers(PubPlan(broker.port, site, names, rate, seconds, clients, start_at, alarm_at), procs)
+        published = sum(r.published for r in pubs)
+        first = min(r.first for r in pubs)
+        last = max(r.last for r in pubs)
+        result.published = published
+        result.offered_per_s = published / (last - first + 1.0 / rate)
+        # drain: wait until everything is stored or progress stops
+        drain_end = time.monotonic() + min(MAX_DRAIN_S, 10 + seconds)
+        best, best_at = -1, time.monotonic()
+        while time.monotonic() < drain_end:
+            now_count = stored_count(influx.url, site, since_ms)
+            if now_count >= published:
+                break
+            if now_count > best:
+                best, best_at = now_count, time.monotonic()
+            elif time.monotonic() - best_at > 5:
+                break
+            time.sleep(0.2)
+        done = time.monotonic()
+        result.drain_s = max(0.0, done - last)
+        time.sleep(args.poll_ms / 1000 * 3)  # let the poller see the tail
+        cpu1, wall1 = gw.cpu_seconds(), time.monotonic()
+        poller.stop()
+        alarms.close()
+        metrics = gw.metrics()
+    finally:
+        gw.stop()
+        if poller is not None:
+            poller.stop()
+        if alarms is not None:
+            alarms.close()
+
+    pub_index = {c: t for r in pubs for c, t in r.pub_times.items()}
+    # stored/s: slope of count over the last 75 % of the publishing window
+    counts = [(t, c) for t, c in poller.counts if first + 0.25 * (last - first) <= t <= last + 0.5]
+    if len(counts) >= 2 and counts[-1][0] > counts[0][0]:
+        result.stored_per_s = (counts[-1][1] - counts[0][1]) / (counts[-1][0] - counts[0][0])
+    else:  # very short runs: everything stored over first publish → all visible
+        final_t = poller.counts[-1][0] if poller.counts else done
+        result.stored_per_s = stored_count(influx.url, site, since_ms) / max(1e-9, final_t - first)
+    # publish→stored latency from the probe chairs
+    lat = []
+    for chair, marks in poller.visible.items():
+        times = pub_index.get(chair, [])
+        for seq, seen in marks.items():
+            if seq < len(times):
+                lat.append(seen - times[seq])
+    result.stored_samples = len(lat)
+    result.stored_p50_ms, result.stored_p99_ms = _pct(lat, 50) * 1e3, _pct(lat, 99) * 1e3
+    result.poll_ms = args.poll_ms + 1e3 * statistics.fmean(poller.query_s) if poller.query_s else args.poll_ms
+    # alarm latency
+    raised: dict[str, float] = {}
+    unexpected = 0
+    for topic, payload, rx in alarms.rows:
+        event = json.loads(payload)
+        chair = topic.split("/")[3]
+        if event.get("alarm") == "spo2_critical" and event.get("event") == "raised" and chair in alarm_at:
+            raised.setdefault(chair, rx)
+        else:
+            unexpected += 1
+    alat = [raised[c] - pub_index[c][s] for c, s in alarm_at.items() if c in raised]
+    result.alarm_expected, result.alarm_n = len(alarm_at), len(alat)
+    result.alarm_p50_ms, result.alarm_p99_ms = _pct(alat, 50) * 1e3, _pct(alat, 99) * 1e3
+    if unexpected:
+        result.notes.append(f"{unexpected} other alarm events")
+    # loss, by chair and seq
+    series = influx_query(influx.url, f"SELECT count(\"seq\"), min(\"seq\"), max(\"seq\") FROM \"vitals\" "
+                                      f"WHERE \"site\"='{site}' AND time >= {since_ms}ms GROUP BY \"chair\"")
+    got = {s["tags"]["chair"]: s["values"][0][1:4] for s in series}
+    lost = 0
+    for chair in names:
+        sent = len(pub_index.get(chair, []))
+        n, lo, hi = got.get(chair, (0, None, None))
+        if n == sent and (sent == 0 or (lo == 0 and hi == sent - 1)):
+            continue
+        lost += max(sent - int(n), 0) or 1
+    result.lost = lost
+    result.stored = sum(int(v[0]) for v in got.values())
+    gw_wall = wall1 - wall0
+    result.gw_cpu = (cpu1 - cpu0) / max(1e-9, gw_wall)
+    result.gw_stored_per_cpu_s = result.stored / max(1e-9, cpu1 - cpu0)
+    for name in ("queue_dropped", "processing_errors", "duplicates"):
+        if metrics.get(name):
+            result.notes.append(f"gateway {name}={metrics[name]:g}")
+    if result.stored > published:
+        result.notes.append(f"stored {result.stored} > published {published}")
+    return result
+
+
+# ---------------------------------------------------------------- output
+
+
+def _f(value: float, digits: int = 0) -> str:
+    return "-" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def print_table(results: Sequence[RunResult], out: Any = sys.stdout) -> None:
+    head = ["chairs", "Hz", "s", "published", "offered/s", "broker/s", "broker p50/p99 ms",
+            "stored/s", "ratio", "stored p50/p99 ms", "alarm p50/p99 ms (n)", "lost", "gw cpu",
+            "stored/cpu-s"]
+    rows = []
+    for r in results:
+        ratio = r.stored_per_s / r.baseline_per_s if r.baseline_per_s else math.nan
+        rows.append([
+            str(r.chairs), f"{r.rate:g}", f"{r.seconds:g}", f"{r.published:,}", _f(r.offered_per_s),
+            _f(r.baseline_per_s), f"{_f(r.baseline_p50_ms, 1)}/{_f(r.baseline_p99_ms, 1)}",
+            _f(r.stored_per_s), _f(ratio, 2), f"{_f(r.stored_p50_ms)}/{_f(r.stored_p99_ms)}",
+            f"{_f(r.alarm_p50_ms)}/{_f(r.alarm_p99_ms)} ({r.alarm_n}/{r.alarm_expected})",
+            str(r.lost), f"{r.gw_cpu * 100:.0f}%", _f(r.gw_stored_per_cpu_s),
+        ])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    print("  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True)), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for row in rows:
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)), file=out)
+    for r in results:
+        extra = f"; {'; '.join(r.notes)}" if r.notes else ""
+        print(f"# {r.chairs} chairs @ {r.rate:g} Hz: {r.stored:,} stored of {r.published:,}, "
+              f"drain {r.drain_s:.1f} s after the last publish, latency samples {r.stored_samples} "
+              f"(resolution ≤ {r.poll_ms:.0f} ms){extra}", file=out)
+
+
+PRESETS: dict[str, list[tuple[int, float, float]]] = {
+    # issue 8: 100 and 1,000 chairs at the real 1 Hz, then 1,000 chairs at 10 Hz (10,000 readings/s)
+    "issue8": [(100, 1.0, 30.0), (1000, 1.0, 30.0), (1000, 10.0, 30.0)],
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chairs", type=int, default=50, help="virtual chairs (default 50)")
+    parser.add_argument("--rate", type=float, default=1.0, help="readings per second per chair (default 1)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="publishing time per phase (default 10)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="run a named set of loads instead")
+    parser.add_argument("--broker-limits", choices=("deploy", "test"), default="deploy",
+                        help="deploy: max_inflight_messages 20 / max_queued_messages 10000 as in "
+                             "deploy/mosquitto/chairside.conf (default); test: services.Mosquitto's own")
+    parser.add_argument("--pub-procs", type=int, default=0, help="publisher processes (default: auto)")
+    parser.add_argument("--pub-clients", type=int, default=4, help="paho publisher clients in all (default 4)")
+    parser.add_argument("--poll-ms", type=float, default=50.0, help="probe poll interval (default 50 ms)")
+    parser.add_argument("--batch-max", type=int, default=0, help="override GatewayConfig.batch_max")
+    parser.add_argument("--batch-interval", type=float, default=0.0,
+                        help="override GatewayConfig.batch_interval_s (seconds)")
+    args = parser.parse_args(argv)
+    loads = PRESETS[args.preset] if args.preset else [(args.chairs, args.rate, args.seconds)]
+    for chairs, rate, seconds in loads:
+        if chairs < 1 or rate <= 0 or seconds <= 0 or chairs * rate > 50_000 or seconds > 600:
+            parser.error("need 1 <= chairs, 0 < rate, 0 < seconds <= 600, chairs*rate <= 50,000")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="chairside-bench-") as tmp:
+        work = Path(tmp)
+        broker = Mosquitto(extra_config=DEPLOY_LIMITS if args.broker_limits == "deploy" else "",
+                           workdir=work / "mosquitto")
+        influx = InfluxDB(workdir=work / "influxd")
+        broker.start()
+        try:
+            influx.start()
+            for k, (chairs, rate, seconds) in enumerate(loads):
+                print(f"running {chairs} chairs at {rate:g} Hz for {seconds:g} s ...", file=sys.stderr, flush=True)
+                tag = f"{os.getpid() % 10000}r{k}"
+                results.append(run_once(args, chairs, rate, seconds, broker, influx, work, tag))
+        finally:
+            influx.stop()
+            broker.stop()
+    print(f"ingest benchmark: broker limits {args.broker_limits}, gateway "
+          f"{'overrides ' + str({'batch_max': args.batch_max, 'batch_interval_s': args.batch_interval}) if args.batch_max or args.batch_interval else 'defaults'}")
+    print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
