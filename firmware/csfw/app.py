@@ -13,10 +13,14 @@
 #   spare slots; a spooled record is committed (deleted) only after its PUBACK;
 # - when the link drops, live readings still awaiting PUBACK are put back in
 #   the spool (the gateway writes idempotently, so a duplicate is harmless).
+#
+# Transport: Wi-Fi + MQTT (csfw.link + csfw.mqtt), or, when the board gives
+# `hw.serial_link` (a csfw.serial_link.SerialLink on the USB CDC port), the
+# same contract as lines to `chairside serial-bridge` (SerialTransport below).
 from csfw import contract
 from csfw.led import OFFLINE, OK, SENSOR_FAULT, StatusLed
 from csfw.link import mqtt_link
-from csfw.mqtt import InflightFull, MQTTClient
+from csfw.mqtt import ERR_INFLIGHT_FULL, InflightFull, MQTTClient
 from csfw.nibp import Nibp
 from csfw.oximeter import Oximeter
 from csfw.spool import Spool
@@ -38,7 +42,8 @@ class Hardware:
     firmware/host/box.py each build one."""
 
     def __init__(self, oxi_uart, nibp_uart, wlan, connect_fn, fs_dir, os_module,
-                 wdt=None, led_pin=None, reset_cause="unknown", rand=None, ntp_sync=None):
+                 wdt=None, led_pin=None, reset_cause="unknown", rand=None, ntp_sync=None,
+                 serial_link=None):
         self.oxi_uart = oxi_uart
         self.nibp_uart = nibp_uart
         self.wlan = wlan
@@ -50,6 +55,56 @@ class Hardware:
         self.reset_cause = reset_cause
         self.rand = rand
         self.ntp_sync = ntp_sync
+        self.serial_link = serial_link  # csfw.serial_link.SerialLink: USB instead of Wi-Fi
+
+
+class SerialTransport:
+    """A SerialLink as the app's `mqtt` client and `link` at once (same
+    surface: publish, subscribe, inflight, max_inflight, online, poll, lost,
+    rssi, close).  The link is up while the host bridge talks; going down,
+    the host forgets unacknowledged lines (the app re-spools them)."""
+
+    def __init__(self, serial, on_online, on_offline):
+        self.serial = serial
+        self.on_online = on_online
+        self.on_offline = on_offline
+        self.max_inflight = serial.max_inflight
+        self.online = False
+
+    @property
+    def inflight(self):
+        return self.serial.inflight
+
+    def publish(self, topic, msg, qos=0, retain=False, now=0):
+        if not self.online:
+            raise OSError(107)  # ENOTCONN
+        if qos and len(self.serial.inflight) >= self.serial.max_inflight:
+            raise InflightFull(ERR_INFLIGHT_FULL)
+        return self.serial.publish(topic, msg, qos, retain, now)
+
+    def subscribe(self, topic, qos=1, now=0):
+        return 0  # the bridge forwards this chair's command topic by itself
+
+    def poll(self, now):
+        self.serial.poll(now)
+        if self.serial.online and not self.online:
+            self.online = True
+            self.on_online(False, now)
+        elif self.online and not self.serial.online:
+            self.online = False
+            self.on_offline("host_silent", now)
+
+    def lost(self, now, cause="write_failed", error=None):
+        if self.online:
+            self.online = False
+            self.serial.inflight = {}
+            self.on_offline(cause, now)
+
+    def rssi(self):
+        return None
+
+    def close(self):
+        self.online = False
 
 
 def next_boot_count(os_module, fs_dir):
@@ -84,18 +139,16 @@ class App:
         self.oxi = Oximeter(hw.oxi_uart)
         self.nibp = Nibp(hw.nibp_uart)
         self.spool = Spool(hw.fs_dir + "/spool", hw.os, ram_records=cfg.get("hist_ram_records", 64),
-                           max_bytes=cfg.get("spool_kb", 512) * 1024)
-        mq = cfg["mqtt"]
-        self.mqtt = MQTTClient(
-            "chairside-" + cfg["site"] + "-" + cfg["chair"], hw.connect_fn,
-            keepalive_s=mq.get("keepalive_s", 30), user=mq.get("user"), password=mq.get("password"),
-            will_topic=self.topics.status, will_msg=contract.OFFLINE_PAYLOAD, will_qos=1,
-            will_retain=True, clean_session=False, max_inflight=8,
-            on_message=self._on_message, on_puback=self._on_puback)
-        wifi = cfg.get("wifi") or {}
-        self.link = mqtt_link(hw.wlan, self.mqtt, ssid=wifi.get("ssid"), key=wifi.get("key"),
-                              on_online=self._on_online, on_offline=self._on_offline,
-                              clock_rand=hw.rand)
+                           max_bytes=cfg.get("spool_kb", 512) * 1024,
+                           seg_bytes=cfg.get("spool_seg_kb", 32) * 1024)
+        if hw.serial_link is not None:
+            self.mqtt = self.link = SerialTransport(hw.serial_link, self._on_online,
+                                                    self._on_offline)
+            hw.serial_link.on_message = self._on_message
+            hw.serial_link.on_puback = self._on_puback
+            hw.serial_link.on_time = self._on_host_time
+        else:
+            self._init_mqtt(cfg, hw)
         self.sup = Supervisor(hw.wdt)
         self._task_sensors = self.sup.register("sensors", 0)
         self._task_link = self.sup.register("link", 0)
@@ -115,6 +168,19 @@ class App:
         interval = cfg.get("nibp_interval_s", 0)
         if interval:
             self.nibp.set_interval(interval, now)
+
+    def _init_mqtt(self, cfg, hw):
+        mq = cfg["mqtt"]
+        self.mqtt = MQTTClient(
+            "chairside-" + cfg["site"] + "-" + cfg["chair"], hw.connect_fn,
+            keepalive_s=mq.get("keepalive_s", 30), user=mq.get("user"), password=mq.get("password"),
+            will_topic=self.topics.status, will_msg=contract.OFFLINE_PAYLOAD, will_qos=1,
+            will_retain=True, clean_session=False, max_inflight=8,
+            on_message=self._on_message, on_puback=self._on_puback)
+        wifi = cfg.get("wifi") or {}
+        self.link = mqtt_link(hw.wlan, self.mqtt, ssid=wifi.get("ssid"), key=wifi.get("key"),
+                              on_online=self._on_online, on_offline=self._on_offline,
+                              clock_rand=hw.rand)
 
     # -- loop ------------------------------------------------------------
     def poll(self):
@@ -207,7 +273,7 @@ class App:
                 self.link.lost(now, error=exc)
                 pid = 0
             if pid:
-                self._live[pid] = True
+                self._live[pid] = rec
                 self.published_live += 1
                 return
         self.spool.push(rec)
@@ -247,9 +313,24 @@ class App:
         self._next_status = now + STATUS_PERIOD_MS
 
     def _on_offline(self, cause, now):
-        # QoS 1 messages stay with the MQTT client and are resent (DUP) on
-        # reconnect; nothing to move here.
-        pass
+        # MQTT: QoS 1 messages stay with the MQTT client and are resent (DUP)
+        # on reconnect; nothing to move here.  Serial: the bridge forgets
+        # unacknowledged lines, so live readings go back to the spool and the
+        # replay restarts from the oldest uncommitted record.
+        if self.hw.serial_link is None:
+            return
+        recs = list(self._live.values())
+        recs.sort(key=lambda r: r[3])
+        for rec in recs:
+            self.spool.push(rec)
+        self._live = {}
+        self._replay = []
+
+    def _on_host_time(self, epoch_ms):
+        # the bridge's heartbeat carries the host wall time: set an unsynced
+        # clock once (re-setting it would move t of readings not yet sent)
+        if not self.clock.synced:
+            self.clock.set_epoch_ms(epoch_ms)
 
     def _send_pending(self, now):
         while self._pending:
@@ -278,7 +359,7 @@ class App:
             "boot_t": (self.clock.epoch_ms() - now) if self.clock.synced else None,
             "spool": self.spool.depth, "dropped": self.spool.dropped + self.pending_dropped,
             "oxi": self.oxi.health(now), "nibp": self.nibp.health(now),
-            "rssi": self.link.rssi(), "link": "wifi",
+            "rssi": self.link.rssi(), "link": "wifi" if self.hw.serial_link is None else "usb",
         }
 
     def _publish_status(self, now):

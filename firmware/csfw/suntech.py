@@ -145,7 +145,28 @@ def state_name(state):
     return STATE_NAMES[state]
 
 
-class ResponseParser:
+class _FrameHunter:
+    """Shared start-of-frame logic of both parsers: drop a frame that stalls
+    longer than FRAME_TIMEOUT_MS (a gap resets, as ESPHome's UART parsers do)
+    and hunt for the start byte.  Returns the state to continue in; 0 means
+    the byte was consumed by the hunt.  Allocation-free."""
+
+    def _hunt(self, b, now, start):
+        st = self._state
+        if st and now > self._deadline:
+            self.gaps = (self.gaps + 1) & _CMASK
+            st = self._state = 0
+        if st == 0:
+            if b == start:
+                self._state = 1
+                self._sum = b
+                self._deadline = now + FRAME_TIMEOUT_MS
+            else:
+                self.garbage = (self.garbage + 1) & _CMASK
+        return st
+
+
+class ResponseParser(_FrameHunter):
     """Byte-at-a-time response parser (box side).
 
     feed(b, now) -> True when a valid frame completed; its payload is
@@ -172,17 +193,8 @@ class ResponseParser:
         self._state = 0
 
     def feed(self, b, now):
-        st = self._state
-        if st and now > self._deadline:
-            self.gaps = (self.gaps + 1) & _CMASK
-            st = self._state = 0
+        st = self._hunt(b, now, RESP_START)
         if st == 0:
-            if b == RESP_START:
-                self._state = 1
-                self._sum = b
-                self._deadline = now + FRAME_TIMEOUT_MS
-            else:
-                self.garbage = (self.garbage + 1) & _CMASK
             return False
         if st == 1:
             if b < MIN_FRAME or b > MAX_PAYLOAD + 3:
@@ -209,7 +221,7 @@ class ResponseParser:
         return True
 
 
-class CommandParser:
+class CommandParser(_FrameHunter):
     """Byte-at-a-time command parser (module side, used by the simulator).
 
     feed(b, now) -> True when a valid command completed; its body is
@@ -230,17 +242,8 @@ class CommandParser:
         self.garbage = 0
 
     def feed(self, b, now):
-        st = self._state
-        if st and now > self._deadline:
-            self.gaps = (self.gaps + 1) & _CMASK
-            st = self._state = 0
+        st = self._hunt(b, now, CMD_START)
         if st == 0:
-            if b == CMD_START:
-                self._state = 1
-                self._sum = b
-                self._deadline = now + FRAME_TIMEOUT_MS
-            else:
-                self.garbage = (self.garbage + 1) & _CMASK
             return False
         self._sum = (self._sum + b) & 0xFF
         if st == 1:

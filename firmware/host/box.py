@@ -1,6 +1,8 @@
 """A simulated chair box: the real firmware (``csfw.app.App``) on the host
 hardware layer, wired to sensor simulators that speak the real byte
-protocols and to a real MQTT broker through a real TCP socket.
+protocols and to a real MQTT broker through a real TCP socket — or, with
+``transport="serial"``, to a pseudo-terminal pair standing in for the USB CDC
+port (``serial_path`` is the host end for ``chairside serial-bridge``).
 
 Time is simulated (:class:`host.clock.SimClock`): ``step(ms)`` advances it in
 small ticks, letting the simulators write their bytes and the app poll, so a
@@ -10,13 +12,16 @@ copied to a board.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import tempfile
+import tty
 from typing import Any
 
 from csfw import VERSION
 from csfw.app import App, Hardware, next_boot_count
+from csfw.serial_link import SerialLink
 from host.clock import SimClock
 from host.nibp_sim import NibpSim
 from host.oximeter_sim import OximeterSim
@@ -72,7 +77,13 @@ class SimBox:
         mqtt_user: str | None = None,
         mqtt_password: str | None = None,
         epoch_at_boot_ms: int | None = None,
+        spool_kb: int | None = None,
+        spool_seg_kb: int | None = None,
+        hist_ram_records: int | None = None,
+        transport: str = "mqtt",
     ) -> None:
+        if transport not in ("mqtt", "serial"):
+            raise ValueError(f"transport must be 'mqtt' or 'serial', not {transport!r}")
         self.clock = clock or SimClock(
             epoch_at_boot_ms=epoch_at_boot_ms or 1_790_000_000_000, synced=synced
         )
@@ -94,6 +105,21 @@ class SimBox:
                      "user": mqtt_user, "password": mqtt_password},
             "nibp_interval_s": nibp_interval_s,
         }
+        for key, value in (("spool_kb", spool_kb), ("spool_seg_kb", spool_seg_kb),
+                           ("hist_ram_records", hist_ram_records)):
+            if value is not None:
+                self.cfg[key] = value
+        self.serial_path: str | None = None
+        self._pty: tuple[int, int] | None = None
+        self._tx = bytearray()
+        serial_link = None
+        if transport == "serial":
+            master, slave = os.openpty()
+            tty.setraw(slave)  # no echo, no newline translation, like a CDC port
+            os.set_blocking(master, False)
+            self._pty = (master, slave)
+            self.serial_path = os.ttyname(slave)
+            serial_link = SerialLink(self._serial_write, self._serial_read)
         rng = random.Random(seed)
         hw = Hardware(
             oxi_uart=self.oxi_box,
@@ -107,6 +133,7 @@ class SimBox:
             reset_cause="power",
             rand=rng.random,
             ntp_sync=self._ntp_sync if ntp else None,
+            serial_link=serial_link,
         )
         self.boot = next_boot_count(os, self.fs_dir)
         self.app = App(self.cfg, hw, self.clock, boot=self.boot, fw_version=VERSION,
@@ -117,7 +144,41 @@ class SimBox:
             raise OSError("ntp unreachable")
         self.clock.set_epoch_ms(self.clock.true_epoch_ms())
 
+    # -- USB CDC stand-in (transport="serial"): the box end of the pty pair
+    def _serial_write(self, data: bytes) -> None:
+        self._tx.extend(data)
+        self._serial_flush()
+
+    def _serial_flush(self) -> None:
+        if self._pty is None:
+            self._tx.clear()
+            return
+        while self._tx:
+            try:
+                n = os.write(self._pty[0], self._tx)
+            except BlockingIOError:
+                return  # host not reading: keep the bytes, as a CDC buffer would
+            except OSError as exc:
+                if exc.errno == errno.EIO:  # no host end open
+                    return
+                raise
+            del self._tx[:n]
+
+    def _serial_read(self) -> bytes:
+        if self._pty is None:
+            return b""
+        try:
+            return os.read(self._pty[0], 4096)
+        except BlockingIOError:
+            return b""
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return b""
+            raise
+
     def poll_once(self) -> None:
+        if self._tx:
+            self._serial_flush()
         now = self.clock.now_ms()
         self.oxi_sim.advance(now)
         self.nibp_sim.advance(now)
@@ -135,8 +196,13 @@ class SimBox:
         self.wlan.cut()
 
     def close(self) -> None:
-        """Close the box's socket (the broker then publishes its last will)."""
+        """Close the box's socket (the broker then publishes its last will);
+        over serial, unplug the USB cable (close both ends of the pty)."""
         self.app.mqtt.close()
+        if self._pty is not None:
+            for fd in self._pty:
+                os.close(fd)
+            self._pty = None
 
     @property
     def seq(self) -> int:

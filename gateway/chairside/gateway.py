@@ -779,8 +779,6 @@ class Gateway:
             return
         if stored:
             self.metrics.inc("spooled", len(lines))
-            if self._spool_full:
-                self._set_spool_full(False)
         else:
             self.metrics.inc("spool_dropped", len(lines))
             log.error(
@@ -793,7 +791,7 @@ class Gateway:
         self._release(batch)
 
     def _set_spool_full(self, full: bool) -> None:
-        """Raise (or clear) the technical alarm ``gateway_spool_full``."""
+        """Raise (or, once the spool is half empty, clear) the technical alarm ``gateway_spool_full``."""
         self._spool_full = full
         now = self.clock.now_ms()
         text = (
@@ -845,6 +843,8 @@ class Gateway:
             self.spool.commit(batch)
         self.metrics.inc("points_replayed", len(batch.lines))
         self._update_spool_gauges()
+        if self._spool_full and self.spool.total_bytes <= self.config.spool_max_bytes // 2:
+            self._set_spool_full(False)  # hysteresis: no flapping near the bound
         if self.spool.empty:
             log.info("spool replayed: InfluxDB is up to date")
         return True

@@ -118,7 +118,8 @@ def test_limit_change_by_mqtt_applies_is_audited_and_ack_is_stored(
             {"v": 1, "alarm": "spo2_low", "by": "nurse kim"}), qos=1).wait_for_publish(5)  # fmt: skip
         acked = observer.wait_for("/7/alarms", lambda p: p["event"] == "acknowledged")
         assert acked["alarm"] == "spo2_low" and acked["by"] == "nurse kim"
-        rows = wait_rows(influxdb, f"SELECT * FROM alarm_events WHERE site = '{SITE}' AND \"event\" = 'acknowledged'", 1)
+        q = f"SELECT * FROM alarm_events WHERE site = '{SITE}' AND \"event\" = 'acknowledged'"
+        rows = wait_rows(influxdb, q, 1)
         assert [(r["alarm"], r["by"], r["chair"]) for r in rows] == [("spo2_low", "nurse kim", "7")]
     finally:
         fleet.close()

@@ -9,6 +9,7 @@ import os
 from csfw import bci, mqtt
 from csfw.app import App, Hardware
 from csfw.supervisor import Supervisor
+from mptest import fresh_dir
 
 EAGAIN = 11
 
@@ -98,7 +99,7 @@ class Broker:
             if kind == 0x10:
                 self.to_box.extend(b"\x20\x02\x00\x00")
             elif kind == 0x30:
-                topic, msg, qos, dup, retain, pid = mqtt.decode_publish(first, body)
+                topic, msg, qos, _dup, _retain, pid = mqtt.decode_publish(first, body)
                 self.published.append((topic, json.loads(msg)))
                 if qos:
                     self.to_box.extend(mqtt.puback_packet(pid))
@@ -152,33 +153,11 @@ class Sock:
         self.closed = True
 
 
-_dirs = [0]
-
-
-def _fs_dir():
-    _dirs[0] += 1
-    try:
-        import tempfile
-        base = tempfile.mkdtemp()
-    except ImportError:  # MicroPython
-        base = "/tmp"
-        try:
-            os.stat(base)
-        except OSError:
-            os.mkdir(base)
-    path = base + "/csfw_app_" + str(_dirs[0])
-    try:
-        os.mkdir(path)
-    except OSError:
-        pass
-    return path
-
-
 def _make():
     clock = Clock()
     broker = Broker()
     oxi, nibp = Uart(), Uart()
-    hw = Hardware(oxi, nibp, Wlan(), broker.connect_fn, _fs_dir(), os, rand=lambda: 0.5)
+    hw = Hardware(oxi, nibp, Wlan(), broker.connect_fn, fresh_dir("app"), os, rand=lambda: 0.5)
     cfg = {"site": "s1", "chair": "7", "mqtt": {"keepalive_s": 60}, "nibp_interval_s": 0}
     app = App(cfg, hw, clock, boot=4, fw_version="t", cfg_hash="abcd1234")
     return app, clock, broker, oxi

@@ -1,39 +1,12 @@
 # NIBP driver state machine: measurement flow, retries, timeouts, abort.
 from csfw import suntech
 from csfw.nibp import IDLE, MEASURING, READING, STARTING, Nibp
-from mptest import hexbytes
+from mptest import TinyUart, hexbytes
 
 START = suntech.command(suntech.START_BP)
 ABORT = suntech.command(suntech.ABORT_BP)
 STATUS = suntech.command(suntech.GET_STATUS)
 BP_DATA = suntech.command(suntech.GET_BP_DATA)
-
-
-class TinyUart:
-    def __init__(self):
-        self.rx = bytearray()
-        self.pos = 0
-        self.tx = bytearray()
-
-    def any(self):
-        return len(self.rx) - self.pos
-
-    def readinto(self, buf, n=None):
-        avail = self.any()
-        if not avail:
-            return None
-        if n is None or n > len(buf):
-            n = len(buf)
-        if n > avail:
-            n = avail
-        for i in range(n):
-            buf[i] = self.rx[self.pos + i]
-        self.pos += n
-        return n
-
-    def write(self, data):
-        self.tx.extend(data)
-        return len(data)
 
 
 class Module:

@@ -1,49 +1,7 @@
 # Oximeter driver: UART draining, summary states, no_data timing, health.
 from csfw import bci, contract
 from csfw.oximeter import Oximeter
-from mptest import hexbytes
-
-
-class TinyUart:
-    """Minimal UART stand-in: bytes queued with push() come out of readinto()."""
-
-    def __init__(self):
-        self.rx = bytearray()
-        self.pos = 0
-        self.tx = bytearray()
-
-    def push(self, data):
-        self.rx.extend(data)
-
-    def any(self):
-        return len(self.rx) - self.pos
-
-    def readinto(self, buf, n=None):
-        avail = self.any()
-        if not avail:
-            return None
-        if n is None or n > len(buf):
-            n = len(buf)
-        if n > avail:
-            n = avail
-        for i in range(n):
-            buf[i] = self.rx[self.pos + i]
-        self.pos += n
-        return n
-
-    def read(self, n=None):
-        avail = self.any()
-        if not avail:
-            return None
-        if n is None or n > avail:
-            n = avail
-        out = bytes(self.rx[self.pos:self.pos + n])
-        self.pos += n
-        return out
-
-    def write(self, data):
-        self.tx.extend(data)
-        return len(data)
+from mptest import TinyUart, hexbytes
 
 
 def _make():

@@ -5,36 +5,7 @@ import os
 
 from csfw import spool
 from csfw.spool import Spool, decode_record, encode_record, nibp_record, vitals_record
-
-_counter = [0]
-
-
-def _rmtree(path):
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return
-    for name in names:
-        os.remove(path + "/" + name)
-    os.rmdir(path)
-
-
-def fresh_dir(tag):
-    """An empty directory that works on CPython and on the MicroPython VM."""
-    _counter[0] += 1
-    try:
-        import tempfile
-        base = tempfile.gettempdir()
-    except ImportError:  # MicroPython
-        base = "/tmp"
-        try:
-            os.stat(base)
-        except OSError:
-            os.mkdir(base)
-    path = base + "/csfw_spool_" + tag + "_" + str(_counter[0])
-    _rmtree(path)
-    os.mkdir(path)
-    return path
+from mptest import fresh_dir
 
 
 def _v(i, sync=1):
