@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("chairside.demo", "start services, simulated chairs, gateway and a live view"),
     "pager": ("chairside.pager.service", "run the on-call pager"),
     "drill": ("chairside.drill", "send a labelled emergency drill through the real chain"),
+    "staff": ("chairside.staff", "acknowledge an alarm or change a chair's limit (audited)"),
     "dashboards": ("chairside.grafana_push", "build or push the Grafana dashboards"),
     "provision": ("chairside.provision", "create, rotate or revoke a chair box's credentials"),
     "certs": ("chairside.pki", "create the clinic CA and server/box certificates"),

@@ -955,6 +955,7 @@ class Gateway:
         details: dict[str, Any] = {
             "status": "ok" if healthy else "degraded",
             "mqtt_connected": mqtt_connected,
+            "mqtt_subscribed": self._subscribed.is_set(),
             "influx_reachable": influx_reachable,
             "spool_depth": self.spool.pending_points,
             "spool_bytes": self.spool.total_bytes,

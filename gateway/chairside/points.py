@@ -8,41 +8,94 @@ field keeps one type for its whole life.
 
 from __future__ import annotations
 
-import importlib
+import math
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import cache
+from typing import Any, Final
 
 from chairside import contract
 from chairside.model import AlarmEvent, Reading
 
-# influxdb-client ships partial annotations; its Point is used through Any.
-_point_module: Any = importlib.import_module("influxdb_client.client.write.point")
-_Point: Any = _point_module.Point
-_MS: Any = importlib.import_module("influxdb_client.domain.write_precision").WritePrecision.MS
-
 MEASUREMENT_FOR_KIND: dict[str, str] = {"vitals": "vitals", "nibp": "nibp", "status": "device"}
+
+# Line-protocol escaping, byte for byte what influxdb_client's Point emits
+# (tests/gateway/test_points_equivalence.py compares the two on tricky values).
+_ESCAPE_MEASUREMENT: Final = str.maketrans(
+    {",": r"\,", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"}
+)
+_ESCAPE_KEY: Final = str.maketrans(
+    {",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"}
+)
+_ESCAPE_STRING: Final = str.maketrans({'"': r'\"', "\\": r"\\"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """One measurement's names, escaped once: ``(name, escaped)`` sorted by name."""
+
+    prefix: str
+    tags: tuple[tuple[str, str], ...]
+    fields: tuple[tuple[str, str], ...]
+
+
+@cache
+def _spec(measurement: str) -> _Spec:
+    spec = contract.measurement(measurement)
+    return _Spec(
+        prefix=measurement.translate(_ESCAPE_MEASUREMENT),
+        tags=tuple((n, n.translate(_ESCAPE_KEY)) for n in sorted(set(spec["tags"]))),
+        fields=tuple((n, n.translate(_ESCAPE_KEY)) for n in sorted(set(spec["fields"]))),
+    )
+
+
+def _field_text(key: str, value: Any) -> str | None:
+    """``key=value`` as Point writes it; ``None`` for a non-finite float (Point skips it)."""
+    if isinstance(value, float | Decimal):
+        if not math.isfinite(value):
+            return None
+        text = str(value)
+        if text.endswith(".0"):
+            text = text[:-2]
+        return f"{key}={text}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{key}={value}i"
+    if isinstance(value, bool):
+        return f"{key}={str(value).lower()}"
+    if isinstance(value, str):
+        return f'{key}="{value.translate(_ESCAPE_STRING)}"'
+    raise ValueError(f'Type: "{type(value)}" of field: "{key}" is not supported.')
 
 
 def _line(
     measurement: str, tags: Mapping[str, str], fields: Mapping[str, Any], t_ms: int
 ) -> str:
-    spec = contract.measurement(measurement)
-    point = _Point(measurement)
-    for name in spec["tags"]:
+    """One point: tags and fields limited to the contract's names, sorted, escaped."""
+    spec = _spec(measurement)
+    head = [spec.prefix]
+    for name, key in spec.tags:
         value = tags.get(name)
         if value:
-            point.tag(name, value)
-    allowed = set(spec["fields"])
+            text = str(value).translate(_ESCAPE_KEY)
+            if text.endswith("\\"):
+                text += " "
+            head.append(f"{key}={text}")
+    body: list[str] = []
     written = 0
-    for name, value in fields.items():
-        if value is None or name not in allowed:
+    for name, key in spec.fields:
+        value = fields.get(name)
+        if value is None:
             continue
-        point.field(name, value)
         written += 1
+        text = _field_text(key, value)
+        if text is not None:
+            body.append(text)
     if written == 0:
         raise ValueError(f"{measurement}: no fields to write")
-    point.time(t_ms, _MS)
-    return str(point.to_line_protocol())
+    if not body:
+        return ""  # only non-finite floats: Point writes nothing either
+    return f"{','.join(head)} {','.join(body)} {int(t_ms)}"
 
 
 def reading_line(reading: Reading) -> str | None:

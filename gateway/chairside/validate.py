@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache, lru_cache
 from typing import Any, Final
 
 from chairside import contract
@@ -83,6 +84,16 @@ def _reject(
     return Rejected(topic, reason, detail[:_DETAIL_MAX], site, chair, kind)
 
 
+@cache
+def _max_payload_bytes() -> int:
+    return contract.max_payload_bytes()
+
+
+@cache
+def _schema_version() -> int:
+    return contract.schema_version()
+
+
 def _no_constants(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
@@ -128,18 +139,57 @@ def check_field(name: str, spec: Mapping[str, Any], value: Any) -> tuple[str, st
     return None
 
 
-def _check_fields(
-    msg: Mapping[str, Any], specs: Mapping[str, Mapping[str, Any]]
-) -> tuple[str, str] | None:
-    for name, spec in specs.items():
+_Compiled = tuple[tuple[str, Mapping[str, Any], bool, bool, Any, Any], ...]
+"""per field: (name, spec, required, fast_int, min, max); fast_int = plain int range check"""
+
+
+@cache
+def _compiled(kind: str, last_will: bool) -> tuple[dict[str, Mapping[str, Any]], _Compiled]:
+    """The merged common + message field specs of ``kind`` (cached), as a dict and compiled."""
+    specs: dict[str, Mapping[str, Any]] = {}
+    for name, spec in contract.common_fields().items():
+        # The will carries no common fields except v; any it has must be valid.
+        optional = last_will and name != "v"
+        specs[name] = {**spec, "required": False} if optional else spec
+    specs.update(contract.message_fields(kind))
+    compiled = tuple(
+        (
+            name,
+            spec,
+            bool(spec.get("required", False)),
+            spec.get("type") == "int" and not spec.get("nullable", False),
+            spec.get("min"),
+            spec.get("max"),
+        )
+        for name, spec in specs.items()
+    )
+    return specs, compiled
+
+
+def _check_fields(msg: Mapping[str, Any], compiled: _Compiled) -> tuple[str, str] | None:
+    for name, spec, required, fast_int, low, high in compiled:
         if name not in msg:
-            if spec.get("required", False):
+            if required:
                 return "missing_field", name
             continue
-        problem = check_field(name, spec, msg[name])
+        value = msg[name]
+        if (
+            fast_int
+            and type(value) is int
+            and (low is None or value >= low)
+            and (high is None or value <= high)
+        ):
+            continue  # the common case, decided without check_field
+        problem = check_field(name, spec, value)
         if problem is not None:
             return problem
     return None
+
+
+@lru_cache(maxsize=8192)
+def _parse_topic(topic: str) -> tuple[str, str, MessageKind] | None:
+    """``contract.parse_topic``, remembered per topic string (a fixed set per clinic)."""
+    return contract.parse_topic(topic)
 
 
 def _is_last_will(kind: str, msg: Mapping[str, Any]) -> bool:
@@ -155,11 +205,11 @@ def validate(
     With ``strict`` an unknown field rejects the message (``unknown_field``);
     otherwise unknown fields are dropped and listed in ``Accepted.ignored``.
     """
-    limit = contract.max_payload_bytes()
+    limit = _max_payload_bytes()
     if len(payload) > limit:
         return _reject(topic, "too_large", f"{len(payload)} bytes > {limit}")
 
-    parsed = contract.parse_topic(topic)
+    parsed = _parse_topic(topic)
     if parsed is None:
         parts = topic.split("/")
         root = contract.topic_root().split("/")
@@ -189,27 +239,24 @@ def validate(
     if "v" not in msg:
         return _reject(topic, "missing_field", "v", *where)
     version = msg["v"]
-    if type(version) is not int or version != contract.schema_version():
+    if type(version) is not int or version != _schema_version():
         return _reject(topic, "schema_version", f"v={_short(version)}", *where)
 
-    message_specs = contract.message_fields(kind)
     last_will = _is_last_will(kind, msg)
-    specs: dict[str, Mapping[str, Any]] = {}
-    for name, spec in contract.common_fields().items():
-        # The will carries no common fields except v; any it has must be valid.
-        optional = last_will and name != "v"
-        specs[name] = {**spec, "required": False} if optional else spec
-    specs.update(message_specs)
+    specs, compiled = _compiled(kind, last_will)
 
-    unknown = tuple(sorted(name for name in msg if name not in specs))
+    unknown: tuple[str, ...] = ()
+    if not specs.keys() >= msg.keys():
+        unknown = tuple(sorted(name for name in msg if name not in specs))
     if unknown and strict:
         return _reject(topic, "unknown_field", ",".join(unknown), *where)
 
-    problem = _check_fields(msg, specs)
+    problem = _check_fields(msg, compiled)
     if problem is not None:
         return _reject(topic, problem[0], problem[1], *where)
 
-    fields = {name: value for name, value in msg.items() if name not in unknown}
+    # msg is this call's own fresh dict: no copy needed unless fields are dropped
+    fields = {name: value for name, value in msg.items() if name not in unknown} if unknown else msg
     return Accepted(
         topic=topic,
         site=site,

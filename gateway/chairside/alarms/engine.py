@@ -108,6 +108,7 @@ class _Chair:
     online_ms: int | None = None
     cuff_since_ms: int | None = None
     pr_samples: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=AFIB_BUFFER))
+    standby_by: str | None = None  # set between patients: technical alarms are quiet
 
     def slot(self, name: str) -> _Slot:
         found = self.slots.get(name)
@@ -131,6 +132,7 @@ class AlarmEngine:
         self._chairs: dict[tuple[str, str], _Chair] = {}
         self._lock = threading.RLock()
         self.audit_log: list[AuditRecord] = []
+        self._by_kind: dict[tuple[int, str], tuple[Profile, tuple[Condition, ...]]] = {}
 
     # ------------------------------------------------------------------ API
     def on_reading(self, reading: Reading, now_ms: int) -> list[AlarmEvent]:
@@ -141,7 +143,7 @@ class AlarmEngine:
             chair = self._chair(reading.site, reading.chair, now_ms)
             self._note(chair, reading, now_ms)
             events: list[AlarmEvent] = []
-            for cond in self._conditions(chair):
+            for cond in self._conditions_for(chair, reading.kind):
                 action, obs = self._observe(chair, cond, reading, now_ms)
                 events.extend(self._apply(chair, cond, action, obs, now_ms))
             return events
@@ -152,7 +154,7 @@ class AlarmEngine:
             events: list[AlarmEvent] = []
             for chair in list(self._chairs.values()):
                 profile = chair.profile.effective
-                stale = profile.conditions.get("data_stale")
+                stale = profile.conditions.get("data_stale") if chair.standby_by is None else None
                 stale_obs = self._stale_obs(chair, now_ms) if stale is not None else None
                 if stale is not None and stale_obs is not None:
                     events.extend(self._apply(chair, stale, "observe", stale_obs, now_ms))
@@ -207,6 +209,42 @@ class AlarmEngine:
             found = self._chairs.get((site, chair))
             slot = found.slots.get(alarm) if found is not None else None
             return slot.state if slot is not None else AlarmState.INACTIVE
+
+    def standby(self, site: str, chair: str, by: str, now_ms: int) -> list[AlarmEvent]:
+        """Between patients: clear the chair's alarms and keep its technical
+        alarms (probe off, box offline, stale data) quiet until the next valid
+        patient reading, which resumes monitoring on its own — so forgetting
+        to "admit" can never silence a patient.  Returns the cleared events."""
+        with self._lock:
+            state = self._chair(site, chair, now_ms, seen=False)
+            events = self._clear_all(state, now_ms)
+            state.standby_by = by
+            return events
+
+    def in_standby(self, site: str, chair: str) -> bool:
+        with self._lock:
+            found = self._chairs.get((site, chair))
+            return found is not None and found.standby_by is not None
+
+    def forget(self, site: str, chair: str, now_ms: int) -> list[AlarmEvent]:
+        """Drop a chair entirely (the end of a drill on a ``drill-N`` chair):
+        its announced alarms are cleared so the pager resolves their threads."""
+        with self._lock:
+            state = self._chairs.pop((site, chair), None)
+            return [] if state is None else self._clear_all(state, now_ms)
+
+    def _clear_all(self, state: _Chair, now_ms: int) -> list[AlarmEvent]:
+        events: list[AlarmEvent] = []
+        for cond in state.profile.effective.conditions.values():
+            slot = state.slots.get(cond.name)
+            if slot is None or slot.state is AlarmState.INACTIVE:
+                continue
+            if slot.state in ANNOUNCED:
+                events.append(self._clear(state, cond, slot, now_ms))
+            else:  # pending: nothing was announced, just stop the delay
+                slot.state = AlarmState.INACTIVE
+                slot.delay = DelayState(last_ms=now_ms)
+        return events
 
     def chairs(self) -> list[tuple[str, str]]:
         with self._lock:
@@ -277,11 +315,33 @@ class AlarmEngine:
         return state
 
     def _conditions(self, chair: _Chair) -> Iterator[Condition]:
-        return iter(chair.profile.effective.conditions.values())
+        conditions = chair.profile.effective.conditions.values()
+        if chair.standby_by is not None:
+            # no patient on the chair: probe off, silence or an unplugged box
+            # are expected; physiological conditions still run (a patient
+            # reading ends standby in _note anyway)
+            return iter([c for c in conditions if c.kind != "technical"])
+        return iter(conditions)
+
+    def _conditions_for(self, chair: _Chair, kind: str) -> tuple[Condition, ...]:
+        """The chair's conditions, in order, minus those ``_observe`` always skips
+        for readings of ``kind`` (a skip changes nothing), cached per profile."""
+        effective = chair.profile.effective
+        key = (id(effective), kind)
+        found = self._by_kind.get(key)
+        if found is not None and found[0] is effective:
+            return found[1]
+        if len(self._by_kind) > 1024:
+            self._by_kind.clear()
+        relevant = tuple(c for c in effective.conditions.values() if _may_observe(c.check, c.measurement, kind))
+        self._by_kind[key] = (effective, relevant)
+        return relevant
 
     def _note(self, chair: _Chair, reading: Reading, now_ms: int) -> None:
         """Per-chair bookkeeping before conditions are evaluated."""
         fields = reading.fields
+        if reading.kind == "vitals" and chair.standby_by is not None and fields.get("st") == "ok":
+            chair.standby_by = None  # a patient is on the probe: monitoring resumes by itself
         if reading.kind == "vitals":
             chair.last_vitals_ms = now_ms
             if fields.get("cuff") == 1:
@@ -389,6 +449,18 @@ class AlarmEngine:
                 slot.state = AlarmState.INACTIVE
             return []
         if slot.state in (AlarmState.INACTIVE, AlarmState.PENDING):
+            delay = slot.delay
+            if (
+                not obs.present
+                and not delay.onsets
+                and (cond.mode != "satseconds" or delay.integral <= 0)
+            ):
+                # inside the limit with nothing pending: exactly what step_delay
+                # would decide ("inside limit"), without building the decision
+                slot.delay = DelayState(None, now_ms, False, (), 0.0)
+                slot.state = AlarmState.INACTIVE
+                slot.reason = "inside limit"
+                return []
             profile = chair.profile.effective
             decision = step_delay(
                 slot.delay,

@@ -74,7 +74,11 @@ def _rmtree(path):
     except OSError:
         return
     for name in names:
-        os.remove(path + "/" + name)
+        child = path + "/" + name
+        try:
+            os.remove(child)
+        except OSError:  # a folder (EISDIR on CPython, EPERM on MicroPython)
+            _rmtree(child)
     os.rmdir(path)
 
 
