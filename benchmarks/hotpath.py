@@ -27,14 +27,13 @@ for _extra in (REPO / "gateway", REPO / "firmware"):
     if str(_extra) not in sys.path:
         sys.path.insert(0, str(_extra))
 
-from csfw import contract as fw  # noqa: E402
-
 from chairside.alarms.engine import AlarmEngine  # noqa: E402
 from chairside.metrics import Metrics  # noqa: E402
 from chairside.model import Reading  # noqa: E402
 from chairside.points import reading_line  # noqa: E402
 from chairside.timebase import Timebase  # noqa: E402
 from chairside.validate import Accepted, validate  # noqa: E402
+from csfw import contract as fw  # noqa: E402
 
 T0 = 1_700_000_000_000
 

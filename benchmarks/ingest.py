@@ -43,6 +43,7 @@ Performance figures go to docs/performance.md (with machine and date).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing as mp
@@ -309,10 +310,8 @@ class ProbePoller:
                     self._max[chair] = top
             if seen >= next_count:
                 next_count = seen + 0.5
-                try:
+                with contextlib.suppress(OSError, RuntimeError):
                     self.counts.append((time.monotonic(), stored_count(self.url, self.site, self.since_ms)))
-                except (OSError, RuntimeError):
-                    pass
             self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - began)))
 
 
@@ -443,7 +442,7 @@ def _chair_names(n: int) -> tuple[list[str], list[str], list[str]]:
 def run_once(args: argparse.Namespace, chairs: int, rate: float, seconds: float,
              broker: Mosquitto, influx: InfluxDB, workdir: Path, tag: str) -> RunResult:
     result = RunResult(chairs, rate, seconds)
-    names, probes, alarm_chairs = _chair_names(chairs)
+    names, _probes, alarm_chairs = _chair_names(chairs)
     per_chair = max(1, int(seconds * rate))
     procs = args.pub_procs or (2 if chairs * rate > 4000 else 1)
     clients = args.pub_clients
@@ -672,8 +671,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             influx.stop()
             broker.stop()
-    print(f"ingest benchmark: broker limits {args.broker_limits}, gateway "
-          f"{'overrides ' + str({'batch_max': args.batch_max, 'batch_interval_s': args.batch_interval}) if args.batch_max or args.batch_interval else 'defaults'}")
+    tuned = {"batch_max": args.batch_max, "batch_interval_s": args.batch_interval}
+    gateway = f"overrides {tuned}" if args.batch_max or args.batch_interval else "defaults"
+    print(f"ingest benchmark: broker limits {args.broker_limits}, gateway {gateway}")
     print_table(results)
     return 0
 

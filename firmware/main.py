@@ -111,6 +111,10 @@ def main():
     nibp_uart = machine.UART(pins["nibp_uart"], baudrate=pins["nibp_baud"],
                              tx=machine.Pin(pins["nibp_tx"]), rx=machine.Pin(pins["nibp_rx"]),
                              rxbuf=256)
+    i2c = None
+    if cfg.get("sensor") == "max30102":  # optional optical path, not clinically validated
+        i2c = machine.I2C(0, sda=machine.Pin(pins["i2c_sda"]), scl=machine.Pin(pins["i2c_scl"]),
+                          freq=400000)
     wlan = network.WLAN(network.STA_IF)
     clock = BoardClock(time)
     hw = Hardware(
@@ -124,6 +128,7 @@ def main():
         led_pin=machine.Pin(pins["led"], machine.Pin.OUT),
         reset_cause=reset_cause(),
         ntp_sync=make_ntp_sync(clock),
+        i2c=i2c,
     )
     boot = next_boot_count(os, FS_DIR)
     app = App(cfg, hw, clock, boot=boot, fw_version=VERSION, cfg_hash=cfg.get("_hash", ""))

@@ -37,13 +37,14 @@ MAX_PENDING = 8
 KIND_VITALS = 1
 KIND_NIBP = 2
 
+
 class Hardware:
     """What the app needs from the board; firmware/main.py and
     firmware/host/box.py each build one."""
 
     def __init__(self, oxi_uart, nibp_uart, wlan, connect_fn, fs_dir, os_module,
                  wdt=None, led_pin=None, reset_cause="unknown", rand=None, ntp_sync=None,
-                 serial_link=None):
+                 serial_link=None, i2c=None):
         self.oxi_uart = oxi_uart
         self.nibp_uart = nibp_uart
         self.wlan = wlan
@@ -55,6 +56,7 @@ class Hardware:
         self.reset_cause = reset_cause
         self.rand = rand
         self.ntp_sync = ntp_sync
+        self.i2c = i2c  # only for the optical (MAX30102) sensor path
         self.serial_link = serial_link  # csfw.serial_link.SerialLink: USB instead of Wi-Fi
 
 
@@ -136,7 +138,13 @@ class App:
         self.fw_version = fw_version
         self.cfg_hash = cfg_hash
         self.topics = contract.Topics(cfg["site"], cfg["chair"])
-        self.oxi = Oximeter(hw.oxi_uart)
+        if cfg.get("sensor") == "max30102":
+            from csfw.optical import OpticalOximeter
+
+            self.oxi = OpticalOximeter(hw.i2c)
+        else:
+            self.oxi = Oximeter(hw.oxi_uart)
+        self.src = getattr(self.oxi, "src", None)
         self.nibp = Nibp(hw.nibp_uart)
         self.spool = Spool(hw.fs_dir + "/spool", hw.os, ram_records=cfg.get("hist_ram_records", 64),
                            max_bytes=cfg.get("spool_kb", 512) * 1024,
@@ -256,7 +264,7 @@ class App:
         env = contract.envelope(seq, boot, up, t, sync, hist)
         if kind == KIND_VITALS:
             return self.topics.vitals, contract.vitals_payload(env, rec[5], rec[6], rec[7], rec[8],
-                                                               rec[9])
+                                                               rec[9], self.src)
         ok = rec[5]
         err = None if ok else rec[10]
         return self.topics.nibp, contract.nibp_payload(env, ok, rec[6], rec[7], rec[8], rec[9], err)

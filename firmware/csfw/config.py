@@ -29,7 +29,9 @@ TOP_DEFAULTS = {
     "nibp_interval_s": 300,
     "hist_ram_records": 64,
     "spool_kb": 512,
+    "sensor": "oem",
 }
+SENSORS = ("oem", "max30102")
 WIFI_DEFAULTS = {"ssid": "", "key": ""}
 
 UART_KEYS = ("oxi_uart", "nibp_uart")
@@ -187,6 +189,8 @@ def validate(given):
         raise ConfigError("nibp_interval_s: 0 (off) or at least 60")
     _int(cfg, "hist_ram_records", 8, 512, "hist_ram_records")
     _int(cfg, "spool_kb", 64, 1024, "spool_kb")
+    if cfg.get("sensor") not in SENSORS:
+        raise ConfigError("sensor: one of oem, max30102 (max30102 is not clinically validated)")
     return cfg
 
 

@@ -6,6 +6,8 @@ except ImportError:  # CPython host
     def const(x):
         return x
 
+I2C_SCL = const(9)  # GP9 (pin 12) optional MAX30102 optical sensor SCL (3.3 V, 4.7 kΩ pull-up on the sensor board); only for the not-validated optical path
+I2C_SDA = const(8)  # GP8 (pin 11) optional MAX30102 optical sensor SDA (3.3 V, 4.7 kΩ pull-up on the sensor board); only for the not-validated optical path
 LED = const(15)  # GP15 (pin 20) panel status LED anode via 330 ohm; cathode to GND (active high)
 NIBP_BAUD = const(9600)  # baud rate, 8N1
 NIBP_RX = const(5)  # GP5 (pin 7) NIBP module serial TXD, through level shifter channel A4
@@ -18,6 +20,8 @@ OXI_UART = const(0)  # UART id for the OEM pulse-oximeter module, BCI protocol (
 
 # The `pins` section of config.json when the file leaves a key out.
 DEFAULTS = {
+    "i2c_scl": I2C_SCL,
+    "i2c_sda": I2C_SDA,
     "led": LED,
     "nibp_baud": NIBP_BAUD,
     "nibp_rx": NIBP_RX,

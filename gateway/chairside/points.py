@@ -88,9 +88,9 @@ def _line(
         if value is None:
             continue
         written += 1
-        text = _field_text(key, value)
-        if text is not None:
-            body.append(text)
+        pair = _field_text(key, value)
+        if pair is not None:
+            body.append(pair)
     if written == 0:
         raise ValueError(f"{measurement}: no fields to write")
     if not body:

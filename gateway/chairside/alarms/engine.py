@@ -333,7 +333,9 @@ class AlarmEngine:
             return found[1]
         if len(self._by_kind) > 1024:
             self._by_kind.clear()
-        relevant = tuple(c for c in effective.conditions.values() if _may_observe(c.check, c.measurement, kind))
+        relevant = tuple(
+            c for c in effective.conditions.values() if _may_observe(c.check, c.measurement, kind)
+        )
         self._by_kind[key] = (effective, relevant)
         return relevant
 
@@ -609,6 +611,21 @@ class AlarmEngine:
                 "reason": slot.reason,
             },
         )
+
+
+def _may_observe(check: str, measurement: str | None, kind: str) -> bool:
+    """False when ``AlarmEngine._observe`` returns "skip" for every reading of ``kind``."""
+    if check == "offline":
+        return kind != "resp"
+    if check == "stale":
+        return kind == "vitals"
+    if check == "unsynced":
+        return True
+    if check == "module":
+        return kind == "status"
+    if check == "nibp_error":
+        return kind == "nibp"
+    return kind == measurement
 
 
 __all__ = ["DRILL_PREFIX", "AlarmEngine", "AlarmState", "ProfileError"]
