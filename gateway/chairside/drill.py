@@ -529,6 +529,9 @@ class Drill:
             if self.watch.publish(self._topic("alarm_ack"), ack):
                 result.notes.append(f"drill alarm acknowledged at the chair as {END_ACK_BY!r} to stop escalation")
         runner.stop(graceful=graceful)
+        # the engine forgets the drill chair and resolves its page threads, so
+        # a silent drill box never raises "data stale" DRILL pages afterwards
+        self.watch.publish(self._topic("drill_end"), {"v": 1, "by": END_ACK_BY})
         if runner.errors:
             result.notes.append(f"the drill box failed {runner.errors} step(s) (see log)")
 

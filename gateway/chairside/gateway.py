@@ -55,7 +55,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from chairside import contract
+from chairside import contract, mqtt_auth
 from chairside.deadletter import DeadLetters
 from chairside.influx import InfluxRejected, InfluxUnavailable, InfluxWriter
 from chairside.metrics import Metrics
@@ -68,7 +68,7 @@ from chairside.validate import Accepted, Rejected, validate
 log = logging.getLogger("chairside.gateway")
 
 SUBSCRIBED_KINDS = ("vitals", "nibp", "status", "resp")
-CONTROL_KINDS = ("alarm_ack", "limits_set")
+CONTROL_KINDS = ("alarm_ack", "limits_set", "chair_standby", "drill_end")
 TIME_SYNC_INTERVAL_MS = 60_000
 _SEEN_PER_BOOT = 1024
 _SEEN_BOOTS = 4096
@@ -104,8 +104,12 @@ class GatewayConfig:
     store_max_lines: int = 200_000
     """store buffer bound (lines waiting for InfluxDB, incl. retries)"""
     batch_max: int = 500
-    batch_interval_s: float = 0.2
-    tick_interval_s: float = 1.0
+    batch_interval_s: float = 0.05
+    ack_window: int = 16
+    """Flush as soon as this many MQTT messages wait for their ack: the broker
+    sends no more than its in-flight limit (max_inflight_messages) unacked, so
+    waiting for a full batch would cap throughput at in-flight ÷ interval."""
+    tick_interval_s: float = 0.25  # condition delays are honoured to within this
     retry_min_s: float = 0.5
     retry_max_s: float = 15.0
     reject_interval_s: float = 10.0
@@ -137,6 +141,7 @@ class GatewayConfig:
             "store_max_lines": self.store_max_lines,
             "batch_max": self.batch_max,
             "batch_interval_s": self.batch_interval_s,
+            "ack_window": self.ack_window,
             "tick_interval_s": self.tick_interval_s,
             "retry_min_s": self.retry_min_s,
             "reject_interval_s": self.reject_interval_s,
@@ -217,6 +222,7 @@ class Gateway:
         self._inbox: queue.Queue[_Inbound | _Control] = queue.Queue(maxsize=config.queue_max)
         self._time_sent: dict[tuple[str, str], int] = {}
         self._store: deque[_Entry] = deque()
+        self._acks_waiting = 0  # entries in _store that carry an MQTT ack
         self._store_cond = threading.Condition()
         self._writing = False
         self._db_ready = False
@@ -559,12 +565,18 @@ class Gateway:
             return
         now = self.clock.now_ms()
         lines: list[str] = []
-        if item.kind == "alarm_ack":
-            result = adapter.handle_ack(engine, item.site, item.chair, item.payload, now)
+        if item.kind in ("alarm_ack", "chair_standby", "drill_end"):
+            handler = {"alarm_ack": adapter.handle_ack, "chair_standby": adapter.handle_standby,
+                       "drill_end": adapter.handle_drill_end}[item.kind]
+            result = handler(engine, item.site, item.chair, item.payload, now)
             if isinstance(result, adapter.Rejected):
                 self._control_rejected(item, result.reason, result.detail)
             else:
+                if item.kind != "alarm_ack":
+                    log.warning("%s on %s/%s", item.kind, item.site, item.chair)
                 lines.extend(self._emit(result))
+                if item.kind != "alarm_ack":  # the retained active set empties even with no event
+                    self._publish_active(item.site, item.chair)
         else:
             record = adapter.handle_limits_set(engine, item.site, item.chair, item.payload, now)
             if isinstance(record, adapter.Rejected):
@@ -630,19 +642,23 @@ class Gateway:
             except ValueError as exc:
                 log.error("cannot store alarm event %s: %s", event.id, exc)
         for site, chair in sorted(chairs):
-            try:
-                active = self.alarm_stage.active(site, chair)
-            except Exception:
-                self.metrics.inc("processing_errors", stage="alarm_active")
-                log.exception("alarm stage active() failed for %s/%s", site, chair)
-                continue
-            payload = {"v": 1, "t": self.clock.now_ms(), "active": active}
-            self._publish(
-                contract.topic("alarms_active", site, chair),
-                json.dumps(payload, separators=(",", ":")),
-                retain=True,
-            )
+            self._publish_active(site, chair)
         return lines
+
+    def _publish_active(self, site: str, chair: str) -> None:
+        """Retained set of a chair's active alarms, for late subscribers."""
+        try:
+            active = self.alarm_stage.active(site, chair)
+        except Exception:
+            self.metrics.inc("processing_errors", stage="alarm_active")
+            log.exception("alarm stage active() failed for %s/%s", site, chair)
+            return
+        payload = {"v": 1, "t": self.clock.now_ms(), "active": active}
+        self._publish(
+            contract.topic("alarms_active", site, chair),
+            json.dumps(payload, separators=(",", ":")),
+            retain=True,
+        )
 
     def _publish(self, topic: str, payload: str, *, retain: bool) -> None:
         info = self.client.publish(topic, payload, qos=1, retain=retain)
@@ -687,10 +703,15 @@ class Gateway:
             for index, line in enumerate(lines):
                 last = index == len(lines) - 1
                 self._store.append(_Entry(line, ack if last else None))
+            if ack is not None:
+                self._acks_waiting += 1
             while len(self._store) > self.config.store_max_lines:
-                dropped.append(self._store.popleft())
+                entry = self._store.popleft()
+                if entry.ack is not None:
+                    self._acks_waiting -= 1
+                dropped.append(entry)
             depth = len(self._store)
-            if depth >= self.config.batch_max:
+            if depth >= self.config.batch_max or self._acks_waiting >= self.config.ack_window:
                 self._store_cond.notify_all()
         self.metrics.set("store_depth", depth)
         if dropped:
@@ -709,6 +730,7 @@ class Gateway:
                 if not self._stop_writer.is_set() and not replay_due:
                     self._store_cond.wait_for(
                         lambda: len(self._store) >= self.config.batch_max
+                        or self._acks_waiting >= self.config.ack_window
                         or self._stop_writer.is_set(),
                         timeout=self.config.batch_interval_s,
                     )
@@ -760,7 +782,8 @@ class Gateway:
         """``batch`` (the head of the store) is durable: drop it from memory and ack."""
         with self._store_cond:
             for _ in batch:
-                self._store.popleft()
+                if self._store.popleft().ack is not None:
+                    self._acks_waiting -= 1
             depth = len(self._store)
         self.metrics.set("store_depth", depth)
         for entry in batch:
@@ -1006,13 +1029,17 @@ def default_alarm_stage(profile_path: str | Path | None = None) -> AlarmStage:
     return AlarmEngine(load_profile(Path(profile_path) if profile_path else None))
 
 
+_CONTROL_TAILS = {"alarms/ack": "alarm_ack", "limits/set": "limits_set", "standby": "chair_standby",
+                  "drill/end": "drill_end"}
+
+
 def _control_of(topic: str, payload: bytes, rx_ms: int, ack: _Ack | None) -> _Control | None:
-    """Recognise the staff topics .../{site}/{chair}/alarms/ack and .../limits/set."""
+    """Recognise the staff topics .../{site}/{chair}/alarms/ack, limits/set,
+    standby and drill/end (contract.json topics)."""
     parts = topic.split("/")
-    if len(parts) != 6 or "/".join(parts[:2]) != contract.topic_root():
+    if len(parts) not in (5, 6) or "/".join(parts[:2]) != contract.topic_root():
         return None
-    tail = parts[4] + "/" + parts[5]
-    kind = {"alarms/ack": "alarm_ack", "limits/set": "limits_set"}.get(tail)
+    kind = _CONTROL_TAILS.get("/".join(parts[4:]))
     if kind is None:
         return None
     return _Control(kind, parts[2], parts[3], payload, rx_ms, ack)
@@ -1040,6 +1067,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile", type=Path, default=None, help="alarm profile JSON (default: the adult profile)"
     )
+    mqtt_auth.add_arguments(parser)
     # The top-level parser may already define --log-level; don't override its value.
     parser.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, ...")
 
@@ -1083,6 +1111,11 @@ def run(args: argparse.Namespace, alarm_stage: AlarmStage | None = None) -> int:
         except ValueError:  # not the main thread
             log.debug("cannot install handler for signal %d", sig)
     gateway = Gateway(config, alarm_stage)
+    try:
+        mqtt_auth.apply(gateway.client, getattr(args, "mqtt_credentials", None), getattr(args, "mqtt_ca", None))
+    except mqtt_auth.CredentialsError as exc:
+        log.error("%s", exc)
+        return 2
     gateway.start()
     log.info(
         "gateway running: mqtt %s:%d → %s/%s",

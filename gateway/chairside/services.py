@@ -175,6 +175,11 @@ class Mosquitto(_Process):
             "log_type warning",
             "log_type notice",
         ]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            # Run as root, Mosquitto drops to the `mosquitto` user and then
+            # cannot write its persistence file in our private folder: queued
+            # QoS 1 messages would be lost across a broker restart.
+            lines.append("user root")
         return "\n".join(lines) + "\n" + self.extra_config + "\n"
 
     def _command(self) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any, Final
 from chairside.model import AlarmEvent
 from chairside.points import alarm_event_line
 
-from .engine import AlarmEngine
+from .engine import DRILL_PREFIX, AlarmEngine
 from .profile import AuditRecord, ProfileError
 
 _point_module: Any = importlib.import_module("influxdb_client.client.write.point")
@@ -171,6 +171,37 @@ def handle_limits_set(
         return engine.set_limit(site, chair, cmd.param, cmd.value, cmd.by, cmd.reason, now_ms)
     except ProfileError as exc:
         return Rejected("bad_limit", str(exc)[:200])
+
+
+def parse_who(payload: bytes | str | Mapping[str, Any]) -> str | Rejected:
+    """``{"v":1,"by":"RN Lee"}`` (chair_standby, drill_end) → who."""
+    doc = _decode(payload)
+    if isinstance(doc, Rejected):
+        return doc
+    bad = _version(doc)
+    return bad if bad is not None else _who(doc)
+
+
+def handle_standby(
+    engine: AlarmEngine, site: str, chair: str, payload: bytes | str | Mapping[str, Any], now_ms: int
+) -> list[AlarmEvent] | Rejected:
+    """Put a chair in standby between patients (see AlarmEngine.standby)."""
+    by = parse_who(payload)
+    if isinstance(by, Rejected):
+        return by
+    return engine.standby(site, chair, by, now_ms)
+
+
+def handle_drill_end(
+    engine: AlarmEngine, site: str, chair: str, payload: bytes | str | Mapping[str, Any], now_ms: int
+) -> list[AlarmEvent] | Rejected:
+    """Forget a drill chair (``drill-N`` only: a real chair can never be dropped this way)."""
+    if not chair.startswith(DRILL_PREFIX):
+        return Rejected("not_a_drill_chair", f"chair: {chair!r} does not start with {DRILL_PREFIX!r}")
+    by = parse_who(payload)
+    if isinstance(by, Rejected):
+        return by
+    return engine.forget(site, chair, now_ms)
 
 
 def audit_line(record: AuditRecord) -> str:

@@ -324,8 +324,13 @@ class AlarmEngine:
         return iter(conditions)
 
     def _conditions_for(self, chair: _Chair, kind: str) -> tuple[Condition, ...]:
-        """The chair's conditions, in order, minus those ``_observe`` always skips
-        for readings of ``kind`` (a skip changes nothing), cached per profile."""
+        """``_conditions(chair)``, in order, minus those ``_observe`` always skips
+        for readings of ``kind`` (a skip changes nothing); cached per profile
+        outside standby (the common case)."""
+        if chair.standby_by is not None:
+            return tuple(
+                c for c in self._conditions(chair) if _may_observe(c.check, c.measurement, kind)
+            )
         effective = chair.profile.effective
         key = (id(effective), kind)
         found = self._by_kind.get(key)
