@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_support import Observer, lockstep, wait_rows
+
 from chairside import staff
 from chairside.gateway import Gateway
 from chairside.services import InfluxDB, Mosquitto
 from chairside.simulator import Fleet, make_box
-from e2e_support import Observer, lockstep, wait_rows
 
 pytestmark = pytest.mark.services
 SITE = "clinic-staff"

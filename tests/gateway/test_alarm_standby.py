@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from test_alarm_engine import CHAIR, SITE, T0, S, feed, of, run_vitals, vitals
+
 from chairside.alarms import AlarmEngine, load_profile
-from test_alarm_engine import CHAIR, S, SITE, T0, feed, of, run_vitals, vitals
 
 
 def _engine() -> AlarmEngine:
@@ -21,7 +22,7 @@ def test_standby_clears_alarms_and_quiets_probe_off_until_a_patient_reading() ->
     quiet += engine.tick(t + 120 * S)  # even silence (data_stale) stays quiet in standby
     assert [e for e in quiet if e.event == "raised"] == []
     # the next patient: a valid reading resumes monitoring by itself
-    resumed, t = run_vitals(engine, [vitals(spo2=97)] * 3, start=t + 200 * S)
+    _resumed, t = run_vitals(engine, [vitals(spo2=97)] * 3, start=t + 200 * S)
     assert not engine.in_standby(SITE, CHAIR)
     again, t = run_vitals(engine, [vitals(st="probe_off", spo2=None, pr=None)] * 40, start=t)
     assert of(again, "probe_off", "raised")

@@ -202,7 +202,12 @@ def test_page_via_webhook_ack_via_link_forwarded_and_resolved(
 
         watcher.publish("chairside/v1/clinic1/chair3/alarms", alarm("cleared"))
         wait_until(lambda: rx.events("resolve"), 6, "resolve after flap window")
-        records = [p for p in watcher.on("chairside/v1/clinic1/pages") if p["type"] == "record"]
+
+        def records_with_resolve() -> list[dict[str, Any]]:
+            found = [p for p in watcher.on("chairside/v1/clinic1/pages") if p["type"] == "record"]
+            return found if any(r["action"] == "resolve" for r in found) else []
+
+        records = wait_until(records_with_resolve, 5, "resolve record on the pages topic")
         actions = [r["action"] for r in records]
         assert actions[:2] == ["page", "acknowledge"] and "resolve" in actions
         page_rec = records[0]
