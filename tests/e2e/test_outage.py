@@ -16,8 +16,6 @@ The outage itself runs flat out: nothing is sent then.
 
 from __future__ import annotations
 
-import os
-import pwd
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,20 +36,6 @@ OUTAGE_MS = 600_000  # ten simulated minutes
 
 
 # ---------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A broker that can be restarted with its sessions.  Run as root, Mosquitto
-    drops to the `mosquitto` user and then cannot write its persistence file in
-    our private workdir ("Error: Permission denied"): a restart would forget
-    every session and the gateway would miss what boxes publish before it
-    resubscribes.  `user` = the current user keeps persistence working."""
-    broker = Mosquitto(workdir=tmp_path / "mosquitto",
-                       extra_config=f"user {pwd.getpwuid(os.geteuid()).pw_name}")
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 @pytest.fixture
