@@ -11,8 +11,12 @@
 #   flash);
 # - while online, the spool is replayed oldest first with h=1 in the window's
 #   spare slots; a spooled record is committed (deleted) only after its PUBACK;
-# - when the link drops, live readings still awaiting PUBACK are put back in
-#   the spool (the gateway writes idempotently, so a duplicate is harmless).
+# - when the MQTT link drops, QoS 1 messages still awaiting PUBACK stay with
+#   the MQTT client and are resent (DUP) after the reconnect; the gateway
+#   treats any reading measured more than 30 s before it arrives as history
+#   (no alarm).  Over USB serial the bridge forgets unacknowledged lines, so
+#   those readings go back to the spool.  The gateway writes idempotently,
+#   so a duplicate is harmless.
 #
 # Transport: Wi-Fi + MQTT (csfw.link + csfw.mqtt), or, when the board gives
 # `hw.serial_link` (a csfw.serial_link.SerialLink on the USB CDC port), the

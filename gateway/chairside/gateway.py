@@ -34,6 +34,7 @@ on ``127.0.0.1:metrics_port`` when that is set.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
@@ -110,6 +111,8 @@ class GatewayConfig:
     sends no more than its in-flight limit (max_inflight_messages) unacked, so
     waiting for a full batch would cap throughput at in-flight ÷ interval."""
     tick_interval_s: float = 0.25  # condition delays are honoured to within this
+    late_live_ms: int = 30_000
+    """A live reading measured longer ago than this is treated as historical by the alarm stage."""
     retry_min_s: float = 0.5
     retry_max_s: float = 15.0
     reject_interval_s: float = 10.0
@@ -529,13 +532,24 @@ class Gateway:
             self.metrics.inc("duplicates")
         else:
             try:
-                events = self.alarm_stage.on_reading(reading, self.clock.now_ms())
+                events = self.alarm_stage.on_reading(self._for_alarms(reading), self.clock.now_ms())
             except Exception:
                 self.metrics.inc("processing_errors", stage="alarm_stage")
                 log.exception("alarm stage failed on %s", result.topic)
                 events = []
             lines.extend(self._emit(events))
         self._store_lines(lines, item.ack)
+
+    def _for_alarms(self, reading: Reading) -> Reading:
+        """A reading the box sent as live but that was measured long ago (a
+        QoS 1 resend after a reconnect, a backlog the broker kept while the
+        gateway was down) is history by now: stored as sent, never alarmed on."""
+        if reading.historical or reading.kind == "status" or reading.time_estimated:
+            return reading
+        if reading.received_ms - reading.measured_ms <= self.config.late_live_ms:
+            return reading
+        self.metrics.inc("late_live_readings")
+        return dataclasses.replace(reading, historical=True)
 
     def _maybe_send_time(self, reading: Reading) -> None:
         """Send the box the wall time when its clock is not synchronised (no NTP

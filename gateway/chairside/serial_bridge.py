@@ -34,6 +34,7 @@ OFFLINE_PAYLOAD = b'{"v":1,"state":"offline"}'
 HEARTBEAT_S = 5.0
 BOX_SILENCE_S = 15.0
 MAX_LINE = 1100
+MAX_EARLY = 1024
 
 
 class SerialBridge:
@@ -55,6 +56,7 @@ class SerialBridge:
         self.wall_ms = wall_ms
         self.counters: Counter[str] = Counter()
         self._mid_to_pid: dict[int, int] = {}
+        self._early: set[int] = set()  # mids whose PUBACK came before their pid was registered
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
@@ -73,8 +75,12 @@ class SerialBridge:
         self.counters["to_box"] += 1
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _rc: Any = None, _p: Any = None) -> None:
+        # paho calls this holding its own output lock: never call paho from
+        # here, and take only our small mid->pid lock
         with self._lock:
             pid = self._mid_to_pid.pop(mid, None)
+            if pid is None and len(self._early) < MAX_EARLY:
+                self._early.add(mid)  # the PUBACK beat the registration in handle_line
         if pid:
             self._send(f"A {pid}\n".encode())
 
@@ -107,11 +113,18 @@ class SerialBridge:
             return
         self._last_box_line = time.monotonic()
         self._box_online = True
-        with self._lock:
-            info = self.client.publish(topic_name, parts[5], qos=qos, retain=retain)
-            if qos and pid:
-                self._mid_to_pid[info.mid] = pid
+        # publish without holding our lock (paho takes its own and calls
+        # _on_publish under it: holding both in opposite orders deadlocks)
+        info = self.client.publish(topic_name, parts[5], qos=qos, retain=retain)
         self.counters["from_box"] += 1
+        if qos and pid:
+            with self._lock:
+                early = info.mid in self._early
+                self._early.discard(info.mid)
+                if not early:
+                    self._mid_to_pid[info.mid] = pid
+            if early:
+                self._send(f"A {pid}\n".encode())
 
     def _read_loop(self) -> None:
         buf = bytearray()

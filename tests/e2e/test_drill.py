@@ -126,8 +126,8 @@ def test_desat_drill_pages_is_acknowledged_and_is_stored(
     (result,) = results
     print("\n" + result.summary(config.ack_timeout_s))
     assert result.result == "acked", result.summary(config.ack_timeout_s)
-    assert result.alarm_ms is not None and result.alarm_ms > 0
-    assert result.page_ms is not None and result.page_ms > 0
+    assert result.alarm_ms is not None and result.alarm_ms >= 0  # ms resolution: can be 0 on loopback
+    assert result.page_ms is not None and result.page_ms >= 0
     assert result.ack_ms is not None and result.ack_ms >= 300
     assert result.acked_by == "nurse-kim" and result.ack_via == "mqtt"
     assert result.alarm_ms < 1000  # no condition delay for spo2_critical

@@ -36,54 +36,6 @@ CHAIR = "u1"
 EPOCH = 1_790_000_000_000
 
 
-class LockOrderFixedBridge(SerialBridge):
-    """The real SerialBridge with one fix (reported; delete this class once
-    gateway/chairside/serial_bridge.py has it).  As shipped, handle_line()
-    holds the bridge's `_lock` while calling `client.publish()` (which takes
-    paho's `_out_message_mutex`), and paho calls `_on_publish()` (which takes
-    `_lock`) while holding `_out_message_mutex`: under a burst of readings
-    the two threads deadlock and the bridge stops forwarding for good (seen
-    here during a spool replay).  The fix: never call paho with `_lock` held;
-    a PUBACK that beats the mid->pid registration is parked and answered at
-    registration."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._early: set[int] = set()
-
-    def handle_line(self, line: bytes) -> None:
-        parts = line.split(b" ", 5)
-        try:
-            pid, qos, retain = int(parts[1]), int(parts[2]), parts[3] == b"1"
-            topic_name = parts[4].decode()
-            good = len(parts) == 6 and parts[0] == b"P" and topic_name.startswith(self.prefix) and qos in (0, 1)
-        except (IndexError, ValueError, UnicodeDecodeError):
-            good = False
-        if not good:
-            super().handle_line(line)  # bad or foreign lines: the shipped handling and counters
-            return
-        self._last_box_line = time.monotonic()
-        self._box_online = True
-        info = self.client.publish(topic_name, parts[5], qos=qos, retain=retain)  # no bridge lock held
-        self.counters["from_box"] += 1
-        if qos and pid:
-            with self._lock:
-                early = info.mid in self._early
-                self._early.discard(info.mid)
-                if not early:
-                    self._mid_to_pid[info.mid] = pid
-            if early:
-                self._send(f"A {pid}\n".encode())
-
-    def _on_publish(self, _c: Any, _u: Any, mid: int, _rc: Any = None, _p: Any = None) -> None:
-        with self._lock:
-            pid = self._mid_to_pid.pop(mid, None)
-            if pid is None and len(self._early) < 1024:
-                self._early.add(mid)
-        if pid:
-            self._send(f"A {pid}\n".encode())
-
-
 class Bridged:
     """The bridge as `chairside serial-bridge` runs it: pyserial on the pty's
     host end, a persistent paho session with the offline status as last will."""
@@ -100,7 +52,7 @@ class Bridged:
         assert self._subscribed.wait(5), "bridge did not subscribe to the command topic"
 
     def _new_bridge(self, clock: SimClock) -> SerialBridge:
-        bridge = LockOrderFixedBridge(self.port, self.client, SITE, CHAIR,
+        bridge = SerialBridge(self.port, self.client, SITE, CHAIR,
                                       wall_ms=lambda: int(clock.true_epoch_ms()))
         self._subscribed = threading.Event()
         self.client.on_subscribe = lambda *_a: self._subscribed.set()
