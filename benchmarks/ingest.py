@@ -74,8 +74,15 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from chairside.services import InfluxDB, Mosquitto, free_port  # noqa: E402
 
-DEPLOY_LIMITS = "max_inflight_messages 20\nmax_queued_messages 10000\n"
-"""deploy/mosquitto/chairside.conf's bounds (applied after services.Mosquitto's own)"""
+DEPLOY_CONF = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "chairside.conf"
+
+
+def deploy_limits() -> str:
+    """deploy/mosquitto/chairside.conf's queue bounds (applied after services.Mosquitto's own)."""
+    keep = ("max_inflight_messages", "max_queued_messages")
+    return "".join(line.strip() + "\n" for line in DEPLOY_CONF.read_text().splitlines()
+                   if line.strip().startswith(keep))
+
 SPO2_CRITICAL_PROBE = 80
 MAX_DRAIN_S = 60.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -330,7 +337,7 @@ def _metrics(port: int) -> dict[str, float]:
         if line.startswith("#") or not line.strip():
             continue
         name_part, _, value = line.rpartition(" ")
-        name = re.sub(r"\{.*\}", "", name_part).removeprefix("chairside_gateway_")
+        name = re.sub(r"\{.*\}", "", name_part).removeprefix("chairside_gateway_").removesuffix("_total")
         try:
             out[name] = out.get(name, 0.0) + float(value)
         except ValueError:
@@ -587,7 +594,8 @@ def run_once(args: argparse.Namespace, chairs: int, rate: float, seconds: float,
     gw_wall = wall1 - wall0
     result.gw_cpu = (cpu1 - cpu0) / max(1e-9, gw_wall)
     result.gw_stored_per_cpu_s = result.stored / max(1e-9, cpu1 - cpu0)
-    for name in ("queue_dropped", "processing_errors", "duplicates"):
+    for name in ("messages_in", "points_written", "queue_dropped", "processing_errors", "duplicates", "spooled",
+                 "spool_dropped"):
         if metrics.get(name):
             result.notes.append(f"gateway {name}={metrics[name]:g}")
     if result.stored > published:
@@ -642,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="publishing time per phase (default 10)")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="run a named set of loads instead")
     parser.add_argument("--broker-limits", choices=("deploy", "test"), default="deploy",
-                        help="deploy: max_inflight_messages 20 / max_queued_messages 10000 as in "
+                        help="deploy: max_inflight_messages / max_queued_messages as in "
                              "deploy/mosquitto/chairside.conf (default); test: services.Mosquitto's own")
     parser.add_argument("--pub-procs", type=int, default=0, help="publisher processes (default: auto)")
     parser.add_argument("--pub-clients", type=int, default=4, help="paho publisher clients in all (default 4)")
@@ -658,7 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="chairside-bench-") as tmp:
         work = Path(tmp)
-        broker = Mosquitto(extra_config=DEPLOY_LIMITS if args.broker_limits == "deploy" else "",
+        broker = Mosquitto(extra_config=deploy_limits() if args.broker_limits == "deploy" else "",
                            workdir=work / "mosquitto")
         influx = InfluxDB(workdir=work / "influxd")
         broker.start()

@@ -429,18 +429,34 @@ class Gateway:
                 ack = _Ack(msg.mid, msg.qos, self._generation)
             control = _control_of(msg.topic, bytes(msg.payload), rx_ms, ack)
             if control is not None:
-                self._inbox.put_nowait(control)
+                self._enqueue(control)
                 return
             result = validate(msg.topic, msg.payload, strict=self.config.strict_fields)
-            self._inbox.put_nowait(_Inbound(result, rx_ms, ack))
+            self._enqueue(_Inbound(result, rx_ms, ack))
         except queue.Full:
+            # only while stopping: the message stays unacknowledged and the
+            # broker redelivers it to the next session
             self.metrics.inc("queue_dropped", queue="inbox")
-            log.error("inbox full (%d): dropped message on %s", self.config.queue_max, msg.topic)
-            self._ack(ack)
+            log.error("inbox full while stopping: %s left to the broker", msg.topic)
         except Exception:
             self.metrics.inc("processing_errors", stage="on_message")
             log.exception("unexpected error handling a message on %s", msg.topic)
             self._ack(ack)
+
+    def _enqueue(self, item: _Inbound | _Control) -> None:
+        """Hand a message to the processor; when the inbox is full, wait.
+
+        Waiting here blocks paho's network thread, so the broker keeps the
+        rest queued for us (backpressure) instead of the gateway dropping
+        anything; raises queue.Full only once the gateway is stopping."""
+        while True:
+            try:
+                self._inbox.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                self.metrics.inc("inbox_full_waits")
+                if self._stop_processor.is_set():
+                    raise
 
     def _ack(self, ack: _Ack | None) -> None:
         if ack is None or ack.generation != self._generation:
