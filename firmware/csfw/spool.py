@@ -17,8 +17,8 @@
 # needed and all are in use, the oldest segment is deleted and its unread
 # records are counted in `dropped`.  With the defaults (512 KB, 32 KB
 # segments) at least 15 full segments survive a drop: 491,520 bytes, more
-# than 8 h of 1 Hz vitals (28,800 x 16 B) plus NIBP every 5 min (96 x 20 B)
-# = 462,720 bytes.
+# than 8 h of 1 Hz vitals (28,800 x 16 B) plus NIBP every 5 min (96 x 21 B)
+# = 462,816 bytes.
 #
 # Power cuts: littlefs keeps the last committed state of a file, so a cut
 # mid-write loses at most the records in that write.  If a torn tail is
