@@ -102,7 +102,9 @@ def acl_text(accounts: Mapping[str, Any]) -> str:
                   f"topic read {_topic('alarms')}",
                   f"topic read {_topic('alarms_active')}",
                   f"topic write {_topic('pages')}",
-                  f"topic read {_topic('page_ack')}", ""]
+                  f"topic read {_topic('page_ack')}",
+                  # an on-call acknowledgement is forwarded to the alarm engine
+                  f"topic write {_topic('alarm_ack')}", ""]
     if "staff" in services:
         lines += [f"user {services['staff']['user']}", f"topic read {root}/#"]
         lines += [f"topic write {_topic(n)}" for n in sorted(topics)

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -278,3 +279,38 @@ def test_acl_has_no_anonymous_rules_and_cli_round_trip(tmp_path: Path) -> None:
                                             "--mqtt-host", "x"])) == 1
     assert provision.run(parser.parse_args([*base, "--site", SITE, "--chair", "3",
                                             "--revoke"])) == 0
+
+
+def test_real_gateway_and_firmware_box_through_the_shipped_broker(clinic: Clinic, tmp_path: Path) -> None:
+    """The gateway logs in with `--mqtt-credentials` (the file provision writes)
+    and the real firmware with its provisioned config; readings land in InfluxDB."""
+    from chairside import mqtt_auth
+    from chairside.gateway import Gateway, GatewayConfig, default_alarm_stage
+    from chairside.services import InfluxDB
+    from chairside.simulator import make_box
+
+    user, password = clinic.box_creds("3")
+    with InfluxDB(workdir=tmp_path / "influxd") as influx:
+        gw = Gateway(GatewayConfig(mqtt_port=clinic.broker.port, influx_url=influx.url,
+                                   state_dir=tmp_path / "gw"), default_alarm_stage())
+        mqtt_auth.apply(gw.client, clinic.state.service_path("gateway"), None)
+        gw.start()
+        box = make_box(SITE, "3", "normal", "127.0.0.1", clinic.broker.port, fs_dir=str(tmp_path / "box"),
+                       mqtt_user=user, mqtt_password=password)
+        try:
+            assert gw.wait_subscribed(10)
+            for _ in range(10):
+                box.step(1000)
+                time.sleep(0.01)
+            assert box.app.link.online
+            end = time.monotonic() + 10
+            count = 0
+            while time.monotonic() < end and count < 10:
+                result: Any = influx.query(f"SELECT count(seq) FROM vitals WHERE site = '{SITE}'", "chairside")
+                series = result["results"][0].get("series")
+                count = series[0]["values"][0][1] if series else 0
+                time.sleep(0.2)
+            assert count == 10
+        finally:
+            box.close()
+            gw.stop()
