@@ -325,6 +325,7 @@ class Gateway:
         self._stop_processor.set()
         if self._threads:
             self._threads[0].join(max(0.0, deadline - time.monotonic()))
+        self.timebase.flush()
         self._stop_writer.set()
         with self._store_cond:
             self._store_cond.notify_all()
@@ -645,6 +646,7 @@ class Gateway:
         return False
 
     def _tick(self) -> None:
+        self.timebase.flush()
         try:
             events = self.alarm_stage.tick(self.clock.now_ms())
         except Exception:

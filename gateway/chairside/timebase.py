@@ -69,6 +69,7 @@ class Timebase:
         self._max_boots = max_boots
         self._boots: OrderedDict[str, _Boot] = OrderedDict()
         self._lock = threading.Lock()
+        self._dirty = False  # boot times learned but not yet persisted
         self.persist_errors = 0
         if self._path is not None:
             self._load(self._path)
@@ -126,10 +127,31 @@ class Timebase:
             self._boots[key] = boot
             while len(self._boots) > self._max_boots:
                 self._boots.popitem(last=False)
-            snapshot = {k: [v.boot_ms, v.source] for k, v in self._boots.items()}
+            if boot.source != "rx_estimate":
+                # re-derivable from the box's own clock: persisted by the next flush()
+                self._dirty = True
+                snapshot = None
+            else:
+                # an estimate exists nowhere else: persist it before the reading
+                # it stamps can be acknowledged, so a replay gets the same time
+                snapshot = self._snapshot()
         log.info("boot time for %s frozen at %d (%s)", key, boot.boot_ms, boot.source)
-        self._save(snapshot)
+        if snapshot is not None:
+            self._save(snapshot)
         return boot
+
+    def _snapshot(self) -> dict[str, list[Any]]:
+        self._dirty = False
+        return {k: [v.boot_ms, v.source] for k, v in self._boots.items()}
+
+    def flush(self) -> None:
+        """Persist boot times learned from synced clocks (called about once a
+        second, so a thousand chairs coming online cost one write, not 1,000)."""
+        with self._lock:
+            if not self._dirty:
+                return
+            snapshot = self._snapshot()
+        self._save(snapshot)
 
     def _save(self, snapshot: dict[str, list[Any]]) -> None:
         if self._path is None:
