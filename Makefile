@@ -1,15 +1,16 @@
-# Chairside — the two commands in the README are `make demo` and `make test`.
+# Chairside — the README's two commands are `sh tools/run demo` and `sh tools/run test`;
+# `make demo` / `make test` do the same where make is installed.
 PY := .venv/bin/python
 .PHONY: setup demo test test-fast lint firmware dashboards bench clean
 
 setup:
 	@bash tools/setup.sh
 
-demo: setup
-	$(PY) -m chairside.cli demo
+demo:
+	sh tools/run demo
 
-test: setup
-	$(PY) -m pytest -q
+test:
+	sh tools/run test
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -162,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
                      fs_dir=str(workdir / f"box-{chair}"))
             for i, (chair, scenario) in enumerate(parse_chairs(args.chairs))
         ]
+        for box in boxes:  # a first blood pressure right away, then every --nibp-interval
+            box.app.nibp.start(box.clock.now_ms())
         fleet = Fleet(boxes, speed=args.speed)
         fleet.start()
         started.append(fleet)
