@@ -209,7 +209,10 @@ def decode_publish(first, body):
     pos = 2 + n
     if pos > len(body):
         raise MQTTError(ERR_MALFORMED)
-    topic = bytes(body[2:pos]).decode("utf-8")
+    try:
+        topic = bytes(body[2:pos]).decode("utf-8")
+    except UnicodeError:  # 1.5.3: a topic MUST be well-formed UTF-8
+        raise MQTTError(ERR_MALFORMED)
     pid = 0
     if qos:
         if pos + 2 > len(body):
