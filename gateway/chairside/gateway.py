@@ -38,6 +38,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import os
 import queue
 import shutil
 import signal
@@ -306,6 +307,7 @@ class Gateway:
         if self._threads:
             return
         self._started = time.monotonic()
+        self._restore_overrides()  # before the first reading is evaluated
         self._threads = [
             threading.Thread(target=self._processor_loop, name="gw-processor", daemon=True),
             threading.Thread(target=self._writer_loop, name="gw-writer", daemon=True),
@@ -617,7 +619,60 @@ class Gateway:
                             record.old, record.new, record.by)
                 self.metrics.inc("limit_changes")
                 lines.append(adapter.audit_line(record))
+                self._save_overrides(engine)
         self._store_lines(lines, item.ack)
+
+    def _overrides_path(self) -> Path | None:
+        return None if self.config.state_dir is None else self.config.state_dir / "limit_overrides.json"
+
+    def _save_overrides(self, engine: Any) -> None:
+        """Per-chair limits survive a gateway restart (written atomically)."""
+        path = self._overrides_path()
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "w") as f:
+                json.dump(engine.all_overrides(), f, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.metrics.inc("persist_errors", what="limit_overrides")
+            log.error("cannot save per-chair limits to %s: %s", path, exc)
+
+    def _restore_overrides(self) -> None:
+        """Re-apply per-chair limits saved before a restart; each is audited
+        (by "gateway", reason "restored after restart") so the record shows it."""
+        from chairside.alarms import adapter
+        from chairside.alarms.engine import AlarmEngine
+        from chairside.alarms.profile import ProfileError
+
+        path = self._overrides_path()
+        engine = self.alarm_stage
+        if path is None or not path.exists() or not isinstance(engine, AlarmEngine):
+            return
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.error("ignoring unreadable per-chair limits %s: %s", path, exc)
+            return
+        now = self.clock.now_ms()
+        lines: list[str] = []
+        for key, params in sorted(saved.items()) if isinstance(saved, dict) else []:
+            site, _, chair = str(key).partition("/")
+            for param, value in sorted(params.items()) if isinstance(params, dict) else []:
+                now += 1  # one ms apart: audit points of one chair must not share a timestamp
+                try:
+                    record = engine.set_limit(site, chair, param, value, "gateway", "restored after restart", now)
+                except (ProfileError, TypeError, ValueError) as exc:
+                    log.error("cannot restore %s on %s: %s", param, key, exc)
+                    continue
+                lines.append(adapter.audit_line(record))
+        if lines:
+            log.warning("restored %d per-chair limit(s) from %s", len(lines), path)
+            self._store_lines(lines, None)
 
     def _control_rejected(self, item: _Control, reason: str, detail: str) -> None:
         self.metrics.inc("control_rejected", reason=reason)

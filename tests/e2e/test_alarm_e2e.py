@@ -123,3 +123,25 @@ def test_limit_change_by_mqtt_applies_is_audited_and_ack_is_stored(
         assert [(r["alarm"], r["by"], r["chair"]) for r in rows] == [("spo2_low", "nurse kim", "7")]
     finally:
         fleet.close()
+
+
+def test_per_chair_limits_survive_a_gateway_restart(
+    mosquitto: Mosquitto, influxdb: InfluxDB, observer: Observer, tmp_path: Path, sim_clock: Any
+) -> None:
+    from e2e_support import SimWallClock, start_gateway
+
+    state = tmp_path / "gw-state"
+    first = start_gateway(mosquitto, influxdb, state, clock=SimWallClock(sim_clock))
+    try:
+        observer.client.publish(f"chairside/v1/{SITE}/9/limits/set", json.dumps(
+            {"v": 1, "param": "spo2_low.limit", "value": 93, "by": "dr lee"}), qos=1).wait_for_publish(5)
+        wait_rows(influxdb, f"SELECT * FROM limit_audit WHERE site = '{SITE}' AND chair = '9'", 1)
+    finally:
+        first.stop()
+    second = start_gateway(mosquitto, influxdb, state, clock=SimWallClock(sim_clock))
+    try:
+        assert second.alarm_stage.overrides_for(SITE, "9") == {"spo2_low.limit": 93}  # type: ignore[attr-defined]
+        rows = wait_rows(influxdb, f"SELECT * FROM limit_audit WHERE site = '{SITE}' AND chair = '9'", 2)
+        assert [r["reason"] for r in rows][-1] == "restored after restart"
+    finally:
+        second.stop()

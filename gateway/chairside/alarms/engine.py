@@ -298,6 +298,12 @@ class AlarmEngine:
             state = self._chairs.get((site, chair))
             return state.profile.effective if state is not None else self.profile
 
+    def all_overrides(self) -> dict[str, dict[str, float]]:
+        """Every chair's limit overrides, keyed ``site/chair`` (for persisting)."""
+        with self._lock:
+            return {f"{site}/{chair}": dict(state.profile.overrides)
+                    for (site, chair), state in self._chairs.items() if state.profile.overrides}
+
     def overrides_for(self, site: str, chair: str) -> dict[str, float]:
         with self._lock:
             state = self._chairs.get((site, chair))
