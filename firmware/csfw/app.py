@@ -37,6 +37,7 @@ LIVE_RESERVE = 2  # inflight slots kept free for live readings during a replay
 FLUSH_PERIOD_MS = 10000  # while offline, RAM ring -> flash at least this often
 NTP_RETRY_MS = 600000
 MAX_PENDING = 8
+SERIAL_ACK_TIMEOUT_MS = 10000  # the bridge answers `A` within ms when the broker is up
 
 KIND_VITALS = 1
 KIND_NIBP = 2
@@ -93,12 +94,23 @@ class SerialTransport:
 
     def poll(self, now):
         self.serial.poll(now)
+        if self.online and self._ack_overdue(now):
+            # an `A` line was lost: start over (the app re-spools what is
+            # unacknowledged; a duplicate is harmless, the gateway is idempotent)
+            self.lost(now, "ack_timeout")
+            return
         if self.serial.online and not self.online:
             self.online = True
             self.on_online(False, now)
         elif self.online and not self.serial.online:
             self.online = False
             self.on_offline("host_silent", now)
+
+    def _ack_overdue(self, now):
+        for pid in self.serial.inflight:
+            if now - self.serial.inflight[pid] > SERIAL_ACK_TIMEOUT_MS:
+                return True
+        return False
 
     def lost(self, now, cause="write_failed", error=None):
         if self.online:

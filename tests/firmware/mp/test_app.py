@@ -235,3 +235,25 @@ def test_watchdog_fed_only_while_every_task_progresses():
     assert sup.check(900) and Wdt.feeds == 1
     sup.progress(a, 1800)
     assert not sup.check(1800) and sup.stalled == "link" and Wdt.feeds == 1
+
+
+def test_serial_transport_starts_over_when_an_ack_is_lost():
+    from csfw.app import SerialTransport
+    from csfw.serial_link import SerialLink
+
+    host_lines = [b"H 1790000000000\n"]
+    sent = []
+    events = []
+    link = SerialLink(sent.append, lambda: host_lines.pop(0) if host_lines else None)
+    transport = SerialTransport(link, lambda present, now: events.append(("up", now)),
+                                lambda cause, now: events.append((cause, now)))
+    transport.poll(0)
+    assert transport.online and events == [("up", 0)]
+    pid = transport.publish("chairside/v1/s/1/vitals", b"{}", 1, False, 100)
+    assert pid and sent[-1].startswith(b"P ")
+    host_lines.append(b"H 1790000005000\n")  # the host still talks, but never answers `A`
+    transport.poll(5000)
+    assert transport.online
+    host_lines.append(b"H 1790000011000\n")
+    transport.poll(10200)
+    assert ("ack_timeout", 10200) in events and not transport.online
