@@ -1,7 +1,8 @@
 """``chairside demo``: everything on loopback, live in the terminal.
 
 Starts a private Mosquitto and InfluxDB on free loopback ports, the gateway
-with the clinical alarm engine, and four simulated chairs running the real
+with the clinical alarm engine, the pager (two demo on-call people, paged on
+the MQTT pages topic), and four simulated chairs running the real
 firmware (normal, desaturating, BP spike, probe off), then shows live
 readings and alarm events until Ctrl-C (or ``--duration``), and stops
 everything it started.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -26,7 +28,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from chairside.gateway import Gateway, GatewayConfig, default_alarm_stage
-from chairside.services import InfluxDB, Mosquitto
+from chairside.pager.policy import parse_policy
+from chairside.pager.service import Pager
+from chairside.services import InfluxDB, Mosquitto, free_port
 from chairside.simulator import Fleet, make_box, parse_chairs
 
 log = logging.getLogger("chairside.demo")
@@ -56,10 +60,14 @@ class LiveView:
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.subscribe(f"chairside/v1/{site}/#", qos=0)
+        self.pages: list[str] = []
         self.client.loop_start()
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         parts = msg.topic.split("/")
+        if len(parts) == 4 and parts[3] == "pages":
+            self._on_page(bytes(msg.payload))
+            return
         if len(parts) < 5:
             return
         chair, kind = parts[3], "/".join(parts[4:])
@@ -85,6 +93,18 @@ class LiveView:
                 self.events.append(f"{stamp} chair {chair}: {data.get('event')} {data.get('text')}")
                 self.events = self.events[-8:]
 
+    def _on_page(self, payload: bytes) -> None:
+        try:
+            page = json.loads(payload)
+        except ValueError:
+            return
+        if page.get("type") != "page":
+            return
+        with self._lock:
+            stamp = time.strftime("%H:%M:%S")
+            self.pages.append(f"{stamp} PAGE to {page.get('to')}: {page.get('text')}")
+            self.pages = self.pages[-5:]
+
     def render(self, stored: int) -> str:
         now = time.monotonic()
         lines = [f"Chairside demo — site {self.site} — readings stored in InfluxDB: {stored}",
@@ -99,11 +119,50 @@ class LiveView:
                 bp = v.bp if v.bp_at is None else f"{v.bp} ({int(now - v.bp_at)}s ago)"
                 lines.append(f"{chair:<6}{v.state:<9}{spo2:>6}{pr:>7}  {v.st:<11}{bp:<16}{' '.join(v.alarms)}")
             lines += ["", "recent alarm events:"] + (self.events or ["  (none yet)"])
+            lines += ["", "pages to on-call staff (MQTT pages topic):"] + (self.pages or ["  (none yet)"])
         return "\n".join(lines)
 
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+DEMO_POLICY: dict[str, Any] = {
+    "v": 1,
+    "doc": "demo: two on-call people paged through the MQTT pages topic only",
+    "timezone": "UTC",
+    "people": {
+        "dr-amber": {"name": "Dr Amber (on call)", "channels": [{"type": "mqtt"}]},
+        "dr-blue": {"name": "Dr Blue (second on call)", "channels": [{"type": "mqtt"}]},
+    },
+    "rota": [{"name": "always", "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+              "start": "00:00", "end": "00:00", "levels": ["dr-amber", "dr-blue"]}],
+    "fallback": ["dr-amber", "dr-blue"],
+    "priorities": {
+        "high": {"page": True, "delay_s": 0, "ack_timeout_s": 60},
+        "medium": {"page": True, "delay_s": 20, "ack_timeout_s": 120},
+        "low": {"page": False, "ack_timeout_s": 600},
+    },
+    "max_rounds": 2,
+    "flap_window_s": 60,
+    "retry": {"attempts": 1, "backoff_s": 1, "factor": 2, "max_backoff_s": 2},
+    "rate_limit": {"max_pages": 20, "window_s": 3600},
+    "webhook": {"timeout_s": 2},
+    "ack": {"base_url": "http://127.0.0.1:0", "listen": "127.0.0.1", "port": 0, "token_ttl_s": 3600,
+            "secret_env": "CHAIRSIDE_PAGER_SECRET"},
+}
+
+
+def _start_pager(broker: Mosquitto, workdir: Path) -> Pager:
+    """The real pager, paging two demo on-call people on the MQTT pages topic."""
+    port = free_port()
+    policy = dict(DEMO_POLICY)
+    policy["ack"] = dict(DEMO_POLICY["ack"], base_url=f"http://127.0.0.1:{port}", port=port)
+    pager = Pager(parse_policy(policy), secret=os.urandom(32), state_path=workdir / "pager-state.json",
+                  broker_host="127.0.0.1", broker_port=broker.port, client_id="chairside-demo-pager",
+                  ack_listen="127.0.0.1", ack_port=port, base_url=f"http://127.0.0.1:{port}")
+    pager.start()
+    return pager
 
 
 def _stored_count(influx: InfluxDB) -> int:
@@ -154,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
         )
         gateway.start()
         started.append(gateway)
+        started.append(_start_pager(broker, workdir))
         view = LiveView(broker.port, args.site)
         started.append(view)
         boxes = [
