@@ -58,7 +58,8 @@ def make_connect_fn(mq):
     def connect_fn():
         addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
         sock = socket.socket()
-        sock.settimeout(5)
+        # TCP connect (3 s) + CONNACK wait (3 s, csfw.app) stay under the 8 s watchdog
+        sock.settimeout(3)
         try:
             sock.connect(addr)
             if ca_data is not None:
@@ -107,10 +108,10 @@ def main():
     pins = cfg["pins"]
     oxi_uart = machine.UART(pins["oxi_uart"], baudrate=pins["oxi_baud"],
                             tx=machine.Pin(pins["oxi_tx"]), rx=machine.Pin(pins["oxi_rx"]),
-                            rxbuf=512)
+                            rxbuf=4096)  # ~8 s of BCI frames at 4800 baud: survives a blocking reconnect
     nibp_uart = machine.UART(pins["nibp_uart"], baudrate=pins["nibp_baud"],
                              tx=machine.Pin(pins["nibp_tx"]), rx=machine.Pin(pins["nibp_rx"]),
-                             rxbuf=256)
+                             rxbuf=1024)
     i2c = None
     if cfg.get("sensor") == "max30102":  # optional optical path, not clinically validated
         i2c = machine.I2C(0, sda=machine.Pin(pins["i2c_sda"]), scl=machine.Pin(pins["i2c_scl"]),

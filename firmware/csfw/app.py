@@ -37,6 +37,7 @@ LIVE_RESERVE = 2  # inflight slots kept free for live readings during a replay
 FLUSH_PERIOD_MS = 10000  # while offline, RAM ring -> flash at least this often
 NTP_RETRY_MS = 600000
 MAX_PENDING = 8
+CONNECT_TIMEOUT_MS = 3000  # CONNACK wait; see firmware/main.py for the TCP part
 SERIAL_ACK_TIMEOUT_MS = 10000  # the bridge answers `A` within ms when the broker is up
 
 KIND_VITALS = 1
@@ -202,9 +203,11 @@ class App:
             will_retain=True, clean_session=False, max_inflight=8,
             on_message=self._on_message, on_puback=self._on_puback)
         wifi = cfg.get("wifi") or {}
+        # a connect attempt blocks the loop: with main.py's 3 s TCP timeout it
+        # stays well under the 8 s watchdog
         self.link = mqtt_link(hw.wlan, self.mqtt, ssid=wifi.get("ssid"), key=wifi.get("key"),
-                              on_online=self._on_online, on_offline=self._on_offline,
-                              clock_rand=hw.rand)
+                              connect_timeout_ms=CONNECT_TIMEOUT_MS, on_online=self._on_online,
+                              on_offline=self._on_offline, clock_rand=hw.rand)
 
     # -- loop ------------------------------------------------------------
     def poll(self):
