@@ -258,6 +258,7 @@ class App:
 
     def _record_vitals(self, now):
         spo2, pr, sig, st = self.oxi.summary(now)
+        self.sensor_state = st  # for the LED: probe off shows as a sensor fault
         rec = (KIND_VITALS, self.boot, self._next_seq(), now, 1 if self.clock.synced else 0,
                spo2, pr, sig, st, 1 if self.nibp.inflating else 0)
         self._deliver(rec, now)
@@ -379,6 +380,7 @@ class App:
 
     pending_dropped = 0
     last_error = None
+    sensor_state = contract.ST_SEARCHING
 
     def status_fields(self, now):
         return {
@@ -438,7 +440,8 @@ class App:
     def _update_led(self, now):
         if not self.link.online:
             self.led.show(OFFLINE)
-        elif self.oxi.health(now) != "ok" or self.nibp.health(now) == "silent":
+        elif (self.sensor_state != contract.ST_OK or self.oxi.health(now) != "ok"
+              or self.nibp.health(now) == "silent"):
             self.led.show(SENSOR_FAULT)
         else:
             self.led.show(OK)

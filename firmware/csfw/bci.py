@@ -12,8 +12,8 @@
 # Pulse rate is 8 bits (PR bit 7 from byte 3); 255 is the invalid marker.
 # Some 7-bit variants mark an invalid pulse rate with 127 instead: pass
 # pr_invalid=127 for those modules.  Sources: the module vendors' BCI protocol
-# sheets as summarised in /work/shared/platform-facts.md ("Protocol facts")
-# and a translated vendor manual (4800 baud, 60 packets/s, bit layout above).
+# sheets (public protocol descriptions of common OEM SpO2 modules) and a
+# translated vendor manual (4800 baud, 60 packets/s, bit layout above).
 #
 # The parser consumes one byte at a time and allocates nothing: the frame is
 # kept in a preallocated bytearray, results in integer attributes (-1 =

@@ -3,7 +3,7 @@
 # reconnect it replays them oldest first (next_batch), publishes them with
 # h=1, and commits only what the broker acknowledged (PUBACK).
 #
-# Records are compact fixed-layout binary (vitals 16 bytes, NIBP 20 bytes),
+# Records are compact fixed-layout binary (vitals 16 bytes, NIBP 21 bytes),
 # each ending in a 16-bit CRC (low half of binascii.crc32), so a torn or
 # corrupted record is detected and skipped on read.  The kind in the first
 # byte gives the length; after a bad CRC the reader moves on one byte at a

@@ -1,7 +1,7 @@
 # SunTech-Advantage-style OEM NIBP serial codec (pure; no I/O).
 #
-# Facts from the public interface description (see platform-facts.md,
-# "Protocol facts"): 9600 baud 8N1; a command is 0x3A (':') + command bytes +
+# Facts from the public interface description of SunTech-Advantage-style
+# modules (docs/hardware-protocols.md): 9600 baud 8N1; a command is 0x3A (':') + command bytes +
 # one checksum byte that makes the byte sum of the whole frame 0 mod 256
 # (start BP is 3A 20 A6); responses carry a length byte; the BP data response
 # holds systolic, diastolic, pulse and MAP as little-endian 16-bit values.

@@ -598,17 +598,28 @@ class Gateway:
             return
         now = self.clock.now_ms()
         lines: list[str] = []
-        if item.kind in ("alarm_ack", "chair_standby", "drill_end"):
-            handler = {"alarm_ack": adapter.handle_ack, "chair_standby": adapter.handle_standby,
-                       "drill_end": adapter.handle_drill_end}[item.kind]
+        rejections = self.metrics.total("control_rejected")
+        if item.kind == "chair_standby":
+            standby = adapter.handle_standby(engine, item.site, item.chair, item.payload, now)
+            if isinstance(standby, adapter.Rejected):
+                self._control_rejected(item, standby.reason, standby.detail)
+            else:
+                events, records = standby
+                log.warning("chair %s/%s in standby (%d limit(s) reset)", item.site, item.chair, len(records))
+                lines.extend(self._emit(events))
+                lines.extend(adapter.audit_line(record) for record in records)
+                if records:
+                    self._save_overrides(engine)
+                self._publish_active(item.site, item.chair)  # empties even with no event
+        elif item.kind in ("alarm_ack", "drill_end"):
+            handler = adapter.handle_ack if item.kind == "alarm_ack" else adapter.handle_drill_end
             result = handler(engine, item.site, item.chair, item.payload, now)
             if isinstance(result, adapter.Rejected):
                 self._control_rejected(item, result.reason, result.detail)
             else:
-                if item.kind != "alarm_ack":
-                    log.warning("%s on %s/%s", item.kind, item.site, item.chair)
                 lines.extend(self._emit(result))
-                if item.kind != "alarm_ack":  # the retained active set empties even with no event
+                if item.kind == "drill_end":
+                    log.warning("drill chair %s/%s forgotten", item.site, item.chair)
                     self._publish_active(item.site, item.chair)
         else:
             record = adapter.handle_limits_set(engine, item.site, item.chair, item.payload, now)
@@ -620,7 +631,26 @@ class Gateway:
                 self.metrics.inc("limit_changes")
                 lines.append(adapter.audit_line(record))
                 self._save_overrides(engine)
+        if self.metrics.total("control_rejected") == rejections:
+            self._publish_control_result(item, True)
         self._store_lines(lines, item.ack)
+
+    def _publish_control_result(self, item: _Control, ok: bool, reason: str = "", detail: str = "") -> None:
+        """Answer a staff message on the chair's staff/result topic, echoing its
+        ``id``, so `chairside staff` can tell applied from refused."""
+        try:
+            request = json.loads(item.payload)
+            request_id = request.get("id") if isinstance(request, dict) else None
+        except ValueError:
+            request_id = None
+        result: dict[str, Any] = {"v": 1, "kind": item.kind, "ok": 1 if ok else 0, "t": self.clock.now_ms()}
+        if isinstance(request_id, str) and len(request_id) <= 36:
+            result["id"] = request_id
+        if not ok:
+            result["reason"] = reason
+            result["detail"] = detail[:200]
+        self._publish(contract.topic("control_result", item.site, item.chair),
+                      json.dumps(result, separators=(",", ":")), retain=False)
 
     def _overrides_path(self) -> Path | None:
         return None if self.config.state_dir is None else self.config.state_dir / "limit_overrides.json"
@@ -676,6 +706,7 @@ class Gateway:
 
     def _control_rejected(self, item: _Control, reason: str, detail: str) -> None:
         self.metrics.inc("control_rejected", reason=reason)
+        self._publish_control_result(item, False, reason, detail)
         log.warning("%s on %s/%s rejected: %s (%s)", item.kind, item.site, item.chair, reason, detail)
 
     def _is_duplicate(self, reading: Reading) -> bool:

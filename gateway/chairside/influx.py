@@ -9,10 +9,10 @@ request itself is wrong; retrying will not help).
 
 from __future__ import annotations
 
+import http.client
+import threading
 from collections.abc import Sequence
-from urllib.parse import urlencode
-
-import urllib3
+from urllib.parse import urlencode, urlsplit
 
 
 class InfluxError(Exception):
@@ -33,34 +33,61 @@ class InfluxRejected(InfluxError):
 
 
 class InfluxWriter:
-    """Posts line protocol (ms precision) to one database; thread-safe."""
+    """Posts line protocol (ms precision) to one database; thread-safe.
+
+    One keep-alive HTTP/1.1 connection from the standard library (the hot
+    path writes a batch every few tens of ms; a pooled client library costs
+    more per request than the request itself).  A failed request drops the
+    connection; the next one reconnects within ``timeout_s``.
+    """
 
     def __init__(self, url: str, database: str, timeout_s: float = 5.0) -> None:
         self.url = url.rstrip("/")
         self.database = database
         self.timeout_s = timeout_s
-        self._http = urllib3.PoolManager(
-            num_pools=1,
-            maxsize=2,
-            retries=False,
-            timeout=urllib3.Timeout(total=timeout_s),
-        )
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"influx url: expected http(s)://host:port, got {url!r}")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._https else 80)
+        self._prefix = parts.path.rstrip("/")
+        self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=self.timeout_s)
+        return self._conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def _post(self, path: str, params: dict[str, str], body: bytes, content_type: str) -> str:
-        try:
-            resp = self._http.request(
-                "POST",
-                f"{self.url}{path}?{urlencode(params)}",
-                body=body,
-                headers={"Content-Type": content_type},
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            raise InfluxUnavailable(f"{path}: {exc}") from exc
-        text = resp.data.decode("utf-8", errors="replace")[:500]
-        if resp.status >= 500:
-            raise InfluxUnavailable(f"{path}: HTTP {resp.status}: {text}")
-        if resp.status >= 400:
-            raise InfluxRejected(resp.status, text)
+        target = f"{self._prefix}{path}?{urlencode(params)}" if params else f"{self._prefix}{path}"
+        with self._lock:
+            for attempt in (1, 2):  # a kept-alive connection the server closed: reconnect once
+                conn = self._connection()
+                try:
+                    conn.request("POST", target, body=body, headers={"Content-Type": content_type})
+                    resp = conn.getresponse()
+                    status = resp.status
+                    text = resp.read().decode("utf-8", errors="replace")[:500]
+                    break
+                except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                    self._drop()
+                    if attempt == 2:
+                        raise InfluxUnavailable(f"{path}: {exc}") from exc
+                except (OSError, http.client.HTTPException) as exc:
+                    self._drop()
+                    raise InfluxUnavailable(f"{path}: {exc}") from exc
+        if status >= 500:
+            raise InfluxUnavailable(f"{path}: HTTP {status}: {text}")
+        if status >= 400:
+            raise InfluxRejected(status, text)
         return text
 
     def ensure_database(self) -> None:
@@ -84,4 +111,5 @@ class InfluxWriter:
         )
 
     def close(self) -> None:
-        self._http.clear()
+        with self._lock:
+            self._drop()

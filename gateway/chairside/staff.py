@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import threading
+import uuid
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -47,24 +48,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             p.add_argument("--reason", default="", help="why (kept in the audit record)")
 
 
-def build_message(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+def build_message(args: argparse.Namespace, request_id: str) -> tuple[str, dict[str, Any]]:
     """The staff message and its topic, per contract.json gateway_messages."""
+    message: dict[str, Any] = {"v": 1, "by": args.by, "id": request_id}
     if args.action == "ack":
-        return topic("alarm_ack", args.site, args.chair), {"v": 1, "alarm": args.alarm, "by": args.by}
+        message["alarm"] = args.alarm
+        return topic("alarm_ack", args.site, args.chair), message
     if args.action == "standby":
-        return topic("chair_standby", args.site, args.chair), {"v": 1, "by": args.by}
-    value: float | None = None if args.value == "default" else float(args.value)
-    message: dict[str, Any] = {"v": 1, "param": args.param, "value": value, "by": args.by}
+        return topic("chair_standby", args.site, args.chair), message
+    message["param"] = args.param
+    message["value"] = None if args.value == "default" else float(args.value)
     if args.reason:
         message["reason"] = args.reason
     return topic("limits_set", args.site, args.chair), message
 
 
+DONE = {
+    "ack": "acknowledged {alarm} on chair {chair}",
+    "standby": "chair {chair} in standby until the next valid patient reading (its limits are back to the profile)",
+    "limit": "{param} = {value} on chair {chair} (audited)",
+}
+
+
 def run(args: argparse.Namespace) -> int:
-    target, message = build_message(args)
+    request_id = uuid.uuid4().hex[:16]
+    target, message = build_message(args, request_id)
     answer: dict[str, Any] = {}
     answered = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"chairside-staff-{threading.get_ident()}")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"chairside-staff-{request_id}")
     try:
         mqtt_auth.apply(client, args.mqtt_credentials, args.mqtt_ca)
     except mqtt_auth.CredentialsError as exc:
@@ -73,14 +84,16 @@ def run(args: argparse.Namespace) -> int:
 
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            event = json.loads(msg.payload)
+            result = json.loads(msg.payload)
         except ValueError:
             return
-        if args.action == "ack" and event.get("alarm") == args.alarm and event.get("event") == "acknowledged":
-            answer.update(event)
+        if isinstance(result, dict) and result.get("id") == request_id:
+            answer.update(result)
             answered.set()
 
+    subscribed = threading.Event()
     client.on_message = on_message
+    client.on_subscribe = lambda *_a: subscribed.set()
     try:
         client.connect(args.mqtt_host, args.mqtt_port, keepalive=30)
     except OSError as exc:
@@ -88,24 +101,24 @@ def run(args: argparse.Namespace) -> int:
         return 2
     client.loop_start()
     try:
-        client.subscribe(topic("alarms", args.site, args.chair), qos=1)
+        client.subscribe(topic("control_result", args.site, args.chair), qos=1)
+        if not subscribed.wait(ANSWER_TIMEOUT_S):
+            print("could not subscribe for the gateway's answer (broker down or credentials?)")
+            return 1
         info = client.publish(target, json.dumps(message), qos=1)
         info.wait_for_publish(timeout=ANSWER_TIMEOUT_S)
         if not info.is_published():
-            print("the broker did not accept the message in time")
+            print("the broker did not accept the message in time (credentials? see docs/engineer.md)")
             return 1
-        if args.action == "limit":
-            print(f"sent: {args.param} = {args.value} on chair {args.chair} (audited by the gateway)")
-            return 0
-        if args.action == "standby":
-            print(f"chair {args.chair} in standby until the next valid patient reading")
-            return 0
-        if answered.wait(ANSWER_TIMEOUT_S):
-            print(f"acknowledged: {answer.get('text', args.alarm)} by {answer.get('by')}")
-            return 0
-        print(f"no acknowledgement event within {ANSWER_TIMEOUT_S:.0f} s: "
-              f"is {args.alarm} active on chair {args.chair}?")
-        return 1
+        if not answered.wait(ANSWER_TIMEOUT_S):
+            print(f"no answer from the gateway within {ANSWER_TIMEOUT_S:.0f} s: nothing is confirmed; "
+                  "check the chair's alarm log")
+            return 1
+        if not answer.get("ok"):
+            print(f"refused: {answer.get('reason')}: {answer.get('detail')}")
+            return 1
+        print(DONE[args.action].format(**vars(args)))
+        return 0
     finally:
         client.loop_stop()
         client.disconnect()

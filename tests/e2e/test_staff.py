@@ -49,6 +49,8 @@ def test_ack_standby_and_limit_from_the_staff_command(
         assert raised_after == raised_before
         assert staff.run(_args(mosquitto, "limit", param="spo2_low.limit", value="93",
                                reason="baseline 94 %")) == 0
+        # a change that would switch the alarm off is refused, and the command says so
+        assert staff.run(_args(mosquitto, "limit", param="spo2_critical.limit", value="0", reason="")) == 1
         rows = wait_rows(influxdb, f"SELECT * FROM limit_audit WHERE site = '{SITE}'", 1)
         assert rows and rows[0]["param"] == "spo2_low.limit" and rows[0]["by"] == "RN Lee"
         acks = wait_rows(influxdb, f"SELECT * FROM alarm_events WHERE event = 'acknowledged' AND site = '{SITE}'", 1)

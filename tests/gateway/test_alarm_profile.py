@@ -166,10 +166,15 @@ BAD_SET = [
     ("spo2_low.priority", 1, "spo2_low.priority: not a settable parameter"),
     ("spo2_low.text", 1, "not a settable parameter"),
     ("nosuch.limit", 80, "unknown condition 'nosuch'"),
-    ("spo2_low.limit", 150, "conditions.spo2_low.limit: must be within 0..100"),
-    ("spo2_low.delay_s", 600, "conditions.spo2_low.delay_s: must be <= 60"),
-    ("cuff_interlock", 2, "cuff_interlock: expected 0 or 1"),
-    ("stale_after_s", 1, "stale_after_s: must be >= 5"),
+    ("spo2_low.limit", 150, "spo2_low.limit: 150 outside the per-chair range 80..96"),
+    ("spo2_low.delay_s", 600, "spo2_low.delay_s: 600 outside the per-chair range 0..30"),
+    ("cuff_interlock", 2, "cuff_interlock: 2 outside the per-chair range 0..1"),
+    ("stale_after_s", 1, "stale_after_s: 1 outside the per-chair range 10..60"),
+    # no single command can switch a clinical alarm off
+    ("spo2_critical.limit", 0, "spo2_critical.limit: 0 outside the per-chair range 75..90"),
+    ("bp_intervention.limit", 300, "bp_intervention.limit: 300 outside the per-chair range 180..240"),
+    ("spo2_critical.latching", 0, "spo2_critical.latching: high-priority alarms always latch"),
+    ("stale_after_s", 3600, "stale_after_s: 3600 outside the per-chair range 10..60"),
 ]
 
 
@@ -252,4 +257,4 @@ def test_limits_set_through_engine_to_audit_line() -> None:
         engine, "clinic1", "c3", {"v": 1, "param": "sys_high.limit", "value": 999, "by": "x"}, T0
     )
     assert isinstance(bad, Rejected) and bad.reason == "bad_limit"
-    assert "conditions.sys_high.limit" in bad.detail
+    assert "sys_high.limit" in bad.detail

@@ -184,7 +184,7 @@ def parse_who(payload: bytes | str | Mapping[str, Any]) -> str | Rejected:
 
 def handle_standby(
     engine: AlarmEngine, site: str, chair: str, payload: bytes | str | Mapping[str, Any], now_ms: int
-) -> list[AlarmEvent] | Rejected:
+) -> tuple[list[AlarmEvent], list[AuditRecord]] | Rejected:
     """Put a chair in standby between patients (see AlarmEngine.standby)."""
     by = parse_who(payload)
     if isinstance(by, Rejected):

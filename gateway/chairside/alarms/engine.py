@@ -122,6 +122,10 @@ class _Chair:
         return max(times) if times else None
 
 
+STANDBY_QUIET: frozenset[str] = frozenset({"probe_off", "box_offline", "data_stale", "nibp_failed"})
+"""Technical conditions held while a chair is in standby between patients."""
+
+
 class AlarmEngine:
     """Per-chair alarm state machines driven by readings and clock ticks (thread-safe)."""
 
@@ -210,16 +214,21 @@ class AlarmEngine:
             slot = found.slots.get(alarm) if found is not None else None
             return slot.state if slot is not None else AlarmState.INACTIVE
 
-    def standby(self, site: str, chair: str, by: str, now_ms: int) -> list[AlarmEvent]:
-        """Between patients: clear the chair's alarms and keep its technical
-        alarms (probe off, box offline, stale data) quiet until the next valid
-        patient reading, which resumes monitoring on its own — so forgetting
-        to "admit" can never silence a patient.  Returns the cleared events."""
+    def standby(self, site: str, chair: str, by: str, now_ms: int) -> tuple[list[AlarmEvent], list[AuditRecord]]:
+        """Between patients: clear the chair's alarms, return its limits to the
+        profile (a limit set for one patient must not follow the chair to the
+        next), and keep its technical alarms quiet until the next valid patient
+        reading, which resumes monitoring on its own — so forgetting to
+        "admit" can never silence a patient.  Returns the cleared events and
+        the audit records of the limits reset."""
         with self._lock:
             state = self._chair(site, chair, now_ms, seen=False)
             events = self._clear_all(state, now_ms)
+            records = [state.profile.set_param(param, None, by, "standby: next patient", now_ms + i)
+                       for i, param in enumerate(sorted(state.profile.overrides))]
+            self.audit_log.extend(records)
             state.standby_by = by
-            return events
+            return events, records
 
     def in_standby(self, site: str, chair: str) -> bool:
         with self._lock:
@@ -323,10 +332,11 @@ class AlarmEngine:
     def _conditions(self, chair: _Chair) -> Iterator[Condition]:
         conditions = chair.profile.effective.conditions.values()
         if chair.standby_by is not None:
-            # no patient on the chair: probe off, silence or an unplugged box
-            # are expected; physiological conditions still run (a patient
-            # reading ends standby in _note anyway)
-            return iter([c for c in conditions if c.kind != "technical"])
+            # no patient on the chair: probe off, silence, an unplugged box or a
+            # cuff measuring nothing are expected; a module that stopped
+            # answering is not (staff must know before the next patient), and
+            # physiological conditions always run
+            return iter([c for c in conditions if c.name not in STANDBY_QUIET])
         return iter(conditions)
 
     def _conditions_for(self, chair: _Chair, kind: str) -> tuple[Condition, ...]:

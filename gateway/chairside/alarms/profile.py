@@ -432,6 +432,53 @@ def apply_overrides(base: Profile, overrides: Mapping[str, float]) -> Profile:
     return parse_profile(raw)
 
 
+# Runtime (per-chair, over MQTT) overrides are bounded so that no single
+# command can switch an alarm off: a limit can be moved only within a
+# clinically plausible band, delays stay short, high-priority alarms keep
+# latching.  Anything not listed here is changed in the profile file, not at
+# run time.  Bands: adult monitor adjustment ranges seen in manuals, narrowed
+# around this clinic's defaults (docs/alarms.md, "Per-chair limits").
+RUNTIME_RANGES: Final[dict[str, tuple[float, float]]] = {
+    "spo2_critical.limit": (75, 90),
+    "spo2_low.limit": (80, 96),
+    "spo2_low.satseconds_limit": (0, 100),
+    "pulse_high.limit": (90, 180),
+    "pulse_low.limit": (30, 70),
+    "afib_rvr_suspected.limit": (90, 150),
+    "sys_high.limit": (140, 220),
+    "sys_low.limit": (70, 110),
+    "dia_high.limit": (80, 120),
+    "map_low.limit": (45, 80),
+    "bp_intervention.limit": (180, 240),
+    "bp_intervention.alt_limit": (100, 140),
+    "renotify_after_ack_s": (30, 600),
+    "stale_after_s": (10, 60),
+    "cuff_interlock": (0, 1),
+    "cuff_interlock_max_s": (0, 120),
+    "flap_violations": (1, 10),
+    "flap_window_s": (10, 300),
+}
+RUNTIME_ANY_CONDITION: Final[dict[str, tuple[float, float]]] = {
+    "delay_s": (0, 30),
+    "clear_hysteresis": (0, 10),
+    "cuff_hold": (0, 1),
+    "latching": (0, 1),
+}
+
+
+def check_runtime_value(base: Profile, name: str, value: float) -> None:
+    """Refuse a per-chair override outside its safe band (ProfileError names it)."""
+    cond, _, key = name.rpartition(".")
+    band = RUNTIME_RANGES.get(name) or (RUNTIME_ANY_CONDITION.get(key) if cond else None)
+    if band is None:
+        raise ProfileError([f"{name}: not adjustable per chair; change the profile file"])
+    lo, hi = band
+    if not lo <= value <= hi:
+        raise ProfileError([f"{name}: {value:g} outside the per-chair range {lo:g}..{hi:g}"])
+    if key == "latching" and value == 0 and base.conditions[cond].priority == "high":
+        raise ProfileError([f"{name}: high-priority alarms always latch"])
+
+
 class ChairProfile:
     """The effective profile of one chair: a base profile plus audited overrides."""
 
@@ -456,6 +503,8 @@ class ChairProfile:
         name = check_param(self.base, param)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise ProfileError([f"{name}: expected number or null"])
+        if value is not None:
+            check_runtime_value(self.base, name, float(value))
         old = param_value(self.effective, name)
         overrides = dict(self.overrides)
         if value is None:
