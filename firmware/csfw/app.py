@@ -274,13 +274,12 @@ class App:
         exact for this boot while the clock is synced; otherwise sync=0 and
         the gateway derives the time from the boot time it learned."""
         kind, boot, seq, up, sync = rec[0], rec[1], rec[2], rec[3], rec[4]
-        if sync and boot == self.boot and self.clock.synced:
-            t = self.clock.epoch_ms() - self.clock.now_ms() + up
-        else:
+        this_boot = boot == self.boot
+        t = self.clock.epoch_ms() - self.clock.now_ms() + up if this_boot else 0
+        if t < 0:
+            t = 0
+        if not (this_boot and self.clock.synced):
             sync = 0
-            t = self.clock.epoch_ms() - self.clock.now_ms() + up if boot == self.boot else 0
-            if t < 0:
-                t = 0
         env = contract.envelope(seq, boot, up, t, sync, hist)
         if kind == KIND_VITALS:
             return self.topics.vitals, contract.vitals_payload(env, rec[5], rec[6], rec[7], rec[8],

@@ -587,8 +587,8 @@ class Gateway:
                       json.dumps(command, separators=(",", ":")), retain=False)
 
     def _process_control(self, item: _Control) -> None:
-        """Apply an alarm acknowledgement or a limit change (audited)."""
-        from chairside.alarms import adapter
+        """Apply a staff message (acknowledgement, limit change, standby, drill
+        end) and answer it on the chair's staff/result topic."""
         from chairside.alarms.engine import AlarmEngine
 
         engine = self.alarm_stage
@@ -596,44 +596,50 @@ class Gateway:
             self.metrics.inc("control_rejected", reason="no_engine")
             self._ack(item.ack)
             return
-        now = self.clock.now_ms()
         lines: list[str] = []
-        rejections = self.metrics.total("control_rejected")
+        rejected = self._apply_control(item, engine, self.clock.now_ms(), lines)
+        if rejected is None:
+            self._publish_control_result(item, True)
+        else:
+            self._control_rejected(item, rejected.reason, rejected.detail)
+        self._store_lines(lines, item.ack)
+
+    def _apply_control(self, item: _Control, engine: Any, now: int, lines: list[str]) -> Any:
+        """Apply one staff message to the engine, adding the points to store to
+        ``lines``; returns the adapter's Rejected, or None when applied."""
+        from chairside.alarms import adapter
+
         if item.kind == "chair_standby":
             standby = adapter.handle_standby(engine, item.site, item.chair, item.payload, now)
             if isinstance(standby, adapter.Rejected):
-                self._control_rejected(item, standby.reason, standby.detail)
-            else:
-                events, records = standby
-                log.warning("chair %s/%s in standby (%d limit(s) reset)", item.site, item.chair, len(records))
-                lines.extend(self._emit(events))
-                lines.extend(adapter.audit_line(record) for record in records)
-                if records:
-                    self._save_overrides(engine)
-                self._publish_active(item.site, item.chair)  # empties even with no event
-        elif item.kind in ("alarm_ack", "drill_end"):
+                return standby
+            events, records = standby
+            log.warning("chair %s/%s in standby (%d limit(s) reset)", item.site, item.chair, len(records))
+            lines.extend(self._emit(events))
+            lines.extend(adapter.audit_line(record) for record in records)
+            if records:
+                self._save_overrides(engine)
+            self._publish_active(item.site, item.chair)  # empties even with no event
+            return None
+        if item.kind in ("alarm_ack", "drill_end"):
             handler = adapter.handle_ack if item.kind == "alarm_ack" else adapter.handle_drill_end
             result = handler(engine, item.site, item.chair, item.payload, now)
             if isinstance(result, adapter.Rejected):
-                self._control_rejected(item, result.reason, result.detail)
-            else:
-                lines.extend(self._emit(result))
-                if item.kind == "drill_end":
-                    log.warning("drill chair %s/%s forgotten", item.site, item.chair)
-                    self._publish_active(item.site, item.chair)
-        else:
-            record = adapter.handle_limits_set(engine, item.site, item.chair, item.payload, now)
-            if isinstance(record, adapter.Rejected):
-                self._control_rejected(item, record.reason, record.detail)
-            else:
-                log.warning("limit %s on %s/%s: %s -> %s by %s", record.param, item.site, item.chair,
-                            record.old, record.new, record.by)
-                self.metrics.inc("limit_changes")
-                lines.append(adapter.audit_line(record))
-                self._save_overrides(engine)
-        if self.metrics.total("control_rejected") == rejections:
-            self._publish_control_result(item, True)
-        self._store_lines(lines, item.ack)
+                return result
+            lines.extend(self._emit(result))
+            if item.kind == "drill_end":
+                log.warning("drill chair %s/%s forgotten", item.site, item.chair)
+                self._publish_active(item.site, item.chair)
+            return None
+        record = adapter.handle_limits_set(engine, item.site, item.chair, item.payload, now)
+        if isinstance(record, adapter.Rejected):
+            return record
+        log.warning("limit %s on %s/%s: %s -> %s by %s", record.param, item.site, item.chair,
+                    record.old, record.new, record.by)
+        self.metrics.inc("limit_changes")
+        lines.append(adapter.audit_line(record))
+        self._save_overrides(engine)
+        return None
 
     def _publish_control_result(self, item: _Control, ok: bool, reason: str = "", detail: str = "") -> None:
         """Answer a staff message on the chair's staff/result topic, echoing its

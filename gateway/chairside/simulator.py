@@ -43,12 +43,10 @@ class Fleet:
         self.errors = 0
         self.sim_ms = 0
         self.on_step: Callable[[int], None] | None = None
-
-    @property
-    def shared_clock(self) -> Any:
-        """The one SimClock all boxes share, or None if each has its own."""
+        # the one SimClock all boxes share (stepped once per tick), or None
         clocks = {id(box.clock) for box in self.boxes}
-        return self.boxes[0].clock if self.boxes and len(clocks) == 1 and len(self.boxes) > 1 else None
+        self.shared_clock: Any = self.boxes[0].clock if len(self.boxes) > 1 and len(clocks) == 1 else None
+
 
     def run_for(self, sim_ms: int) -> None:
         """Run `sim_ms` of simulated time as fast as possible (tests)."""
