@@ -43,8 +43,12 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+from build_firmware import BuildError, build, compile_module  # noqa: E402
+
 SCRIPTS = {"app": REPO / "tools" / "heap" / "app_steady.py",
            "parts": REPO / "tools" / "heap" / "steady_state.py"}
+STANDINS = REPO / "tests" / "firmware" / "mp" / "mptest.py"  # UART, clock, broker stand-ins
 DEFAULT_HEAP = "192k"  # gc.mem_free() ~191 KB: what a Pico W has free after boot + network
 BUDGET_KB = 96
 RUN_TIMEOUT_S = 300
@@ -70,28 +74,31 @@ def micropython_unix() -> str:
     return found
 
 
-def stage_firmware(dest: Path, source: bool) -> None:
-    """Put the firmware package in dest/csfw: .mpy from mpy-cross, or sources."""
-    pkg = dest / "csfw"
+def stage(dest: Path, scenario: str, source: bool) -> None:
+    """Put the firmware package (dest/csfw), the stand-ins and the scenario
+    script in dest, as .mpy from mpy-cross like `make firmware`, or as sources.
+    Everything is pre-compiled so the compiler's own RAM is not in the figure."""
+    extras = (SCRIPTS[scenario], STANDINS)
     if source:
-        shutil.copytree(REPO / "firmware" / "csfw", pkg,
+        shutil.copytree(REPO / "firmware" / "csfw", dest / "csfw",
                         ignore=shutil.ignore_patterns("__pycache__"))
+        for extra in extras:
+            shutil.copy2(extra, dest / extra.name)
         return
-    build = dest / "build"
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "build_firmware.py"),
-                           "--out", str(build)], capture_output=True, text=True,
-                          check=False, timeout=RUN_TIMEOUT_S)
-    if proc.returncode != 0:
-        raise HeapRunError(f"firmware build failed:\n{proc.stderr[-2000:]}")
-    shutil.copytree(build / "lib" / "csfw", pkg)
+    try:
+        build(REPO / "firmware", dest / "build")
+        for extra in extras:
+            compile_module(extra, dest / (extra.stem + ".mpy"), extra.name)
+    except BuildError as exc:
+        raise HeapRunError(f"firmware build failed: {exc}") from exc
+    shutil.copytree(dest / "build" / "lib" / "csfw", dest / "csfw")
 
 
 def run_unix(workdir: Path, scenario: str, seconds: int, heap_bytes: int) -> dict[str, Any]:
     """One run of a scenario script under a fixed heap of heap_bytes."""
     fs_dir = workdir / f"fs-{heap_bytes}"
     shutil.rmtree(fs_dir, ignore_errors=True)
-    script = workdir / SCRIPTS[scenario].name
-    cmd = [micropython_unix(), "-X", f"heapsize={heap_bytes}", script.name,
+    cmd = [micropython_unix(), "-X", f"heapsize={heap_bytes}", "-m", SCRIPTS[scenario].stem,
            str(seconds), str(fs_dir)]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True,
                           check=False, timeout=RUN_TIMEOUT_S)
@@ -135,8 +142,7 @@ def measure_unix(scenario: str, seconds: int, heapsize: str, source: bool,
                  min_heap: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="heap-budget-") as tmp:
         workdir = Path(tmp)
-        stage_firmware(workdir, source)
-        shutil.copy2(SCRIPTS[scenario], workdir / SCRIPTS[scenario].name)
+        stage(workdir, scenario, source)
         heap_bytes = parse_size(heapsize)
         result = run_unix(workdir, scenario, seconds, heap_bytes)
         if min_heap:

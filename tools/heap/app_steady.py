@@ -15,12 +15,12 @@ import sys
 
 from csfw import bci, mqtt, suntech
 from csfw.app import App, Hardware
+from mptest import Broker, ByteSource, SimClock, UpWlan
 
 ARGS = getattr(sys, "argv", [])
 SECONDS = int(ARGS[1]) if len(ARGS) > 1 else 900
 FS_DIR = ARGS[2] if len(ARGS) > 2 else "/w/fs"
 STEP_MS = 20
-EAGAIN = 11
 
 gc.collect()
 modules_alloc = gc.mem_alloc()
@@ -33,55 +33,6 @@ def sample_live():
     a = gc.mem_alloc()
     if a > peak_live[0]:
         peak_live[0] = a
-
-
-class Clock:
-    def __init__(self):
-        self.up = 0
-        self.synced = True
-        self.base = 1790000000000
-
-    def now_ms(self):
-        return self.up
-
-    def epoch_ms(self):
-        return self.base + self.up
-
-    def set_epoch_ms(self, ms):
-        self.base = ms - self.up
-        self.synced = True
-
-
-class ByteSource:
-    """UART receive side: serves `release`d bytes of a fixed buffer in place."""
-
-    def __init__(self, data):
-        self.data = data
-        self.pos = 0
-        self.end = 0
-
-    def release(self, n):
-        if self.end + n > len(self.data):
-            self.pos = self.end = 0
-        self.end += n
-
-    def any(self):
-        return self.end - self.pos
-
-    def readinto(self, buf, n=None):
-        if n is None or n > len(buf):
-            n = len(buf)
-        if n > self.end - self.pos:
-            n = self.end - self.pos
-        d = self.data
-        p = self.pos
-        for i in range(n):
-            buf[i] = d[p + i]
-        self.pos = p + n
-        return n
-
-    def write(self, data):
-        return len(data)
 
 
 class NibpModule(ByteSource):
@@ -107,96 +58,19 @@ class NibpModule(ByteSource):
         return len(data)
 
 
-class Wlan:
-    def active(self, on=None):
-        return True
-
-    def connect(self, ssid=None, key=None):
-        pass
-
-    def isconnected(self):
-        return True
-
-    def status(self, param=None):
-        return 3
-
-
-class Broker:
-    """Answers like an MQTT broker; counts PUBLISHes, keeps nothing."""
+class Counts:
+    """Readings that reached the broker, live and replayed (kept: nothing)."""
 
     def __init__(self):
-        self.up = True
-        self.to_box = bytearray()
         self.live = 0
         self.historical = 0
 
-    def connect_fn(self):
-        if not self.up:
-            raise OSError(113)
-        return Sock(self)
-
-    def handle(self, data):
-        pos = 0
-        while pos < len(data):
-            first, rl, hl = mqtt.parse_header(data[pos:pos + 5])
-            kind = first & 0xF0
-            body = data[pos + hl:pos + hl + rl]
-            pos += hl + rl
-            if kind == 0x10:
-                self.to_box.extend(b"\x20\x02\x00\x00")
-            elif kind == 0x30:
-                self._on_publish(first, body)
-            elif kind == 0x80:
-                self.to_box.extend(bytes((0x90, 3, body[0], body[1], 1)))
-            elif kind == 0xC0:
-                self.to_box.extend(b"\xd0\x00")
-
-    def _on_publish(self, first, body):
-        topic, msg, qos, _dup, _retain, pid = mqtt.decode_publish(first, body)
+    def on_publish(self, topic, msg):
         if topic.endswith("/vitals") or topic.endswith("/nibp"):
             if b'"h"' in msg:
                 self.historical += 1
             else:
                 self.live += 1
-        if qos:
-            self.to_box.extend(mqtt.puback_packet(pid))
-
-
-class Sock:
-    def __init__(self, broker):
-        self.broker = broker
-        self.closed = False
-
-    def _check(self):
-        if self.closed or not self.broker.up:
-            self.closed = True
-            raise OSError(104)
-
-    def settimeout(self, t):
-        pass
-
-    def setblocking(self, flag):
-        pass
-
-    def send(self, data):
-        self._check()
-        self.broker.handle(bytes(data))
-        return len(data)
-
-    def write(self, data):
-        return self.send(data)
-
-    def recv(self, n):
-        self._check()
-        box = self.broker.to_box
-        if not box:
-            raise OSError(EAGAIN)
-        out = bytes(box[:n])
-        self.broker.to_box = box[n:]
-        return out
-
-    def close(self):
-        self.closed = True
 
 
 def make_fs_dir(path):
@@ -211,10 +85,11 @@ for i in range(120):
     frames.extend(bci.encode_frame(5, i % 100, 72, 97))
 oxi_uart = ByteSource(bytes(frames))
 del frames
-broker = Broker()
+counts = Counts()
+broker = Broker(mqtt, counts.on_publish)
 make_fs_dir(FS_DIR)
-clock = Clock()
-hw = Hardware(oxi_uart, NibpModule(), Wlan(), broker.connect_fn, FS_DIR, os, rand=lambda: 0.5)
+clock = SimClock()
+hw = Hardware(oxi_uart, NibpModule(), UpWlan(), broker.connect_fn, FS_DIR, os, rand=lambda: 0.5)
 cfg = {"site": "clinic1", "chair": "12", "mqtt": {"keepalive_s": 30}, "nibp_interval_s": 120}
 app = App(cfg, hw, clock, boot=1, fw_version="heap", cfg_hash="00000000")
 gc.collect()
@@ -251,8 +126,8 @@ result = {
     "peak_live": peak_live[0],
     "errors": app.errors,
     "last_error": getattr(app, "last_error", None),
-    "live_published": broker.live,
-    "historical_published": broker.historical,
+    "live_published": counts.live,
+    "historical_published": counts.historical,
     "max_spool_depth": max_depth,
     "spool_depth": app.spool.depth,
     "spool_dropped": app.spool.dropped,

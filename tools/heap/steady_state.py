@@ -11,6 +11,8 @@ import json
 import os
 import sys
 
+from mptest import ByteSource
+
 try:
     _ARGS = _CS_ARGS  # set by tools/mpvm/heap_steady.mjs (that port has no sys.argv)
 except NameError:
@@ -53,43 +55,6 @@ modules_alloc = gc.mem_alloc()
 sample("imports")
 
 
-class FeedUart:
-    """UART stand-in: serves a preloaded byte string; readinto copies in place."""
-
-    def __init__(self, data):
-        self.data = data
-        self.pos = 0
-        self.end = 0
-
-    def release(self, n):
-        self.end = self.pos + n
-        if self.end > len(self.data):
-            self.pos = 0
-            self.end = n
-
-    def any(self):
-        return self.end - self.pos
-
-    def readinto(self, buf, n=None):
-        if n is None or n > len(buf):
-            n = len(buf)
-        avail = self.end - self.pos
-        if n > avail:
-            n = avail
-        d = self.data
-        p = self.pos
-        for i in range(n):
-            buf[i] = d[p + i]
-        self.pos = p + n
-        return n
-
-    def read(self, n=None):
-        return None
-
-    def write(self, b):
-        return len(b)
-
-
 # 1 s of BCI frames (60 frames/s), built once
 oxi_bytes = b""
 if bci:
@@ -102,7 +67,7 @@ bp_bytes = b""
 if suntech:
     bp_bytes = suntech.response(suntech.bp_data_payload(124, 82, 96, 71))
 
-uart = FeedUart(oxi_bytes)
+uart = ByteSource(oxi_bytes)
 oxi = oximeter.Oximeter(uart) if (oximeter and bci) else None
 bparser = bci.BciParser() if (bci and not oxi) else None
 rparser = suntech.ResponseParser() if suntech else None

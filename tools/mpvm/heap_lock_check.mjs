@@ -61,34 +61,10 @@ else:
     results.append("SKIP bci: csfw.bci missing")
 
 if bci and oximeter:
-    class Uart:
-        def __init__(self, data):
-            self.data = data
-            self.pos = 0
+    from mptest import ByteSource
 
-        def any(self):
-            return len(self.data) - self.pos
-
-        def readinto(self, buf, n=-1):
-            if n < 0 or n > len(buf):
-                n = len(buf)
-            left = len(self.data) - self.pos
-            if n > left:
-                n = left
-            d = self.data
-            p = self.pos
-            for i in range(n):
-                buf[i] = d[p + i]
-            self.pos = p + n
-            return n
-
-        def read(self, n=-1):
-            return None
-
-        def write(self, b):
-            return 0
-
-    uart = Uart(frames)
+    uart = ByteSource(frames)
+    uart.release(len(frames))
     oxi = oximeter.Oximeter(uart)
     oxi.poll(0)  # first poll outside the lock: lazy state, if any
     uart.pos = 0

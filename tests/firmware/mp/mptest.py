@@ -65,6 +65,154 @@ class TinyUart:
         return len(data)
 
 
+class ByteSource:
+    """UART receive side over a fixed byte string: release(n) makes n more
+    bytes readable (wrapping to the start); readinto copies in place and
+    allocates nothing, so it can sit under micropython.heap_lock()."""
+
+    def __init__(self, data):
+        self.data = data
+        self.pos = 0
+        self.end = 0
+
+    def release(self, n):
+        if self.end + n > len(self.data):
+            self.pos = self.end = 0
+        self.end += n
+
+    def any(self):
+        return self.end - self.pos
+
+    def readinto(self, buf, n=None):
+        if n is None or n < 0 or n > len(buf):
+            n = len(buf)
+        if n > self.end - self.pos:
+            n = self.end - self.pos
+        d = self.data
+        p = self.pos
+        for i in range(n):
+            buf[i] = d[p + i]
+        self.pos = p + n
+        return n
+
+    def read(self, n=None):
+        return None
+
+    def write(self, data):
+        return len(data)
+
+
+class SimClock:
+    """The box clock (csfw.clock surface), advanced by hand."""
+
+    def __init__(self, base=1790000000000):
+        self.up = 0
+        self.synced = True
+        self.base = base
+
+    def now_ms(self):
+        return self.up
+
+    def epoch_ms(self):
+        return self.base + self.up
+
+    def set_epoch_ms(self, ms):
+        self.base = ms - self.up
+        self.synced = True
+
+
+class UpWlan:
+    """A network.WLAN that is always associated."""
+
+    def active(self, on=None):
+        return True
+
+    def connect(self, ssid=None, key=None):
+        pass
+
+    def isconnected(self):
+        return True
+
+    def status(self, param=None):
+        return 3
+
+
+class Broker:
+    """Answers like an MQTT 3.1.1 broker over BrokerSock: CONNACK, SUBACK,
+    PUBACK, PINGRESP.  on_publish(topic, payload bytes) sees every PUBLISH."""
+
+    def __init__(self, mqtt, on_publish):
+        self.mqtt = mqtt  # csfw.mqtt, passed in so this file imports no firmware
+        self.on_publish = on_publish
+        self.up = True
+        self.to_box = bytearray()
+
+    def connect_fn(self):
+        if not self.up:
+            raise OSError(113)
+        return BrokerSock(self)
+
+    def handle(self, data):
+        pos = 0
+        while pos < len(data):
+            first, rl, hl = self.mqtt.parse_header(data[pos:pos + 5])
+            kind = first & 0xF0
+            body = data[pos + hl:pos + hl + rl]
+            pos += hl + rl
+            if kind == 0x10:
+                self.to_box.extend(b"\x20\x02\x00\x00")
+            elif kind == 0x30:
+                topic, msg, qos, _dup, _retain, pid = self.mqtt.decode_publish(first, body)
+                self.on_publish(topic, msg)
+                if qos:
+                    self.to_box.extend(self.mqtt.puback_packet(pid))
+            elif kind == 0x80:
+                self.to_box.extend(bytes((0x90, 3, body[0], body[1], 1)))
+            elif kind == 0xC0:
+                self.to_box.extend(b"\xd0\x00")
+
+
+class BrokerSock:
+    """The box's socket to a Broker; raises like a dropped TCP connection."""
+
+    EAGAIN = 11
+
+    def __init__(self, broker):
+        self.broker = broker
+        self.closed = False
+
+    def _check(self):
+        if self.closed or not self.broker.up:
+            self.closed = True
+            raise OSError(104)
+
+    def settimeout(self, t):
+        pass
+
+    def setblocking(self, flag):
+        pass
+
+    def send(self, data):
+        self._check()
+        self.broker.handle(bytes(data))
+        return len(data)
+
+    def write(self, data):
+        return self.send(data)
+
+    def recv(self, n):
+        self._check()
+        box = self.broker.to_box
+        if not box:
+            raise OSError(self.EAGAIN)
+        out = bytes(box[:n])
+        self.broker.to_box = box[n:]
+        return out
+
+    def close(self):
+        self.closed = True
+
+
 _counter = [0]
 
 

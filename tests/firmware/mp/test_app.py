@@ -9,155 +9,32 @@ import os
 from csfw import bci, mqtt
 from csfw.app import App, Hardware
 from csfw.supervisor import Supervisor
-from mptest import fresh_dir
-
-EAGAIN = 11
+from mptest import Broker, SimClock, TinyUart, UpWlan, fresh_dir
 
 
-class Clock:
-    def __init__(self):
-        self.up = 0
-        self.synced = True
-        self.base = 1790000000000
-
-    def now_ms(self):
-        return self.up
-
-    def epoch_ms(self):
-        return self.base + self.up
-
-    def set_epoch_ms(self, ms):
-        self.base = ms - self.up
-        self.synced = True
-
-
-class Uart:
-    def __init__(self):
-        self.rx = bytearray()
-        self.tx = bytearray()
-
-    def any(self):
-        return len(self.rx)
-
-    def readinto(self, buf, n=None):
-        n = min(len(buf) if n is None else n, len(self.rx))
-        for i in range(n):
-            buf[i] = self.rx[i]
-        self.rx = self.rx[n:]
-        return n
-
-    def read(self, n=None):
-        n = len(self.rx) if n is None else min(n, len(self.rx))
-        out = bytes(self.rx[:n])
-        self.rx = self.rx[n:]
-        return out
-
-    def write(self, data):
-        self.tx.extend(data)
-        return len(data)
-
-
-class Wlan:
-    def __init__(self):
-        self.up = True
-
-    def active(self, on=None):
-        return True
-
-    def connect(self, ssid=None, key=None):
-        pass
-
-    def isconnected(self):
-        return self.up
-
-    def status(self, param=None):
-        return 3 if self.up else 0
-
-
-class Broker:
-    """Records PUBLISHes; answers like a broker over a fake socket."""
+class Recorder:
+    """The test's side of mptest.Broker: every PUBLISH the box sent, decoded."""
 
     def __init__(self):
         self.published = []  # (topic, payload dict)
-        self.to_box = bytearray()
-        self.up = True
-        self.subscribed = []
+        self.broker = Broker(mqtt, self.on_publish)
 
-    def connect_fn(self):
-        if not self.up:
-            raise OSError(113)
-        return Sock(self)
-
-    def handle(self, data):
-        buf = bytearray(data)
-        while buf:
-            head = mqtt.parse_header(buf)
-            first, rl, hl = head
-            body = bytes(buf[hl:hl + rl])
-            buf = buf[hl + rl:]
-            kind = first & 0xF0
-            if kind == 0x10:
-                self.to_box.extend(b"\x20\x02\x00\x00")
-            elif kind == 0x30:
-                topic, msg, qos, _dup, _retain, pid = mqtt.decode_publish(first, body)
-                self.published.append((topic, json.loads(msg)))
-                if qos:
-                    self.to_box.extend(mqtt.puback_packet(pid))
-            elif kind == 0x80:
-                pid = (body[0] << 8) | body[1]
-                self.subscribed.append(pid)
-                self.to_box.extend(bytes([0x90, 3, body[0], body[1], 1]))
-            elif kind == 0xC0:
-                self.to_box.extend(b"\xd0\x00")
+    def on_publish(self, topic, msg):
+        self.published.append((topic, json.loads(msg)))
 
     def send_command(self, topic, payload):
-        self.to_box.extend(mqtt.publish_packet(topic, payload, 1, False, False, 77))
+        self.broker.to_box.extend(mqtt.publish_packet(topic, payload, 1, False, False, 77))
 
     def topics(self, suffix):
         return [p for t, p in self.published if t.endswith(suffix)]
 
 
-class Sock:
-    def __init__(self, broker):
-        self.broker = broker
-        self.closed = False
-
-    def _check(self):
-        if self.closed or not self.broker.up:
-            self.closed = True
-            raise OSError(104)
-
-    def settimeout(self, t):
-        pass
-
-    def setblocking(self, flag):
-        pass
-
-    def send(self, data):
-        self._check()
-        self.broker.handle(bytes(data))
-        return len(data)
-
-    def write(self, data):
-        return self.send(data)
-
-    def recv(self, n):
-        self._check()
-        if not self.broker.to_box:
-            raise OSError(EAGAIN)
-        out = bytes(self.broker.to_box[:n])
-        self.broker.to_box = self.broker.to_box[n:]
-        return out
-
-    def close(self):
-        self.closed = True
-
-
 def _make():
-    clock = Clock()
-    broker = Broker()
-    oxi, nibp = Uart(), Uart()
-    hw = Hardware(oxi, nibp, Wlan(), broker.connect_fn, fresh_dir("app"), os, rand=lambda: 0.5)
+    clock = SimClock()
+    broker = Recorder()
+    oxi, nibp = TinyUart(), TinyUart()
+    hw = Hardware(oxi, nibp, UpWlan(), broker.broker.connect_fn, fresh_dir("app"), os,
+                  rand=lambda: 0.5)
     cfg = {"site": "s1", "chair": "7", "mqtt": {"keepalive_s": 60}, "nibp_interval_s": 0}
     app = App(cfg, hw, clock, boot=4, fw_version="t", cfg_hash="abcd1234")
     return app, clock, broker, oxi
@@ -167,7 +44,7 @@ def _run(app, clock, oxi, ms, spo2=96, pr=70):
     frame = bci.encode_frame(6, 50, pr, spo2)
     for _ in range(ms // 20):
         clock.up += 20
-        oxi.rx.extend(frame)
+        oxi.push(frame)
         app.poll()
 
 
@@ -187,10 +64,10 @@ def test_publishes_birth_and_one_vitals_per_second():
 def test_outage_spools_then_replays_in_order_as_historical():
     app, clock, broker, oxi = _make()
     _run(app, clock, oxi, 3000)
-    broker.up = False
+    broker.broker.up = False
     _run(app, clock, oxi, 30000)  # 30 readings while the broker is gone
     assert app.spool.depth >= 29
-    broker.up = True
+    broker.broker.up = True
     _run(app, clock, oxi, 70000)  # backoff, reconnect, replay
     assert app.spool.depth == 0
     vitals = broker.topics("/vitals")
