@@ -57,6 +57,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
@@ -357,10 +358,11 @@ class GatewayProcess:
     """``python -m chairside.cli gateway`` (or, with config overrides, the same
     Gateway built by a two-line bootstrap) as a child process."""
 
-    def __init__(self, broker: Mosquitto, influx: InfluxDB, workdir: Path, overrides: dict[str, Any]) -> None:
+    def __init__(self, broker: Mosquitto, influx: InfluxDB, workdir: Path, overrides: dict[str, Any],
+                 client_id: str = "") -> None:
         self.metrics_port = free_port()
         self.log_path = workdir / "gateway.log"
-        client_id = f"bench-gw-{os.getpid()}-{time.monotonic_ns()}"
+        client_id = client_id or f"bench-gw-{os.getpid()}-{time.monotonic_ns()}"
         cli = ["gateway", "--mqtt-port", str(broker.port), "--influx-url", influx.url,
                "--client-id", client_id, "--metrics-port", str(self.metrics_port),
                "--state-dir", str(workdir / "gw-state")]
@@ -385,6 +387,23 @@ class GatewayProcess:
 
     def metrics(self) -> dict[str, float]:
         return _metrics(self.metrics_port)
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Poll /health until the gateway's subscription is granted."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/health",
+                                            timeout=2) as resp:
+                    body = resp.read()
+            except urllib.error.HTTPError as exc:  # 503 while degraded still has the body
+                body = exc.read()
+            except OSError:
+                body = b"{}"
+            if json.loads(body or b"{}").get("mqtt_subscribed"):
+                return True
+            time.sleep(0.1)
+        return False
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -2,8 +2,10 @@
 
 Three threads, each with one job:
 
-* paho's network thread runs :meth:`Gateway._on_message`, which only
-  validates and puts the result on a bounded inbox (full → counted drop);
+* the ingest session's thread (:mod:`chairside.mqtt_ingest`, the box
+  topics' persistent subscription) runs :meth:`Gateway._on_message`, which
+  only validates and puts the result on a bounded inbox (full → the session
+  waits, and the broker keeps the rest: backpressure);
 * the processor takes inbox items, timestamps them, runs the alarm stage,
   publishes alarm events and hands line protocol to the store buffer; it also
   ticks the alarm stage every second and flushes aggregated rejects;
@@ -24,7 +26,8 @@ writer acknowledges spooled messages at once, so the broker's in-flight
 window never stalls live alarm evaluation.  Writes are idempotent (same
 series and timestamp ⇒ the same point: boot times are frozen in the state
 dir), so a redelivery or a spool replay after a partial write stores nothing
-twice.  When the spool is full, batches are dropped (counted) and a technical
+twice.  Everything the gateway publishes (alarm events, time, staff
+answers) goes through a separate paho client.  When the spool is full, batches are dropped (counted) and a technical
 alarm event ``gateway_spool_full`` is published like any other alarm event.
 
 ``/health`` (JSON, 200 or 503) and ``/metrics`` (Prometheus text) are served
@@ -62,6 +65,7 @@ from chairside.deadletter import DeadLetters
 from chairside.influx import InfluxRejected, InfluxUnavailable, InfluxWriter
 from chairside.metrics import Metrics
 from chairside.model import AlarmEvent, AlarmStage, Reading
+from chairside.mqtt_ingest import IngestSession, SessionConfig
 from chairside.point_spool import PointSpool, SpoolError
 from chairside.points import alarm_event_line, reading_line, reject_line
 from chairside.timebase import Timebase
@@ -75,6 +79,8 @@ TIME_SYNC_INTERVAL_MS = 60_000
 _SEEN_PER_BOOT = 1024
 _SEEN_BOOTS = 4096
 _REJECT_LOG_PER_WINDOW = 10
+SKEW_LOG_INTERVAL_MS = 60_000  # clock-skew warnings: at most one per chair per minute
+MAX_SKEW_LOG_KEYS = 10_000
 MALFORMED_STATUSES = frozenset({400, 413, 422})
 """InfluxDB answers that blame the lines themselves: bisect, dead-letter the bad ones"""
 SPOOL_FULL_ALARM = "gateway_spool_full"
@@ -169,9 +175,9 @@ class GatewayConfig:
 
 @dataclass(frozen=True, slots=True)
 class _Ack:
-    mid: int
-    qos: int
+    pid: int
     generation: int
+    """the ingest session's connection the message came on"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,27 +262,33 @@ class Gateway:
         self._stop_processor = threading.Event()
         self._stop_writer = threading.Event()
         self._subscribed = threading.Event()
-        self._generation = 0
-        self._gen_lock = threading.Lock()
         self._seen: OrderedDict[tuple[str, str, int], tuple[deque[int], set[int]]] = (
             OrderedDict()
         )
         self._rejects: dict[str, _RejectWindow] = {}
+        self._skew_logged: dict[tuple[str, str], list[int]] = {}  # chair -> [rx_ms, suppressed]
         self._threads: list[threading.Thread] = []
         self._http: ThreadingHTTPServer | None = None
+        self.ingest = IngestSession(
+            SessionConfig(
+                config.mqtt_host, config.mqtt_port, config.client_id,
+                tuple(contract.subscription(kind) for kind in SUBSCRIBED_KINDS + CONTROL_KINDS),
+                keepalive_s=config.keepalive_s, auto_ack=not config.manual_ack,
+            ),
+            self._on_message, self._on_ingest_state,
+        )
+        # publishing only (alarm events, time, staff answers): QoS 1 messages
+        # are queued in paho while the broker is away
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=config.client_id,
-            clean_session=False,
+            client_id=f"{config.client_id}-pub",
+            clean_session=True,
             protocol=mqtt.MQTTv311,
-            manual_ack=config.manual_ack,
         )
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.max_queued_messages_set(10_000)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_message = self._on_message
 
     def _describe_metrics(self) -> None:
         m = self.metrics
@@ -290,7 +302,8 @@ class Gateway:
         m.describe("clock_skew", "counter", "live synced messages whose clock is off rx time")
         m.describe("time_estimated", "counter", "messages stored with an estimated timestamp")
         m.describe("processing_errors", "counter", "unexpected errors while processing")
-        m.describe("mqtt_connected", "gauge", "1 while connected to the broker")
+        m.describe("mqtt_connected", "gauge", "1 while the ingest session is connected to the broker")
+        m.describe("mqtt_publisher_connected", "gauge", "1 while the publishing connection is up")
         m.describe("write_seconds", "histogram", "InfluxDB write latency")
         m.describe("spool_depth", "gauge", "points waiting in the on-disk spool")
         m.describe("spool_bytes", "gauge", "bytes of the on-disk spool")
@@ -302,8 +315,18 @@ class Gateway:
 
     # ---- lifecycle ---------------------------------------------------------
 
+    def use_broker_login(self, credentials: Path | None, ca_file: Path | None) -> None:
+        """Log in with a provisioned credentials file and/or verify the broker
+        against the clinic CA (TLS), on both connections; before ``start()``."""
+        mqtt_auth.apply(self.client, credentials, ca_file)
+        user, password = (mqtt_auth.read_credentials(credentials) if credentials is not None
+                          else (None, None))
+        self.ingest.config = dataclasses.replace(
+            self.ingest.config, user=user, password=password,
+            tls=mqtt_auth.tls_context(ca_file) if ca_file is not None else None)
+
     def start(self) -> None:
-        """Start the worker threads and connect (the broker may be down: paho retries)."""
+        """Start the worker threads and connect (the broker may be down: both retry)."""
         if self._threads:
             return
         self._started = time.monotonic()
@@ -320,6 +343,7 @@ class Gateway:
             self.config.mqtt_host, self.config.mqtt_port, keepalive=self.config.keepalive_s
         )
         self.client.loop_start()
+        self.ingest.start()
 
     def stop(self) -> None:
         """Drain the inbox, flush what InfluxDB accepts within the deadline, disconnect."""
@@ -338,6 +362,7 @@ class Gateway:
         if left:
             self.metrics.inc("queue_dropped", left, queue="store_at_stop")
             log.warning("%d points neither written nor spooled at stop (unacked: redelivered)", left)
+        self.ingest.stop()
         self.client.disconnect()
         self.client.loop_stop()
         self.influx.close()
@@ -372,7 +397,7 @@ class Gateway:
             time.sleep(0.02)
         return False
 
-    # ---- MQTT callbacks (paho's thread: never raise, never block long) -----
+    # ---- MQTT callbacks (the connections' threads: never raise) ---------------
 
     def _on_connect(
         self,
@@ -383,32 +408,9 @@ class Gateway:
         properties: Any,
     ) -> None:
         if reason_code.is_failure:
-            log.error("broker refused connection: %s", reason_code)
+            log.error("broker refused the publishing connection: %s", reason_code)
             return
-        with self._gen_lock:
-            self._generation += 1
-        self.metrics.set("mqtt_connected", 1)
-        log.info(
-            "connected to %s:%d (session present: %s)",
-            self.config.mqtt_host,
-            self.config.mqtt_port,
-            flags.session_present,
-        )
-        client.subscribe([(contract.subscription(kind), 1) for kind in SUBSCRIBED_KINDS + CONTROL_KINDS])
-
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_codes: list[ReasonCode],
-        properties: Any,
-    ) -> None:
-        failed = [str(rc) for rc in reason_codes if rc.is_failure]
-        if failed:
-            log.error("subscription refused: %s", failed)
-        else:
-            self._subscribed.set()
+        self.metrics.set("mqtt_publisher_connected", 1)
 
     def _on_disconnect(
         self,
@@ -418,38 +420,44 @@ class Gateway:
         reason_code: ReasonCode,
         properties: Any,
     ) -> None:
-        self.metrics.set("mqtt_connected", 0)
-        self._subscribed.clear()
+        self.metrics.set("mqtt_publisher_connected", 0)
         if reason_code.is_failure:
-            log.warning("disconnected from broker: %s (paho reconnects)", reason_code)
+            log.warning("publishing connection lost: %s (paho reconnects)", reason_code)
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_ingest_state(self, state: str) -> None:
+        self.metrics.set("mqtt_connected", 1 if state in ("subscribing", "receiving") else 0)
+        if state == "receiving":
+            self._subscribed.set()
+        else:
+            self._subscribed.clear()
+
+    def _on_message(self, topic: str, payload: bytes, qos: int, pid: int, generation: int) -> None:
         ack: _Ack | None = None
         try:
             rx_ms = self.clock.now_ms()
             self.metrics.inc("messages_in")
-            if self.config.manual_ack and msg.qos > 0:
-                ack = _Ack(msg.mid, msg.qos, self._generation)
-            control = _control_of(msg.topic, bytes(msg.payload), rx_ms, ack)
+            if self.config.manual_ack and qos > 0:
+                ack = _Ack(pid, generation)
+            control = _control_of(topic, payload, rx_ms, ack)
             if control is not None:
                 self._enqueue(control)
                 return
-            result = validate(msg.topic, msg.payload, strict=self.config.strict_fields)
+            result = validate(topic, payload, strict=self.config.strict_fields)
             self._enqueue(_Inbound(result, rx_ms, ack))
         except queue.Full:
             # only while stopping: the message stays unacknowledged and the
             # broker redelivers it to the next session
             self.metrics.inc("queue_dropped", queue="inbox")
-            log.error("inbox full while stopping: %s left to the broker", msg.topic)
+            log.error("inbox full while stopping: %s left to the broker", topic)
         except Exception:
             self.metrics.inc("processing_errors", stage="on_message")
-            log.exception("unexpected error handling a message on %s", msg.topic)
+            log.exception("unexpected error handling a message on %s", topic)
             self._ack(ack)
 
     def _enqueue(self, item: _Inbound | _Control) -> None:
         """Hand a message to the processor; when the inbox is full, wait.
 
-        Waiting here blocks paho's network thread, so the broker keeps the
+        Waiting here blocks the ingest session's thread, so the broker keeps the
         rest queued for us (backpressure) instead of the gateway dropping
         anything; raises queue.Full only once the gateway is stopping."""
         while True:
@@ -462,13 +470,10 @@ class Gateway:
                     raise
 
     def _ack(self, ack: _Ack | None) -> None:
-        if ack is None or ack.generation != self._generation:
-            # from an earlier connection: the broker redelivers it on this one
-            return
-        try:
-            self.client.ack(ack.mid, ack.qos)
-        except Exception:
-            log.exception("ack of mid %d failed", ack.mid)
+        """PUBACK (a message from an earlier connection is skipped: the broker
+        redelivers it on the current one)."""
+        if ack is not None:
+            self.ingest.ack(ack.generation, ack.pid)
 
     # ---- processor -----------------------------------------------------------
 
@@ -518,13 +523,7 @@ class Gateway:
             result.site, result.chair, result.fields, item.rx_ms, historical=result.historical
         )
         if stamp.skew_ms is not None:
-            self.metrics.inc("clock_skew")
-            log.warning(
-                "clock skew %+d ms on %s/%s (device t vs receive time)",
-                stamp.skew_ms,
-                result.site,
-                result.chair,
-            )
+            self._note_skew(result.site, result.chair, stamp.skew_ms, item.rx_ms)
         if stamp.time_estimated:
             self.metrics.inc("time_estimated")
         reading = Reading(
@@ -558,6 +557,24 @@ class Gateway:
                 events = []
             lines.extend(self._emit(events))
         self._store_lines(lines, item.ack)
+
+    def _note_skew(self, site: str, chair: str, skew_ms: int, rx_ms: int) -> None:
+        """Count every skewed message; warn at most once a minute per chair.
+
+        A box with a wrong clock, or a backlog the broker held during a
+        gateway outage, would otherwise log one line per reading."""
+        self.metrics.inc("clock_skew")
+        key = (site, chair)
+        last = self._skew_logged.get(key)
+        if last is not None and rx_ms - last[0] < SKEW_LOG_INTERVAL_MS:
+            last[1] += 1
+            return
+        if len(self._skew_logged) >= MAX_SKEW_LOG_KEYS:
+            self._skew_logged.clear()
+        more = f" ({last[1]} more since the last warning)" if last is not None and last[1] else ""
+        log.warning("clock skew %+d ms on %s/%s (device t vs receive time)%s",
+                    skew_ms, site, chair, more)
+        self._skew_logged[key] = [rx_ms, 0]
 
     def _for_alarms(self, reading: Reading) -> Reading:
         """A reading the box sent as live but that was measured long ago (a
@@ -1098,11 +1115,14 @@ class Gateway:
         age = None if self._last_write is None else round(now - self._last_write, 3)
         since = self._last_write if self._last_write is not None else self._started
         stale = waiting > 0 and now - since > self.config.health_write_age_s
-        healthy = mqtt_connected and influx_reachable and not self._spool_full and not stale
+        publisher = self.metrics.get("mqtt_publisher_connected") == 1
+        healthy = (mqtt_connected and publisher and influx_reachable and not self._spool_full
+                   and not stale)
         details: dict[str, Any] = {
             "status": "ok" if healthy else "degraded",
             "mqtt_connected": mqtt_connected,
             "mqtt_subscribed": self._subscribed.is_set(),
+            "mqtt_publisher_connected": publisher,
             "influx_reachable": influx_reachable,
             "spool_depth": self.spool.pending_points,
             "spool_bytes": self.spool.total_bytes,
@@ -1236,7 +1256,7 @@ def run(args: argparse.Namespace, alarm_stage: AlarmStage | None = None) -> int:
             log.debug("cannot install handler for signal %d", sig)
     gateway = Gateway(config, alarm_stage)
     try:
-        mqtt_auth.apply(gateway.client, getattr(args, "mqtt_credentials", None), getattr(args, "mqtt_ca", None))
+        gateway.use_broker_login(getattr(args, "mqtt_credentials", None), getattr(args, "mqtt_ca", None))
     except mqtt_auth.CredentialsError as exc:
         log.error("%s", exc)
         return 2

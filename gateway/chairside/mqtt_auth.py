@@ -37,6 +37,13 @@ def read_credentials(path: Path) -> tuple[str, str]:
     return user, password
 
 
+def tls_context(ca_file: Path) -> ssl.SSLContext:
+    """A client context that verifies the broker against the clinic CA."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 def apply(client: mqtt.Client, credentials: Path | None, ca_file: Path | None) -> None:
     """Configure login and TLS on a paho client before it connects."""
     if credentials is not None:

@@ -244,3 +244,24 @@ def test_influx_outage_buffers_then_delivers(
     rows = query(influxdb, "SELECT seq FROM vitals WHERE chair = 'chair5'")
     assert [r["seq"] for r in rows] == list(range(11))
     assert gateway.metrics.total("queue_dropped") == 0
+
+
+def test_clock_skew_counted_every_time_but_warned_once_per_chair(
+    gateway: Gateway, box: Box, influxdb: InfluxDB, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A box whose clock is an hour off (or a backlog after an outage) must not
+    flood the log: every message is counted and stored at its own time, one
+    warning per chair per minute."""
+    caplog.set_level("WARNING", logger="chairside.gateway")
+    hour_ago = wall_ms() - 3_600_000
+    for chair in ("c1", "c2"):
+        topics = fw.Topics("clinic1", chair)
+        for seq in range(20):
+            box.send(topics.vitals, vitals(seq, hour_ago + seq * 1000))
+    assert gateway.wait_idle(10)
+    assert gateway.metrics.get("clock_skew") == 40
+    warned = [r.getMessage() for r in caplog.records if "clock skew" in r.getMessage()]
+    assert len(warned) == 2 and {w.split(" on ")[1].split(" ")[0] for w in warned} == {
+        "clinic1/c1", "clinic1/c2"}
+    rows = query(influxdb, "SELECT seq FROM vitals WHERE site = 'clinic1'")
+    assert len(rows) == 40

@@ -284,7 +284,6 @@ def test_acl_has_no_anonymous_rules_and_cli_round_trip(tmp_path: Path) -> None:
 def test_real_gateway_and_firmware_box_through_the_shipped_broker(clinic: Clinic, tmp_path: Path) -> None:
     """The gateway logs in with `--mqtt-credentials` (the file provision writes)
     and the real firmware with its provisioned config; readings land in InfluxDB."""
-    from chairside import mqtt_auth
     from chairside.gateway import Gateway, GatewayConfig, default_alarm_stage
     from chairside.services import InfluxDB
     from chairside.simulator import make_box
@@ -293,7 +292,7 @@ def test_real_gateway_and_firmware_box_through_the_shipped_broker(clinic: Clinic
     with InfluxDB(workdir=tmp_path / "influxd") as influx:
         gw = Gateway(GatewayConfig(mqtt_port=clinic.broker.port, influx_url=influx.url,
                                    state_dir=tmp_path / "gw"), default_alarm_stage())
-        mqtt_auth.apply(gw.client, clinic.state.service_path("gateway"), None)
+        gw.use_broker_login(clinic.state.service_path("gateway"), None)
         gw.start()
         box = make_box(SITE, "3", "normal", "127.0.0.1", clinic.broker.port, fs_dir=str(tmp_path / "box"),
                        mqtt_user=user, mqtt_password=password)

@@ -1,0 +1,198 @@
+"""Gateway throughput on one core: drain a backlog through the real chain.
+
+    python benchmarks/throughput.py [--readings 200000] [--chairs 1000]
+
+What it measures: how many readings per second the gateway stores when it is
+never starved and never throttled by the load generator.  The gateway's MQTT
+session (QoS 1, clean session off) is registered, the gateway is stopped,
+``--readings`` contract-exact vitals readings from ``--chairs`` chairs are
+queued in Mosquitto for it (published with QoS 1 over a raw socket using the
+firmware's own MQTT and contract encoders), and then the gateway is started
+again and drains them into InfluxDB.  The readings are 10 Hz per chair and
+stamped from "now" on, so the drain takes about as long as the data spans and
+the gateway treats them as live (alarm engine included), as it would at a
+sustained 10 Hz; a real backlog older than 30 s skips the live alarm path and
+would flatter the figure.
+
+With two or more CPUs the gateway process is pinned to CPU 0 and Mosquitto,
+InfluxDB and this script to the other CPUs, so "stored per second" is the
+rate of one gateway core.  Reported: stored/s over the middle 80 % of the
+drain (slope of ``count(seq)`` in InfluxDB), the gateway's CPU use, readings
+per gateway CPU-second, and a per-chair check that every (chair, seq) was
+stored exactly once.  Latency under a live load is ``benchmarks/ingest.py``'s
+job; a drain has no meaningful publish→stored latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+for _extra in (REPO / "gateway", REPO / "firmware", HERE):
+    if str(_extra) not in sys.path:
+        sys.path.insert(0, str(_extra))
+
+from ingest import GatewayProcess, deploy_limits, influx_query, stored_count  # noqa: E402
+
+from chairside.services import InfluxDB, Mosquitto  # noqa: E402
+from csfw import contract as fw  # noqa: E402
+from csfw import mqtt as mq  # noqa: E402
+
+DEADLINE_S = 600.0
+PERIOD_MS = 100  # 10 Hz per chair
+LEAD_MS = 3_000  # the first reading's time: a little after queuing starts
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of pid to cpus (taskset -a); no-op on one CPU."""
+    if len(os.sched_getaffinity(0)) < 2:
+        return
+    subprocess.run(["taskset", "-a", "-p", "-c", ",".join(map(str, sorted(cpus))), str(pid)],
+                   check=True, capture_output=True)
+
+
+def queue_backlog(port: int, site: str, chairs: int, readings: int, t0_ms: int) -> float:
+    """Publish readings (QoS 1) for the gateway's stored session; returns the
+    publish rate.  Waits for every PUBACK, so the broker holds them all."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(mq.connect_packet(f"bench-backlog-{os.getpid()}", keepalive_s=60))
+    if sock.recv(4)[:1] != b"\x20":
+        raise RuntimeError("no CONNACK")
+    topics = [fw.Topics(site, f"c{i:05d}").vitals for i in range(chairs)]
+    per_chair = readings // chairs
+    started = time.monotonic()
+    pid = 0
+    unacked = 0
+    pending = bytearray()
+    for seq in range(per_chair):
+        for i, topic in enumerate(topics):
+            up = 60_000 + seq * PERIOD_MS
+            env = fw.envelope(seq, 1, up, t0_ms + seq * PERIOD_MS + i % PERIOD_MS, True, False)
+            payload = fw.vitals_payload(env, 97 + (seq + i) % 3, 70 + i % 20, 7, fw.ST_OK)
+            pid = pid % 0xFFFF + 1
+            pending += mq.publish_packet(topic, payload, qos=1, pid=pid)
+            unacked += 1
+            if len(pending) > 60_000:
+                sock.sendall(pending)
+                pending.clear()
+                unacked -= _read_acks(sock, unacked - 5000)
+    sock.sendall(pending)
+    unacked -= _read_acks(sock, unacked)
+    sock.sendall(mq.DISCONNECT_PACKET)
+    sock.close()
+    return per_chair * chairs / (time.monotonic() - started)
+
+
+def _read_acks(sock: socket.socket, at_least: int) -> int:
+    """Read PUBACKs (4 bytes each) until at least at_least have arrived."""
+    got = 0
+    leftover = b""
+    while got < at_least:
+        data = leftover + sock.recv(65536)
+        n = len(data) // 4
+        got += n
+        leftover = data[n * 4:]
+    return got
+
+
+def drain(gw: GatewayProcess, influx_url: str, site: str, total: int,
+          since_ms: int) -> list[tuple[float, int, float]]:
+    """(monotonic, stored count, gateway CPU s) samples until all are stored."""
+    samples: list[tuple[float, int, float]] = []
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline and gw.proc.poll() is None:
+        count = stored_count(influx_url, site, since_ms)
+        samples.append((time.monotonic(), count, gw.cpu_seconds()))
+        if count >= total:
+            break
+        time.sleep(0.25)
+    return samples
+
+
+def check_exactly_once(influx_url: str, site: str, chairs: int, per_chair: int,
+                       since_ms: int) -> int:
+    """Chairs whose stored seqs are not exactly 0..per_chair-1, once each."""
+    series = influx_query(influx_url, f"SELECT count(\"seq\"), min(\"seq\"), max(\"seq\") FROM "
+                                      f"\"vitals\" WHERE \"site\"='{site}' AND time >= {since_ms}ms "
+                                      f"GROUP BY \"chair\"")
+    good = sum(1 for s in series if s["values"][0][1:4] == [per_chair, 0, per_chair - 1])
+    return chairs - good
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--readings", type=int, default=200_000)
+    parser.add_argument("--chairs", type=int, default=1000)
+    args = parser.parse_args(argv)
+    per_chair = max(1, args.readings // args.chairs)
+    total = per_chair * args.chairs
+    cpus = sorted(os.sched_getaffinity(0))
+    gw_cpus, rest = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
+    site = f"t{os.getpid() % 10000}"
+    with tempfile.TemporaryDirectory(prefix="chairside-throughput-") as tmp:
+        work = Path(tmp)
+        broker = Mosquitto(extra_config=deploy_limits(), workdir=work / "mosquitto")
+        influx = InfluxDB(workdir=work / "influxd")
+        broker.start()
+        try:
+            influx.start()
+            for service in (broker, influx):
+                assert service.proc is not None
+                pin(service.proc.pid, rest)
+            pin(os.getpid(), rest)
+            client_id = f"bench-gw-{os.getpid()}"
+            gw = GatewayProcess(broker, influx, work, {}, client_id=client_id)
+            try:
+                if not gw.wait_subscribed(30):
+                    raise RuntimeError(f"gateway did not subscribe; log: {gw.log_path}")
+            finally:
+                gw.stop()
+            t0_ms = time.time_ns() // 1_000_000 + LEAD_MS
+            pub_rate = queue_backlog(broker.port, site, args.chairs, total, t0_ms)
+            gw = GatewayProcess(broker, influx, work, {}, client_id=client_id)
+            pin(gw.proc.pid, gw_cpus)
+            try:
+                samples = drain(gw, influx.url, site, total, t0_ms - 1000)
+            finally:
+                gw.stop()
+            missing = check_exactly_once(influx.url, site, args.chairs, per_chair, t0_ms - 1000)
+        finally:
+            influx.stop()
+            broker.stop()
+    report(args, total, pub_rate, samples, missing, gw_cpus)
+    return 0 if missing == 0 and samples and samples[-1][1] == total else 1
+
+
+def report(args: argparse.Namespace, total: int, pub_rate: float,
+           samples: list[tuple[float, int, float]], missing: int, gw_cpus: set[int]) -> None:
+    stored = samples[-1][1] if samples else 0
+    lo = [s for s in samples if s[1] >= 0.1 * total]
+    hi = [s for s in samples if s[1] <= 0.9 * total]
+    print(f"throughput benchmark: {total:,} readings from {args.chairs} chairs queued in "
+          f"Mosquitto at {pub_rate:,.0f}/s, gateway pinned to CPU {sorted(gw_cpus)}")
+    if lo and hi and hi[-1][0] > lo[0][0]:
+        a, b = lo[0], hi[-1]
+        rate = (b[1] - a[1]) / (b[0] - a[0])
+        cpu = (b[2] - a[2]) / (b[0] - a[0])
+        per_cpu = (b[1] - a[1]) / max(1e-9, b[2] - a[2])
+        print(f"stored/s (middle 80 % of the drain): {rate:,.0f}")
+        print(f"gateway CPU: {cpu * 100:.0f} % of one core; readings per gateway CPU-second: "
+              f"{per_cpu:,.0f}")
+    first = next((s for s in samples if s[1] > 0), None)
+    if first and stored:
+        print(f"drain: {stored:,} stored in {samples[-1][0] - first[0]:.1f} s after the first "
+              f"point appeared")
+    print(f"exactly once: {'yes' if missing == 0 and stored == total else 'NO'} "
+          f"({stored:,} of {total:,} stored; {missing} chairs with a gap or duplicate)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
