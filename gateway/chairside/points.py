@@ -52,6 +52,13 @@ def _spec(measurement: str) -> _Spec:
 
 def _field_text(key: str, value: Any) -> str | None:
     """``key=value`` as Point writes it; ``None`` for a non-finite float (Point skips it)."""
+    cls = value.__class__
+    if cls is int:  # the common cases first, by exact type (bool and subclasses below)
+        return f"{key}={value}i"
+    if cls is str:
+        if '"' in value or "\\" in value:
+            value = value.translate(_ESCAPE_STRING)
+        return f'{key}="{value}"'
     if isinstance(value, float | Decimal):
         if not math.isfinite(value):
             return None
@@ -68,11 +75,8 @@ def _field_text(key: str, value: Any) -> str | None:
     raise ValueError(f'Type: "{type(value)}" of field: "{key}" is not supported.')
 
 
-def _line(
-    measurement: str, tags: Mapping[str, str], fields: Mapping[str, Any], t_ms: int
-) -> str:
-    """One point: tags and fields limited to the contract's names, sorted, escaped."""
-    spec = _spec(measurement)
+def _head(spec: _Spec, tags: Mapping[str, str]) -> str:
+    """``measurement,tag=value,...``: the non-empty tags, sorted, escaped."""
     head = [spec.prefix]
     for name, key in spec.tags:
         value = tags.get(name)
@@ -81,6 +85,22 @@ def _line(
             if text.endswith("\\"):
                 text += " "
             head.append(f"{key}={text}")
+    return ",".join(head)
+
+
+def _finish(measurement: str, head: str, body: list[str], written: int, t_ms: int) -> str:
+    if written == 0:
+        raise ValueError(f"{measurement}: no fields to write")
+    if not body:
+        return ""  # only non-finite floats: Point writes nothing either
+    return f"{head} {','.join(body)} {int(t_ms)}"
+
+
+def _line(
+    measurement: str, tags: Mapping[str, str], fields: Mapping[str, Any], t_ms: int
+) -> str:
+    """One point: tags and fields limited to the contract's names, sorted, escaped."""
+    spec = _spec(measurement)
     body: list[str] = []
     written = 0
     for name, key in spec.fields:
@@ -91,29 +111,87 @@ def _line(
         pair = _field_text(key, value)
         if pair is not None:
             body.append(pair)
-    if written == 0:
-        raise ValueError(f"{measurement}: no fields to write")
-    if not body:
-        return ""  # only non-finite floats: Point writes nothing either
-    return f"{','.join(head)} {','.join(body)} {int(t_ms)}"
+    return _finish(measurement, _head(spec, tags), body, written, t_ms)
+
+
+# A reading's fields as stored: the message's fields except v, t and h, plus
+# values the gateway derives, which win over a message field of the same name.
+_FROM_MESSAGE: Final = -1
+_DROPPED: Final = 0  # v, t, h: never stored under their own name
+_RX_MS, _HIST, _DEV_T, _ONLINE = 1, 2, 3, 4
+_DERIVED: Final[Mapping[str, Mapping[str, int]]] = {
+    "device": {"rx_ms": _RX_MS, "online": _ONLINE},
+    "vitals": {"rx_ms": _RX_MS, "hist": _HIST, "dev_t": _DEV_T},
+    "nibp": {"rx_ms": _RX_MS, "hist": _HIST, "dev_t": _DEV_T},
+}
+_HEADS_MAX: Final = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadingPlan:
+    """How to write the readings of one kind: per contract field, in order,
+    where its value comes from; and the escaped ``measurement,tags`` head per
+    (site, chair), which rarely changes."""
+
+    measurement: str
+    spec: _Spec
+    fields: tuple[tuple[str, str, int], ...]  # (name, escaped key, _FROM_MESSAGE or a slot of _derived)
+    heads: dict[tuple[str, str], str]
+
+    def head(self, site: str, chair: str) -> str:
+        found = self.heads.get((site, chair))
+        if found is None:
+            if len(self.heads) >= _HEADS_MAX:
+                self.heads.clear()
+            found = self.heads[(site, chair)] = _head(self.spec, {"site": site, "chair": chair})
+        return found
+
+
+@cache
+def _reading_plan(kind: str) -> _ReadingPlan | None:
+    measurement = MEASUREMENT_FOR_KIND.get(kind)
+    if measurement is None:
+        return None
+    spec = _spec(measurement)
+    derived = _DERIVED[measurement]
+
+    def source(name: str) -> int:
+        if name in derived:
+            return derived[name]
+        return _DROPPED if name in ("v", "t", "h") else _FROM_MESSAGE
+
+    fields = tuple((name, key, source(name)) for name, key in spec.fields)
+    return _ReadingPlan(measurement, spec, fields, {})
 
 
 def reading_line(reading: Reading) -> str | None:
-    """The point for a vitals/nibp/status reading; ``None`` for kinds not stored (resp)."""
-    measurement = MEASUREMENT_FOR_KIND.get(reading.kind)
-    if measurement is None:
+    """The point for a vitals/nibp/status reading; ``None`` for kinds not stored (resp).
+
+    Fields: the message's except ``v``, ``t`` and ``h``; ``rx_ms`` (receipt);
+    ``online`` (1/0) for status, ``hist`` and ``dev_t`` (the device time ``t``)
+    for the others.  Tags: ``site``, ``chair``."""
+    plan = _reading_plan(reading.kind)
+    if plan is None:
         return None
-    fields: dict[str, Any] = {
-        name: value for name, value in reading.fields.items() if name not in ("v", "t", "h")
-    }
-    fields["rx_ms"] = reading.received_ms
-    if measurement == "device":
-        fields["online"] = 1 if reading.fields.get("state") == "online" else 0
-    else:
-        fields["hist"] = reading.historical
-        fields["dev_t"] = reading.fields.get("t")
-    tags = {"site": reading.site, "chair": reading.chair}
-    return _line(measurement, tags, fields, reading.measured_ms)
+    message = reading.fields
+    derived = (
+        None,
+        reading.received_ms,
+        reading.historical,
+        message.get("t"),
+        1 if message.get("state") == "online" else 0,
+    )
+    body: list[str] = []
+    written = 0
+    for name, key, source in plan.fields:
+        value = message.get(name) if source == _FROM_MESSAGE else derived[source]
+        if value is None:
+            continue
+        written += 1
+        pair = _field_text(key, value)
+        if pair is not None:
+            body.append(pair)
+    return _finish(plan.measurement, plan.head(reading.site, reading.chair), body, written, reading.measured_ms)
 
 
 def alarm_event_line(event: AlarmEvent) -> str:

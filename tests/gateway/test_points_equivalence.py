@@ -151,3 +151,49 @@ def test_public_builders_match_point() -> None:
     assert points.reject_line("bad_enum", 3, "a b", "d=e", T0) == point_line(
         "rejects", {"reason": "bad_enum"}, {"n": 3, "topic": "a b", "detail": "d=e"}, T0
     )
+
+
+def reading_line_by_dict(reading: Reading) -> str | None:
+    """``reading_line`` as first written: build the stored fields as a dict, then ``_line``."""
+    measurement = points.MEASUREMENT_FOR_KIND.get(reading.kind)
+    if measurement is None:
+        return None
+    fields: dict[str, Any] = {k: v for k, v in reading.fields.items() if k not in ("v", "t", "h")}
+    fields["rx_ms"] = reading.received_ms
+    if measurement == "device":
+        fields["online"] = 1 if reading.fields.get("state") == "online" else 0
+    else:
+        fields["hist"] = reading.historical
+        fields["dev_t"] = reading.fields.get("t")
+    return points._line(measurement, {"site": reading.site, "chair": reading.chair}, fields, reading.measured_ms)
+
+
+reading_field_names = st.sampled_from(
+    sorted({n for m in ("vitals", "nibp", "device") for n in contract.measurement(m)["fields"]}
+           | {"v", "t", "h", "x", "state"})
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["vitals", "nibp", "status", "resp"]),
+    site=st.sampled_from(["clinic1", "clinic 1", "a,b", "s\\", ""]),
+    chair=st.sampled_from(["chair1", "chair=2", "c\\", "", "drill-1"]),
+    fields=st.dictionaries(reading_field_names, st.one_of(field_values, st.just("online"), st.just(["x"]))),
+    historical=st.booleans(),
+    rx=st.integers(min_value=0, max_value=4102444800000),
+)
+def test_reading_line_matches_the_dict_build(
+    kind: str, site: str, chair: str, fields: dict[str, Any], historical: bool, rx: int
+) -> None:
+    """The plan-based ``reading_line`` (cached heads, no intermediate dict) writes
+    what building the dict and calling ``_line`` writes, raising where it raises."""
+    reading = Reading(site, chair, kind, fields, T0, rx, historical)  # type: ignore[arg-type]
+    try:
+        expected: str | None = reading_line_by_dict(reading)
+    except ValueError:
+        with pytest.raises(ValueError):
+            points.reading_line(reading)
+        return
+    assert points.reading_line(reading) == expected
+    assert points.reading_line(reading) == expected  # the second time from the cached head

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Final
 
 from .profile import Condition
 
@@ -64,6 +65,8 @@ def margin(op: str, value: float, limit: float) -> float:
 
 def number(fields: Mapping[str, Any], name: str) -> float | None:
     value = fields.get(name)
+    if value.__class__ is int or value.__class__ is float:
+        return float(value)  # the common case, decided without isinstance
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
@@ -119,9 +122,130 @@ def pulse_irregularity(rates: Sequence[float]) -> tuple[float, float]:
     return mean, (rmssd / mean if mean > 0 else 0.0)
 
 
-def afib_observation(
-    cond: Condition, samples: Sequence[tuple[int, float]], now_ms: int
-) -> Observation | None:
+PulseStats = tuple[int, float, float]
+"""(samples in the window, mean rate, irregularity) -- see :func:`pulse_irregularity`."""
+
+EXACT_RATE: Final = 2.0**20
+"""Running sums stay exact (integers in a float) for integral rates up to this size."""
+
+
+def _exact(rate: float) -> bool:
+    return rate.is_integer() and -EXACT_RATE <= rate <= EXACT_RATE
+
+
+class PulseWindow:
+    """A chair's recent (time, rate) pulse samples and the rolling statistics
+    of those inside a time window, updated per sample instead of rebuilt.
+
+    Equivalent, bit for bit, to filtering the buffer with ``t > now - window``
+    and calling :func:`pulse_irregularity` on the rates, which is what
+    :meth:`reference_stats` does.  The running sums (rates, squared successive
+    differences) are only used while they are exact: every rate in the window
+    integral and not huge (pulse rates are integers), the buffer in time order
+    (so the window is a suffix of it), the window not moving backwards (clock
+    stepped back, window widened).  Otherwise the window is recomputed from
+    the buffer, like before.
+    """
+
+    def __init__(self, maxlen: int) -> None:
+        self.samples: deque[tuple[int, float]] = deque(maxlen=maxlen)
+        self._window: deque[tuple[int, float]] = deque()  # the newest samples with t > _start
+        self._start: int | None = None  # None: _window and the sums must be rebuilt
+        self._window_ms = 0
+        self._sum = 0.0
+        self._squares = 0.0  # sum of squared successive differences
+        self._inexact = 0  # rates in _window for which the sums are not exact
+        self._count = 0  # samples ever appended
+        self._last_descent = 0  # number of the newest sample older than the one before it
+
+    def append(self, t: int, rate: float) -> None:
+        samples, window = self.samples, self._window
+        if samples and t < samples[-1][0]:
+            self._last_descent = self._count
+            self._start = None
+        if self._start is not None and len(samples) == samples.maxlen and len(window) == len(samples):
+            self._drop_oldest()  # the buffer is about to drop the window's oldest sample
+        samples.append((t, rate))
+        self._count += 1
+        if self._start is None:
+            return
+        if t <= self._start:
+            self._start = None  # cannot happen in time order; rebuild to be safe
+            return
+        if window:
+            step = rate - window[-1][1]
+            self._squares += step * step
+        window.append((t, rate))
+        self._sum += rate
+        if not _exact(rate):
+            self._inexact += 1
+
+    def stats(self, now_ms: int, window_ms: int) -> PulseStats:
+        """The statistics of the samples with ``t > now_ms - window_ms``."""
+        start = now_ms - window_ms
+        if self._last_descent > self._count - len(self.samples):
+            self._start = None  # out-of-order samples in the buffer: no suffix
+            return self.reference_stats(now_ms, window_ms)
+        if self._start is None or start < self._start or window_ms != self._window_ms:
+            self._rebuild(start, window_ms)
+        else:
+            window = self._window
+            while window and window[0][0] <= start:
+                self._drop_oldest()
+            self._start = start
+        count = len(self._window)
+        if count == 0:
+            return 0, 0.0, 0.0
+        if self._inexact:
+            return count, *pulse_irregularity([rate for _, rate in self._window])
+        mean = self._sum / count
+        rmssd = math.sqrt(self._squares / (count - 1)) if count > 1 else 0.0
+        return count, mean, (rmssd / mean if mean > 0 else 0.0)
+
+    def reference_stats(self, now_ms: int, window_ms: int) -> PulseStats:
+        """:meth:`stats` the plain way: filter the buffer, compute from scratch."""
+        start = now_ms - window_ms
+        rates = [rate for t, rate in self.samples if t > start]
+        if not rates:
+            return 0, 0.0, 0.0
+        return len(rates), *pulse_irregularity(rates)
+
+    def _rebuild(self, start: int, window_ms: int) -> None:
+        self._window = deque(sample for sample in self.samples if sample[0] > start)
+        self._resum()
+        self._start, self._window_ms = start, window_ms
+
+    def _resum(self) -> None:
+        rates = [rate for _, rate in self._window]
+        self._sum = float(sum(rates))
+        self._squares = float(sum((b - a) * (b - a) for a, b in itertools.pairwise(rates)))
+        self._inexact = sum(1 for rate in rates if not _exact(rate))
+
+    def _drop_oldest(self) -> None:
+        window = self._window
+        _, rate = window.popleft()
+        self._sum -= rate
+        if window:
+            step = window[0][1] - rate
+            self._squares -= step * step
+        if not _exact(rate):
+            self._inexact -= 1
+            if not self._inexact:
+                self._resum()  # the sums may carry rounding (or nan) from the inexact rates
+
+
+def afib_window_ms(cond: Condition) -> int:
+    assert cond.window_s is not None
+    return int(cond.window_s * 1000)
+
+
+def afib_min_samples(cond: Condition) -> int:
+    """Fewer valid rates than this in the window: no afib decision (invalid)."""
+    assert cond.window_s is not None
+    return max(3, math.ceil(cond.window_s * cond.min_valid_fraction))
+
+
+def afib_observation(cond: Condition, pulses: PulseWindow, now_ms: int) -> Observation | None:
     """Rapid irregular pulse over ``window_s``: mean rate past the limit *and*
     second-to-second irregularity (RMSSD/mean) at or above ``irregularity``.
 
@@ -131,11 +255,9 @@ def afib_observation(
     """
     assert cond.window_s is not None and cond.irregularity is not None
     assert cond.op is not None and cond.limit is not None
-    start = now_ms - int(cond.window_s * 1000)
-    rates = [rate for t, rate in samples if t > start]
-    if len(rates) < max(3, math.ceil(cond.window_s * cond.min_valid_fraction)):
+    count, mean, irregular = pulses.stats(now_ms, afib_window_ms(cond))
+    if count < afib_min_samples(cond):
         return None
-    mean, irregular = pulse_irregularity(rates)
     fast = violates(cond.op, mean, cond.limit)
     present = fast and irregular >= cond.irregularity
     is_recovered = (

@@ -27,17 +27,17 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 from chairside.model import PRIORITY_RANK, AlarmEvent, EventType, Reading
 
 from .conditions import (
     DelayState,
     Observation,
+    PulseWindow,
     afib_observation,
     delay_due,
     flag_observation,
@@ -46,6 +46,7 @@ from .conditions import (
     step_delay,
     threshold_observation,
 )
+from .presence import Presence, presence
 from .profile import (
     AuditRecord,
     ChairProfile,
@@ -85,7 +86,12 @@ Action = Literal["skip", "hold", "invalid", "observe"]
 @dataclass(slots=True)
 class _Slot:
     state: AlarmState = AlarmState.INACTIVE
-    delay: DelayState = field(default_factory=DelayState)
+    running: DelayState | None = None
+    """The condition delay's bookkeeping (:attr:`delay`) when it holds anything
+    (pending since, flap onsets, an integral); ``None`` when it holds only the
+    time of the last observation, ``rest_ms`` -- the common case, kept as a
+    plain int so that a normal reading allocates nothing."""
+    rest_ms: int | None = None
     since_ms: int | None = None
     acked_ms: int | None = None
     acked_by: str | None = None
@@ -95,6 +101,59 @@ class _Slot:
     field: str | None = None
     op: str | None = None
     reason: str = ""
+
+    @property
+    def delay(self) -> DelayState:
+        running = self.running
+        return running if running is not None else DelayState(last_ms=self.rest_ms)
+
+    @delay.setter
+    def delay(self, value: DelayState) -> None:
+        if (
+            value.pending_since_ms is None
+            and not value.was_present
+            and not value.onsets
+            and value.integral == 0.0
+        ):
+            self.running, self.rest_ms = None, value.last_ms
+        else:
+            self.running = value
+
+    def rest(self, now_ms: int) -> None:
+        """Inside the limit with nothing pending: what ``step_delay`` decides
+        ("inside limit") in that case, without building the decision."""
+        self.state = AlarmState.INACTIVE
+        self.running = None
+        self.rest_ms = now_ms
+        self.reason = "inside limit"
+
+
+class _Rule(NamedTuple):
+    cond: Condition
+    present: Presence
+
+
+class _Rules:
+    """A profile's conditions compiled per reading kind, once: in profile order,
+    without those ``_observe`` always skips for that kind, each with its
+    presence check (:mod:`.presence`)."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self._live: dict[str, tuple[_Rule, ...]] = {}
+        self._standby: dict[str, tuple[_Rule, ...]] = {}
+
+    def get(self, kind: str, standby: bool) -> tuple[_Rule, ...]:
+        cache = self._standby if standby else self._live
+        found = cache.get(kind)
+        if found is None:
+            found = cache[kind] = tuple(
+                _Rule(c, presence(c, kind, self.profile))
+                for c in self.profile.conditions.values()
+                if _may_observe(c.check, c.measurement, kind)
+                and not (standby and c.name in STANDBY_QUIET)
+            )
+        return found
 
 
 @dataclass(slots=True)
@@ -107,8 +166,9 @@ class _Chair:
     last_vitals_ms: int | None = None
     online_ms: int | None = None
     cuff_since_ms: int | None = None
-    pr_samples: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=AFIB_BUFFER))
+    pulses: PulseWindow = field(default_factory=lambda: PulseWindow(AFIB_BUFFER))
     standby_by: str | None = None  # set between patients: technical alarms are quiet
+    rules: _Rules | None = None  # compiled for profile.effective (see AlarmEngine._rules_for)
 
     def slot(self, name: str) -> _Slot:
         found = self.slots.get(name)
@@ -136,7 +196,7 @@ class AlarmEngine:
         self._chairs: dict[tuple[str, str], _Chair] = {}
         self._lock = threading.RLock()
         self.audit_log: list[AuditRecord] = []
-        self._by_kind: dict[tuple[int, str], tuple[Profile, tuple[Condition, ...]]] = {}
+        self._shared_rules: _Rules | None = None  # for chairs without overrides
 
     # ------------------------------------------------------------------ API
     def on_reading(self, reading: Reading, now_ms: int) -> list[AlarmEvent]:
@@ -146,8 +206,21 @@ class AlarmEngine:
         with self._lock:
             chair = self._chair(reading.site, reading.chair, now_ms)
             self._note(chair, reading, now_ms)
+            fields = reading.fields
+            cuff_on = self._cuff_on(chair, now_ms)
+            slots = chair.slots
             events: list[AlarmEvent] = []
-            for cond in self._conditions_for(chair, reading.kind):
+            for cond, present in self._rules_for(chair, reading.kind):
+                slot = slots.get(cond.name) or chair.slot(cond.name)
+                if slot.state is AlarmState.INACTIVE and slot.running is None:
+                    # idle (no delay, onsets or integral): the common case, decided
+                    # by one cheap check instead of an Observation (module .presence)
+                    verdict = present(chair, fields, now_ms, cuff_on)
+                    if verdict is None:
+                        continue  # skip, hold or invalid: none of them changes an idle slot
+                    if not verdict:
+                        slot.rest(now_ms)
+                        continue
                 action, obs = self._observe(chair, cond, reading, now_ms)
                 events.extend(self._apply(chair, cond, action, obs, now_ms))
             return events
@@ -339,26 +412,22 @@ class AlarmEngine:
             return iter([c for c in conditions if c.name not in STANDBY_QUIET])
         return iter(conditions)
 
-    def _conditions_for(self, chair: _Chair, kind: str) -> tuple[Condition, ...]:
+    def _rules_for(self, chair: _Chair, kind: str) -> tuple[_Rule, ...]:
         """``_conditions(chair)``, in order, minus those ``_observe`` always skips
-        for readings of ``kind`` (a skip changes nothing); cached per profile
-        outside standby (the common case)."""
-        if chair.standby_by is not None:
-            return tuple(
-                c for c in self._conditions(chair) if _may_observe(c.check, c.measurement, kind)
-            )
+        for readings of ``kind`` (a skip changes nothing), with their presence
+        checks.  Compiled once per effective profile: shared by the chairs
+        without overrides, per chair for those with."""
         effective = chair.profile.effective
-        key = (id(effective), kind)
-        found = self._by_kind.get(key)
-        if found is not None and found[0] is effective:
-            return found[1]
-        if len(self._by_kind) > 1024:
-            self._by_kind.clear()
-        relevant = tuple(
-            c for c in effective.conditions.values() if _may_observe(c.check, c.measurement, kind)
-        )
-        self._by_kind[key] = (effective, relevant)
-        return relevant
+        rules = chair.rules
+        if rules is None or rules.profile is not effective:
+            if effective is self.profile:
+                if self._shared_rules is None or self._shared_rules.profile is not effective:
+                    self._shared_rules = _Rules(effective)
+                rules = self._shared_rules
+            else:
+                rules = _Rules(effective)
+            chair.rules = rules
+        return rules.get(kind, chair.standby_by is not None)
 
     def _note(self, chair: _Chair, reading: Reading, now_ms: int) -> None:
         """Per-chair bookkeeping before conditions are evaluated."""
@@ -374,7 +443,7 @@ class AlarmEngine:
                 chair.cuff_since_ms = None
             rate = number(fields, "pr")
             if fields.get("st") == "ok" and rate is not None and not self._cuff_on(chair, now_ms):
-                chair.pr_samples.append((now_ms, rate))
+                chair.pulses.append(now_ms, rate)
         elif reading.kind == "status" and fields.get("state") == "online":
             chair.online_ms = now_ms
 
@@ -446,10 +515,11 @@ class AlarmEngine:
             return "invalid", None
         if kind == "nibp" and fields.get("st") != "ok":
             return "skip", None  # a failed NIBP measurement says nothing about pressure
-        if check == "afib":
-            obs = afib_observation(cond, chair.pr_samples, now_ms)
-        else:
-            obs = threshold_observation(cond, fields)
+        obs = (
+            afib_observation(cond, chair.pulses, now_ms)
+            if check == "afib"
+            else threshold_observation(cond, fields)
+        )
         return ("invalid", None) if obs is None else ("observe", obs)
 
     def _apply(
@@ -478,11 +548,7 @@ class AlarmEngine:
                 and not delay.onsets
                 and (cond.mode != "satseconds" or delay.integral <= 0)
             ):
-                # inside the limit with nothing pending: exactly what step_delay
-                # would decide ("inside limit"), without building the decision
-                slot.delay = DelayState(None, now_ms, False, (), 0.0)
-                slot.state = AlarmState.INACTIVE
-                slot.reason = "inside limit"
+                slot.rest(now_ms)
                 return []
             profile = chair.profile.effective
             decision = step_delay(

@@ -1,0 +1,652 @@
+"""The alarm engine: readings and clock ticks in, alarm events out.
+
+Implements :class:`chairside.model.AlarmStage`.  One explicit state machine per
+(site, chair, condition)::
+
+    INACTIVE ──present──▶ PENDING ──delay/SatSeconds/flap──▶ ACTIVE ──ack──▶ ACKED
+        ▲                    │ inside                         │  │ recovered    │ recovered
+        └────────────────────┘                                │  ▼ (latching)   ▼
+        ◀──────────── cleared ◀───────── (not latching) ──────┘ LATCHED ─ack─▶ cleared
+                                    ACKED ──renotify_after_ack_s, still active──▶ ACTIVE
+
+(delay 0 goes INACTIVE → ACTIVE directly).  "cleared" is an event that returns
+the slot to INACTIVE.  The engine never reads a clock: ``now_ms`` (gateway wall
+time, ms since the epoch) is passed to every call and stamped on the events.
+
+Escalation: a condition that ``inhibits`` others (``spo2_critical`` inhibits
+``spo2_low``, ``bp_intervention`` inhibits ``sys_high``/``dia_high``,
+``afib_rvr_suspected`` inhibits ``pulse_high``, ``box_offline`` inhibits
+``data_stale``) is announced as ``escalated`` when one of those is already
+announced with a lower priority.  While the inhibitor is present (ACTIVE or
+ACKED) the inhibited conditions do not raise and do not re-notify, and
+acknowledging the inhibitor also acknowledges them: one thread, one ack.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Final, Literal
+
+from chairside.alarms.profile import (
+    AuditRecord,
+    ChairProfile,
+    Condition,
+    Profile,
+    ProfileError,
+    load_profile,
+)
+from chairside.model import PRIORITY_RANK, AlarmEvent, EventType, Reading
+
+from .conditions import (
+    DelayState,
+    Observation,
+    afib_observation,
+    delay_due,
+    flag_observation,
+    number,
+    reset_delay,
+    step_delay,
+    threshold_observation,
+)
+
+UNITS: Final[dict[str, str]] = {
+    "spo2": "%",
+    "pr": "bpm",
+    "sys": "mmHg",
+    "dia": "mmHg",
+    "map": "mmHg",
+}
+MAX_TEXT: Final = 200
+DRILL_PREFIX: Final = "drill-"
+"""chair ids of drill boxes (``chairside drill``): their events carry ``drill=True``"""
+AFIB_BUFFER: Final = 600  # at most this many 1-Hz pulse samples per chair
+
+
+class AlarmState(StrEnum):
+    INACTIVE = "inactive"
+    PENDING = "pending"
+    ACTIVE = "active"
+    LATCHED = "latched"
+    ACKED = "acked"
+
+
+ANNOUNCED: Final = frozenset({AlarmState.ACTIVE, AlarmState.LATCHED, AlarmState.ACKED})
+PRESENT: Final = frozenset({AlarmState.ACTIVE, AlarmState.ACKED})
+
+Action = Literal["skip", "hold", "invalid", "observe"]
+
+
+@dataclass(slots=True)
+class _Slot:
+    state: AlarmState = AlarmState.INACTIVE
+    delay: DelayState = field(default_factory=DelayState)
+    since_ms: int | None = None
+    acked_ms: int | None = None
+    acked_by: str | None = None
+    value: float | None = None
+    limit: float | None = None
+    detail: str = ""
+    field: str | None = None
+    op: str | None = None
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class _Chair:
+    site: str
+    chair: str
+    profile: ChairProfile
+    first_seen_ms: int | None  # None until the first live reading
+    slots: dict[str, _Slot] = field(default_factory=dict)
+    last_vitals_ms: int | None = None
+    online_ms: int | None = None
+    cuff_since_ms: int | None = None
+    pr_samples: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=AFIB_BUFFER))
+    standby_by: str | None = None  # set between patients: technical alarms are quiet
+
+    def slot(self, name: str) -> _Slot:
+        found = self.slots.get(name)
+        if found is None:
+            found = self.slots[name] = _Slot()
+        return found
+
+    def stale_base_ms(self) -> int | None:
+        candidates = (self.first_seen_ms, self.last_vitals_ms, self.online_ms)
+        times = [t for t in candidates if t is not None]
+        return max(times) if times else None
+
+
+STANDBY_QUIET: frozenset[str] = frozenset({"probe_off", "box_offline", "data_stale", "nibp_failed"})
+"""Technical conditions held while a chair is in standby between patients."""
+
+
+class AlarmEngine:
+    """Per-chair alarm state machines driven by readings and clock ticks (thread-safe)."""
+
+    def __init__(self, profile: Profile | None = None, *, id_prefix: str | None = None) -> None:
+        self.profile = profile if profile is not None else load_profile()
+        self._prefix = id_prefix if id_prefix is not None else uuid.uuid4().hex[:12]
+        self._ids = itertools.count(1)
+        self._chairs: dict[tuple[str, str], _Chair] = {}
+        self._lock = threading.RLock()
+        self.audit_log: list[AuditRecord] = []
+        self._by_kind: dict[tuple[int, str], tuple[Profile, tuple[Condition, ...]]] = {}
+
+    # ------------------------------------------------------------------ API
+    def on_reading(self, reading: Reading, now_ms: int) -> list[AlarmEvent]:
+        """Evaluate one validated reading.  Historical (replayed) readings never alarm."""
+        if reading.historical:
+            return []
+        with self._lock:
+            chair = self._chair(reading.site, reading.chair, now_ms)
+            self._note(chair, reading, now_ms)
+            events: list[AlarmEvent] = []
+            for cond in self._conditions_for(chair, reading.kind):
+                action, obs = self._observe(chair, cond, reading, now_ms)
+                events.extend(self._apply(chair, cond, action, obs, now_ms))
+            return events
+
+    def tick(self, now_ms: int) -> list[AlarmEvent]:
+        """Time-driven work: staleness, delays that ran out, re-notification after ack."""
+        with self._lock:
+            events: list[AlarmEvent] = []
+            for chair in list(self._chairs.values()):
+                profile = chair.profile.effective
+                stale = profile.conditions.get("data_stale") if chair.standby_by is None else None
+                stale_obs = self._stale_obs(chair, now_ms) if stale is not None else None
+                if stale is not None and stale_obs is not None:
+                    events.extend(self._apply(chair, stale, "observe", stale_obs, now_ms))
+                for cond in self._conditions(chair):
+                    slot = chair.slot(cond.name)
+                    if (
+                        slot.state is AlarmState.PENDING
+                        and not self._held(chair, cond, now_ms)
+                        and delay_due(slot.delay, now_ms, cond.delay_s, cond.mode)
+                    ):
+                        events.extend(self._fire(chair, cond, slot, now_ms, "delay ran out"))
+                for cond in self._conditions(chair):
+                    slot = chair.slot(cond.name)
+                    if (
+                        slot.state is AlarmState.ACKED
+                        and slot.acked_ms is not None
+                        and now_ms - slot.acked_ms >= profile.renotify_after_ack_s * 1000
+                        and self._inhibitor(chair, cond.name) is None
+                    ):
+                        slot.state = AlarmState.ACTIVE
+                        slot.acked_ms = None
+                        events.append(self._event(chair, cond, slot, "renotify", now_ms))
+            return events
+
+    def active(self, site: str, chair: str) -> list[dict[str, Any]]:
+        """The announced alarms of a chair (for the retained ``alarms/active`` message)."""
+        with self._lock:
+            state = self._chairs.get((site, chair))
+            if state is None:
+                return []
+            out: list[dict[str, Any]] = []
+            for cond in self._conditions(state):
+                slot = state.slots.get(cond.name)
+                if slot is None or slot.state not in ANNOUNCED:
+                    continue
+                out.append(
+                    {
+                        "alarm": cond.name,
+                        "priority": cond.priority,
+                        "kind": cond.kind,
+                        "since": slot.since_ms,
+                        "acked": slot.state is AlarmState.ACKED,
+                        "latched": slot.state is AlarmState.LATCHED,
+                    }
+                )
+            out.sort(key=lambda a: (-PRIORITY_RANK[a["priority"]], a["since"] or 0))
+            return out
+
+    def state_of(self, site: str, chair: str, alarm: str) -> AlarmState:
+        """The state-machine state of one alarm (INACTIVE for anything unknown)."""
+        with self._lock:
+            found = self._chairs.get((site, chair))
+            slot = found.slots.get(alarm) if found is not None else None
+            return slot.state if slot is not None else AlarmState.INACTIVE
+
+    def standby(self, site: str, chair: str, by: str, now_ms: int) -> tuple[list[AlarmEvent], list[AuditRecord]]:
+        """Between patients: clear the chair's alarms, return its limits to the
+        profile (a limit set for one patient must not follow the chair to the
+        next), and keep its technical alarms quiet until the next valid patient
+        reading, which resumes monitoring on its own — so forgetting to
+        "admit" can never silence a patient.  Returns the cleared events and
+        the audit records of the limits reset."""
+        with self._lock:
+            state = self._chair(site, chair, now_ms, seen=False)
+            events = self._clear_all(state, now_ms)
+            records = [state.profile.set_param(param, None, by, "standby: next patient", now_ms + i)
+                       for i, param in enumerate(sorted(state.profile.overrides))]
+            self.audit_log.extend(records)
+            state.standby_by = by
+            return events, records
+
+    def in_standby(self, site: str, chair: str) -> bool:
+        with self._lock:
+            found = self._chairs.get((site, chair))
+            return found is not None and found.standby_by is not None
+
+    def forget(self, site: str, chair: str, now_ms: int) -> list[AlarmEvent]:
+        """Drop a chair entirely (the end of a drill on a ``drill-N`` chair):
+        its announced alarms are cleared so the pager resolves their threads."""
+        with self._lock:
+            state = self._chairs.pop((site, chair), None)
+            return [] if state is None else self._clear_all(state, now_ms)
+
+    def _clear_all(self, state: _Chair, now_ms: int) -> list[AlarmEvent]:
+        events: list[AlarmEvent] = []
+        for cond in state.profile.effective.conditions.values():
+            slot = state.slots.get(cond.name)
+            if slot is None or slot.state is AlarmState.INACTIVE:
+                continue
+            if slot.state in ANNOUNCED:
+                events.append(self._clear(state, cond, slot, now_ms))
+            else:  # pending: nothing was announced, just stop the delay
+                slot.state = AlarmState.INACTIVE
+                slot.delay = DelayState(last_ms=now_ms)
+        return events
+
+    def chairs(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._chairs)
+
+    def acknowledge(
+        self, site: str, chair: str, alarm: str, by: str, now_ms: int
+    ) -> list[AlarmEvent]:
+        """Acknowledge an announced alarm (and the alarms it inhibits).
+
+        ACTIVE → ACKED (re-notification paused for ``renotify_after_ack_s``);
+        LATCHED → acknowledged + cleared; ACKED → the pause restarts.
+        Unknown, inactive or pending alarms: no events.
+        """
+        with self._lock:
+            state = self._chairs.get((site, chair))
+            if state is None:
+                return []
+            conditions = state.profile.effective.conditions
+            cond = conditions.get(alarm)
+            if cond is None:
+                return []
+            events = self._ack_one(state, cond, by, now_ms)
+            if events:
+                for name in cond.inhibits:
+                    events.extend(self._ack_one(state, conditions[name], by, now_ms))
+            return events
+
+    def set_limit(
+        self,
+        site: str,
+        chair: str,
+        param: str,
+        value: float | None,
+        by: str,
+        reason: str,
+        now_ms: int,
+    ) -> AuditRecord:
+        """Per-chair override (``None`` resets); raises ProfileError naming the field.
+
+        Takes effect from the next reading of that chair.
+        """
+        with self._lock:
+            state = self._chair(site, chair, now_ms, seen=False)
+            record = state.profile.set_param(param, value, by, reason, now_ms)
+            self.audit_log.append(record)
+            return record
+
+    def profile_for(self, site: str, chair: str) -> Profile:
+        with self._lock:
+            state = self._chairs.get((site, chair))
+            return state.profile.effective if state is not None else self.profile
+
+    def all_overrides(self) -> dict[str, dict[str, float]]:
+        """Every chair's limit overrides, keyed ``site/chair`` (for persisting)."""
+        with self._lock:
+            return {f"{site}/{chair}": dict(state.profile.overrides)
+                    for (site, chair), state in self._chairs.items() if state.profile.overrides}
+
+    def overrides_for(self, site: str, chair: str) -> dict[str, float]:
+        with self._lock:
+            state = self._chairs.get((site, chair))
+            return dict(state.profile.overrides) if state is not None else {}
+
+    # ------------------------------------------------------------ internals
+    def _chair(self, site: str, chair: str, now_ms: int, *, seen: bool = True) -> _Chair:
+        key = (site, chair)
+        state = self._chairs.get(key)
+        if state is None:
+            state = _Chair(site, chair, ChairProfile(self.profile, site, chair), None)
+            self._chairs[key] = state
+        if seen and state.first_seen_ms is None:
+            state.first_seen_ms = now_ms
+        return state
+
+    def _conditions(self, chair: _Chair) -> Iterator[Condition]:
+        conditions = chair.profile.effective.conditions.values()
+        if chair.standby_by is not None:
+            # no patient on the chair: probe off, silence, an unplugged box or a
+            # cuff measuring nothing are expected; a module that stopped
+            # answering is not (staff must know before the next patient), and
+            # physiological conditions always run
+            return iter([c for c in conditions if c.name not in STANDBY_QUIET])
+        return iter(conditions)
+
+    def _conditions_for(self, chair: _Chair, kind: str) -> tuple[Condition, ...]:
+        """``_conditions(chair)``, in order, minus those ``_observe`` always skips
+        for readings of ``kind`` (a skip changes nothing); cached per profile
+        outside standby (the common case)."""
+        if chair.standby_by is not None:
+            return tuple(
+                c for c in self._conditions(chair) if _may_observe(c.check, c.measurement, kind)
+            )
+        effective = chair.profile.effective
+        key = (id(effective), kind)
+        found = self._by_kind.get(key)
+        if found is not None and found[0] is effective:
+            return found[1]
+        if len(self._by_kind) > 1024:
+            self._by_kind.clear()
+        relevant = tuple(
+            c for c in effective.conditions.values() if _may_observe(c.check, c.measurement, kind)
+        )
+        self._by_kind[key] = (effective, relevant)
+        return relevant
+
+    def _note(self, chair: _Chair, reading: Reading, now_ms: int) -> None:
+        """Per-chair bookkeeping before conditions are evaluated."""
+        fields = reading.fields
+        if reading.kind == "vitals" and chair.standby_by is not None and fields.get("st") == "ok":
+            chair.standby_by = None  # a patient is on the probe: monitoring resumes by itself
+        if reading.kind == "vitals":
+            chair.last_vitals_ms = now_ms
+            if fields.get("cuff") == 1:
+                if chair.cuff_since_ms is None:
+                    chair.cuff_since_ms = now_ms
+            else:
+                chair.cuff_since_ms = None
+            rate = number(fields, "pr")
+            if fields.get("st") == "ok" and rate is not None and not self._cuff_on(chair, now_ms):
+                chair.pr_samples.append((now_ms, rate))
+        elif reading.kind == "status" and fields.get("state") == "online":
+            chair.online_ms = now_ms
+
+    def _cuff_on(self, chair: _Chair, now_ms: int) -> bool:
+        profile = chair.profile.effective
+        return (
+            profile.cuff_interlock
+            and chair.cuff_since_ms is not None
+            and now_ms - chair.cuff_since_ms <= profile.cuff_interlock_max_s * 1000
+        )
+
+    def _held(self, chair: _Chair, cond: Condition, now_ms: int) -> bool:
+        return cond.cuff_hold and self._cuff_on(chair, now_ms)
+
+    def _stale_obs(self, chair: _Chair, now_ms: int) -> Observation | None:
+        base = chair.stale_base_ms()
+        if base is None:
+            return None  # never heard from this chair: nothing to be stale
+        limit_ms = chair.profile.effective.stale_after_s * 1000
+        silent_ms = now_ms - base
+        return flag_observation(
+            silent_ms > limit_ms, value=silent_ms / 1000.0, detail=f"no vitals for {silent_ms} ms"
+        )
+
+    def _observe(
+        self, chair: _Chair, cond: Condition, reading: Reading, now_ms: int
+    ) -> tuple[Action, Observation | None]:
+        """What this reading says about ``cond``: skip, hold, invalid data, or an observation."""
+        kind = reading.kind
+        fields = reading.fields
+        check = cond.check
+        if check == "offline":
+            if kind == "status":
+                state = fields.get("state")
+                if state in ("online", "offline"):
+                    return "observe", flag_observation(state == "offline")
+                return "skip", None
+            if kind in ("vitals", "nibp"):
+                return "observe", flag_observation(False)
+            return "skip", None
+        if check == "stale":
+            obs = self._stale_obs(chair, now_ms) if kind == "vitals" else None
+            return ("observe", obs) if obs is not None else ("skip", None)
+        if check == "unsynced":
+            sync = fields.get("sync")
+            if sync in (0, 1) and not isinstance(sync, bool):
+                return "observe", flag_observation(sync == 0)
+            return "skip", None
+        if check == "module":
+            value = fields.get(cond.field or "") if kind == "status" else None
+            if value in ("silent", "error"):
+                return "observe", flag_observation(True, detail=str(value))
+            if value == "ok":
+                return "observe", flag_observation(False)
+            return "skip", None
+        if check == "nibp_error":
+            if kind != "nibp":
+                return "skip", None
+            err = number(fields, "err")
+            return "observe", flag_observation(fields.get("st") == "error", value=err)
+        if kind != cond.measurement:
+            return "skip", None
+        if self._held(chair, cond, now_ms):
+            return "hold", None
+        if check == "probe":
+            valid = fields.get("st") == "ok" and number(fields, "spo2") is not None
+            return "observe", flag_observation(not valid, detail=str(fields.get("st")))
+        if kind == "vitals" and fields.get("st") != "ok":
+            return "invalid", None
+        if kind == "nibp" and fields.get("st") != "ok":
+            return "skip", None  # a failed NIBP measurement says nothing about pressure
+        if check == "afib":
+            obs = afib_observation(cond, chair.pr_samples, now_ms)
+        else:
+            obs = threshold_observation(cond, fields)
+        return ("invalid", None) if obs is None else ("observe", obs)
+
+    def _apply(
+        self,
+        chair: _Chair,
+        cond: Condition,
+        action: Action,
+        obs: Observation | None,
+        now_ms: int,
+    ) -> list[AlarmEvent]:
+        """Advance one slot's state machine with one observation."""
+        if action in ("skip", "hold"):
+            return []
+        slot = chair.slot(cond.name)
+        if action == "invalid" or obs is None:
+            # the value cannot be seen: a running delay cannot be confirmed; an
+            # announced alarm stays (unknown is not recovered)
+            slot.delay = reset_delay(slot.delay)
+            if slot.state is AlarmState.PENDING:
+                slot.state = AlarmState.INACTIVE
+            return []
+        if slot.state in (AlarmState.INACTIVE, AlarmState.PENDING):
+            delay = slot.delay
+            if (
+                not obs.present
+                and not delay.onsets
+                and (cond.mode != "satseconds" or delay.integral <= 0)
+            ):
+                # inside the limit with nothing pending: exactly what step_delay
+                # would decide ("inside limit"), without building the decision
+                slot.delay = DelayState(None, now_ms, False, (), 0.0)
+                slot.state = AlarmState.INACTIVE
+                slot.reason = "inside limit"
+                return []
+            profile = chair.profile.effective
+            decision = step_delay(
+                slot.delay,
+                obs,
+                now_ms,
+                mode=cond.mode,
+                delay_s=cond.delay_s,
+                satseconds_limit=cond.satseconds_limit,
+                flap_violations=profile.flap_violations,
+                flap_window_s=profile.flap_window_s,
+            )
+            slot.delay = decision.state
+            if obs.present:
+                self._remember(slot, obs)
+            if decision.fire:
+                return self._fire(chair, cond, slot, now_ms, decision.reason)
+            slot.state = AlarmState.PENDING if decision.pending else AlarmState.INACTIVE
+            slot.reason = decision.reason
+            return []
+        if obs.present:
+            self._remember(slot, obs)
+            if slot.state is AlarmState.LATCHED:
+                slot.state = AlarmState.ACTIVE  # back again before anyone acknowledged
+            return []
+        if not obs.recovered:
+            return []  # inside the limit but within the hysteresis band: stay
+        if slot.state is AlarmState.ACTIVE and cond.latching:
+            slot.state = AlarmState.LATCHED
+            return []
+        if slot.state in PRESENT:
+            self._remember(slot, obs)
+            return [self._clear(chair, cond, slot, now_ms)]
+        return []  # LATCHED waits for an acknowledgement
+
+    @staticmethod
+    def _remember(slot: _Slot, obs: Observation) -> None:
+        slot.value, slot.limit, slot.detail = obs.value, obs.limit, obs.detail
+        slot.field, slot.op = obs.field, obs.op
+
+    def _inhibitor(self, chair: _Chair, name: str) -> Condition | None:
+        for other in self._conditions(chair):
+            if name in other.inhibits:
+                slot = chair.slots.get(other.name)
+                if slot is not None and slot.state in PRESENT:
+                    return other
+        return None
+
+    def _fire(
+        self, chair: _Chair, cond: Condition, slot: _Slot, now_ms: int, reason: str
+    ) -> list[AlarmEvent]:
+        inhibitor = self._inhibitor(chair, cond.name)
+        if inhibitor is not None:
+            slot.state = AlarmState.PENDING
+            slot.reason = f"inhibited by {inhibitor.name}"
+            return []
+        kind: EventType = "raised"
+        for name in cond.inhibits:
+            lower = chair.slots.get(name)
+            lower_cond = chair.profile.effective.conditions[name]
+            if (
+                lower is not None
+                and lower.state in ANNOUNCED
+                and PRIORITY_RANK[cond.priority] > PRIORITY_RANK[lower_cond.priority]
+            ):
+                kind = "escalated"
+        slot.state = AlarmState.ACTIVE
+        slot.since_ms = now_ms
+        slot.acked_ms = None
+        slot.acked_by = None
+        slot.reason = reason
+        slot.delay = DelayState(last_ms=now_ms)
+        return [self._event(chair, cond, slot, kind, now_ms)]
+
+    def _clear(self, chair: _Chair, cond: Condition, slot: _Slot, now_ms: int) -> AlarmEvent:
+        event = self._event(chair, cond, slot, "cleared", now_ms)
+        slot.state = AlarmState.INACTIVE
+        slot.since_ms = None
+        slot.acked_ms = None
+        slot.acked_by = None
+        slot.delay = DelayState(last_ms=now_ms)
+        return event
+
+    def _ack_one(self, chair: _Chair, cond: Condition, by: str, now_ms: int) -> list[AlarmEvent]:
+        slot = chair.slots.get(cond.name)
+        if slot is None or slot.state not in ANNOUNCED:
+            return []
+        slot.acked_by = by
+        if slot.state is AlarmState.LATCHED:
+            acked = self._event(chair, cond, slot, "acknowledged", now_ms, by=by)
+            return [acked, self._clear(chair, cond, slot, now_ms)]
+        slot.state = AlarmState.ACKED
+        slot.acked_ms = now_ms
+        return [self._event(chair, cond, slot, "acknowledged", now_ms, by=by)]
+
+    def _text(self, chair: _Chair, cond: Condition, slot: _Slot, event: EventType) -> str:
+        where = f"(chair {chair.chair})"
+        if cond.check == "threshold" and slot.value is not None and slot.limit is not None:
+            unit = UNITS.get(slot.field or "", "")
+            label = {"spo2": "SpO2", "pr": "pulse"}.get(slot.field or "", slot.field or "")
+            body = (
+                f"{cond.text}: {label} {slot.value:g} {unit} {slot.op or ''} {slot.limit:g} {unit}"
+            )
+        elif slot.detail:
+            body = f"{cond.text}: {slot.detail}"
+        else:
+            body = cond.text
+        text = f"{body} {where}"
+        if event == "acknowledged" and slot.acked_by:
+            text = f"{text}, acknowledged by {slot.acked_by}"
+        elif event == "cleared":
+            text = f"cleared: {text}"
+        elif event == "renotify":
+            text = f"still active: {text}"
+        elif event == "escalated":
+            text = f"escalated: {text}"
+        return " ".join(text.split())[:MAX_TEXT]
+
+    def _event(
+        self,
+        chair: _Chair,
+        cond: Condition,
+        slot: _Slot,
+        kind: EventType,
+        now_ms: int,
+        *,
+        by: str | None = None,
+    ) -> AlarmEvent:
+        return AlarmEvent(
+            id=f"{self._prefix}-{next(self._ids)}",
+            site=chair.site,
+            chair=chair.chair,
+            alarm=cond.name,
+            priority=cond.priority,
+            kind=cond.kind,
+            event=kind,
+            t=now_ms,
+            text=self._text(chair, cond, slot, kind),
+            value=slot.value,
+            limit=slot.limit,
+            by=by,
+            drill=chair.chair.startswith(DRILL_PREFIX),
+            extra={
+                "active": kind != "cleared",
+                "level": PRIORITY_RANK[cond.priority],
+                "latching": cond.latching,
+                "reason": slot.reason,
+            },
+        )
+
+
+def _may_observe(check: str, measurement: str | None, kind: str) -> bool:
+    """False when ``AlarmEngine._observe`` returns "skip" for every reading of ``kind``."""
+    if check == "offline":
+        return kind != "resp"
+    if check == "stale":
+        return kind == "vitals"
+    if check == "unsynced":
+        return True
+    if check == "module":
+        return kind == "status"
+    if check == "nibp_error":
+        return kind == "nibp"
+    return kind == measurement
+
+
+__all__ = ["DRILL_PREFIX", "AlarmEngine", "AlarmState", "ProfileError"]
