@@ -1,9 +1,13 @@
-"""The engine's per-reading fast paths change nothing: the real engine and the
-frozen pre-optimisation engine (``reference_alarms``) get the same long
-randomized streams -- readings of every kind, clock ticks, acknowledgements,
-standby, per-chair limit changes -- and must emit the same events and end
-every step in the same slot states (state, delay bookkeeping, remembered
-value/limit/detail, reason).
+"""The engine's per-reading fast paths change nothing: long randomized streams
+-- readings of every kind, clock ticks, acknowledgements, standby, per-chair
+limit changes -- must give the same events and the same slot states (state,
+delay bookkeeping, remembered value/limit/detail, reason) after every call as
+the engine before the hot-path work did.  That engine's results are recorded
+in ``data/alarm_stream_digests.json``: a SHA-256 over every call's result and
+snapshot, checkpointed every ``CHECKPOINT`` calls, so a mismatch names the
+first window of calls that differs.  After an *intended* behaviour change,
+re-record with ``python tests/gateway/test_alarm_fastpath_equivalence.py``
+and say why in the commit.
 
 The streams deliberately visit what the fast paths skip over: conditions
 going normal → abnormal → normal while their slot is idle, dips shorter than
@@ -15,18 +19,24 @@ rates and clock steps backwards, and the SatSeconds integral.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import random
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from reference_alarms import AlarmEngine as ReferenceEngine
 
 from chairside.alarms import AlarmEngine, ProfileError, load_profile, parse_profile
 from chairside.alarms.profile import Profile
 from chairside.model import AlarmEvent, Reading
 
 T0 = 1_700_000_000_000
+GOLDEN = Path(__file__).with_name("data") / "alarm_stream_digests.json"
+CHECKPOINT = 100
+STEPS = 1200
 SITE = "clinic1"
 CHAIRS = ("c1", "c2", "drill-3")
 VITALS_ST = ("ok", "ok", "ok", "ok", "ok", "ok", "searching", "no_finger", "probe_off", "no_data")
@@ -221,22 +231,57 @@ def extra_calls(
         yield lambda e: e.forget(SITE, chair, t)
 
 
+def canonical(obj: Any) -> str:
+    """A text of obj that is the same in every process and slot order (sets and
+    dicts sorted)."""
+    if isinstance(obj, (set, frozenset)):
+        return "{" + ",".join(sorted(canonical(x) for x in obj)) + "}"
+    if isinstance(obj, (list, tuple)):
+        return "(" + ",".join(canonical(x) for x in obj) + ")"
+    if isinstance(obj, dict):
+        return "{" + ",".join(sorted(canonical(k) + ":" + canonical(v) for k, v in obj.items())) + "}"
+    return repr(obj)
+
+
+def stream_digests(seed: int, satseconds: bool) -> list[str]:
+    """Checkpointed digests of every call's result and the engine's snapshot."""
+    profile = satseconds_profile() if satseconds else load_profile()
+    engine = AlarmEngine(profile, id_prefix="x")
+    digest = hashlib.sha256()
+    out = []
+    for step, call in enumerate(drive(seed, STEPS, profile)):
+        digest.update(canonical((call(engine), snapshot(engine))).encode())
+        if step % CHECKPOINT == CHECKPOINT - 1:
+            out.append(digest.hexdigest()[:16])
+    out.append(digest.hexdigest()[:16])
+    return out
+
+
+def _key(seed: int, satseconds: bool) -> str:
+    return f"{seed}-{'satseconds' if satseconds else 'delay'}"
+
+
 @pytest.mark.parametrize("satseconds", [False, True], ids=["delay", "satseconds"])
 @pytest.mark.parametrize("seed", range(3))
-def test_engine_matches_reference_on_random_streams(seed: int, satseconds: bool) -> None:
-    profile = satseconds_profile() if satseconds else load_profile()
-    new, old = AlarmEngine(profile, id_prefix="x"), ReferenceEngine(profile, id_prefix="x")
+def test_engine_matches_the_recorded_streams(seed: int, satseconds: bool) -> None:
+    want = json.loads(GOLDEN.read_text())[_key(seed, satseconds)]
+    got = stream_digests(seed, satseconds)
+    first = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), None)
+    assert first is None and len(got) == len(want), (
+        f"calls {first * CHECKPOINT}..{first * CHECKPOINT + CHECKPOINT - 1} differ"
+        if first is not None else "a different number of calls")
+
+
+def test_streams_alarm_often() -> None:
+    """The streams leave the fast paths many times (else they prove little)."""
+    profile = load_profile()
+    engine = AlarmEngine(profile, id_prefix="x")
     raised = 0
-    for step, call in enumerate(drive(seed, 1200, profile)):
-        got, want = call(new), call(old)
-        assert got == want, f"step {step}"
-        assert snapshot(new) == snapshot(old), f"step {step}"
+    for call in drive(0, STEPS, profile):
+        got = call(engine)
         if isinstance(got, list):
             raised += sum(1 for e in got if isinstance(e, AlarmEvent) and e.event in ("raised", "escalated"))
-        if step % 200 == 0:
-            for chair in CHAIRS:
-                assert new.active(SITE, chair) == old.active(SITE, chair)
-    assert raised > 20  # the stream does alarm: the fast paths were left many times
+    assert raised > 20
 
 
 def test_streams_visit_every_condition() -> None:
@@ -245,8 +290,16 @@ def test_streams_visit_every_condition() -> None:
     engine = AlarmEngine(profile, id_prefix="x")
     seen: set[str] = set()
     for seed in range(3):
-        for call in drive(seed, 1200, profile):
+        for call in drive(seed, STEPS, profile):
             got = call(engine)
             if isinstance(got, list):
                 seen.update(e.alarm for e in got if isinstance(e, AlarmEvent) and e.event == "raised")
     assert seen >= set(profile.conditions) - {"data_stale"}
+
+
+if __name__ == "__main__":  # re-record after an intended behaviour change
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "gateway"))
+    GOLDEN.parent.mkdir(exist_ok=True)
+    record = {_key(seed, sat): stream_digests(seed, sat) for seed in range(3) for sat in (False, True)}
+    GOLDEN.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    print(f"recorded {GOLDEN}")
