@@ -49,6 +49,7 @@ from csfw import mqtt as mq  # noqa: E402
 DEADLINE_S = 600.0
 PERIOD_MS = 100  # 10 Hz per chair
 LEAD_MS = 3_000  # the first reading's time: a little after queuing starts
+POLL_S = 1.0  # count(seq) polls: each scans the stored points, so not too often
 
 
 def pin(pid: int, cpus: set[int]) -> None:
@@ -113,7 +114,7 @@ def drain(gw: GatewayProcess, influx_url: str, site: str, total: int,
         samples.append((time.monotonic(), count, gw.cpu_seconds()))
         if count >= total:
             break
-        time.sleep(0.25)
+        time.sleep(POLL_S)
     return samples
 
 
@@ -127,10 +128,22 @@ def check_exactly_once(influx_url: str, site: str, chairs: int, per_chair: int,
     return chairs - good
 
 
+def overrides(pairs: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        out[name] = float(value) if "." in value else int(value)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--readings", type=int, default=200_000)
     parser.add_argument("--chairs", type=int, default=1000)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a GatewayConfig field for the drain, e.g. ack_window=64")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="let the gateway use every CPU (for comparison)")
     args = parser.parse_args(argv)
     per_chair = max(1, args.readings // args.chairs)
     total = per_chair * args.chairs
@@ -157,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                 gw.stop()
             t0_ms = time.time_ns() // 1_000_000 + LEAD_MS
             pub_rate = queue_backlog(broker.port, site, args.chairs, total, t0_ms)
-            gw = GatewayProcess(broker, influx, work, {}, client_id=client_id)
-            pin(gw.proc.pid, gw_cpus)
+            gw = GatewayProcess(broker, influx, work, overrides(args.set), client_id=client_id)
+            if not args.no_pin:
+                pin(gw.proc.pid, gw_cpus)
             try:
                 samples = drain(gw, influx.url, site, total, t0_ms - 1000)
             finally:

@@ -3,12 +3,14 @@
 Three threads, each with one job:
 
 * the ingest session's thread (:mod:`chairside.mqtt_ingest`, the box
-  topics' persistent subscription) runs :meth:`Gateway._on_message`, which
-  only validates and puts the result on a bounded inbox (full → the session
-  waits, and the broker keeps the rest: backpressure);
-* the processor takes inbox items, timestamps them, runs the alarm stage,
-  publishes alarm events and hands line protocol to the store buffer; it also
-  ticks the alarm stage every second and flushes aggregated rejects;
+  topics' persistent subscription) runs :meth:`Gateway._on_message` for each
+  message as it is parsed: validate, timestamp, alarm stage, publish alarm
+  events, hand line protocol to the store buffer.  While it processes it does
+  not read, so a burst waits in the broker (backpressure), and no queue sits
+  between receiving and alarming;
+* the timer ticks the alarm stage every ``tick_interval_s`` (delays,
+  staleness, renotify) and flushes aggregated rejects; it and the ingest
+  thread share the alarm stage under one lock;
 * the writer takes the store buffer in batches (``batch_max`` lines or every
   ``batch_interval_s``) and makes each batch durable: written to InfluxDB, or,
   while InfluxDB is unreachable (or the spool still holds older points),
@@ -42,7 +44,6 @@ import itertools
 import json
 import logging
 import os
-import queue
 import shutil
 import signal
 import tempfile
@@ -107,8 +108,6 @@ class GatewayConfig:
     database: str = "chairside"
     influx_timeout_s: float = 2.0
     state_dir: Path | None = None
-    queue_max: int = 10_000
-    """inbox bound (messages waiting for the processor)"""
     store_max_lines: int = 200_000
     """store buffer bound (lines waiting for InfluxDB, incl. retries)"""
     batch_max: int = 500
@@ -147,7 +146,6 @@ class GatewayConfig:
             "mqtt_port": self.mqtt_port,
             "keepalive_s": self.keepalive_s,
             "influx_timeout_s": self.influx_timeout_s,
-            "queue_max": self.queue_max,
             "store_max_lines": self.store_max_lines,
             "batch_max": self.batch_max,
             "batch_interval_s": self.batch_interval_s,
@@ -229,7 +227,8 @@ class Gateway:
         self._describe_metrics()
         self.timebase = Timebase(config.state_dir, skew_limit_ms=config.skew_limit_ms)
         self.influx = InfluxWriter(config.influx_url, config.database, config.influx_timeout_s)
-        self._inbox: queue.Queue[_Inbound | _Control] = queue.Queue(maxsize=config.queue_max)
+        self._lock = threading.Lock()  # the alarm stage and per-chair state: ingest vs timer
+        self._processing = 0  # messages inside _on_message (for wait_idle)
         self._time_sent: dict[tuple[str, str], int] = {}
         self._store: deque[_Entry] = deque()
         self._acks_waiting = 0  # entries in _store that carry an MQTT ack
@@ -259,7 +258,7 @@ class Gateway:
         self._last_contact = 0.0
         self._started = time.monotonic()
         self._update_spool_gauges()
-        self._stop_processor = threading.Event()
+        self._stop_timer = threading.Event()
         self._stop_writer = threading.Event()
         self._subscribed = threading.Event()
         self._seen: OrderedDict[tuple[str, str, int], tuple[deque[int], set[int]]] = (
@@ -332,7 +331,7 @@ class Gateway:
         self._started = time.monotonic()
         self._restore_overrides()  # before the first reading is evaluated
         self._threads = [
-            threading.Thread(target=self._processor_loop, name="gw-processor", daemon=True),
+            threading.Thread(target=self._timer_loop, name="gw-timer", daemon=True),
             threading.Thread(target=self._writer_loop, name="gw-writer", daemon=True),
         ]
         for thread in self._threads:
@@ -346,9 +345,11 @@ class Gateway:
         self.ingest.start()
 
     def stop(self) -> None:
-        """Drain the inbox, flush what InfluxDB accepts within the deadline, disconnect."""
+        """Stop reading, flush what InfluxDB accepts within the deadline, send
+        the acknowledgements that became due, disconnect."""
         deadline = time.monotonic() + self.config.stop_timeout_s
-        self._stop_processor.set()
+        self.ingest.pause_reading(max(0.0, deadline - time.monotonic()))
+        self._stop_timer.set()
         if self._threads:
             self._threads[0].join(max(0.0, deadline - time.monotonic()))
         self.timebase.flush()
@@ -392,7 +393,7 @@ class Gateway:
             with self._store_cond:
                 store_idle = not self._store and not self._writing
                 spool_idle = not spool_too or self.spool.empty
-            if self._inbox.unfinished_tasks == 0 and store_idle and spool_idle:
+            if self._processing == 0 and store_idle and spool_idle:
                 return True
             time.sleep(0.02)
         return False
@@ -432,7 +433,9 @@ class Gateway:
             self._subscribed.clear()
 
     def _on_message(self, topic: str, payload: bytes, qos: int, pid: int, generation: int) -> None:
+        """One message, start to finish, on the ingest session's thread."""
         ack: _Ack | None = None
+        self._processing += 1
         try:
             rx_ms = self.clock.now_ms()
             self.metrics.inc("messages_in")
@@ -440,34 +443,18 @@ class Gateway:
                 ack = _Ack(pid, generation)
             control = _control_of(topic, payload, rx_ms, ack)
             if control is not None:
-                self._enqueue(control)
+                with self._lock:
+                    self._process_control(control)
                 return
             result = validate(topic, payload, strict=self.config.strict_fields)
-            self._enqueue(_Inbound(result, rx_ms, ack))
-        except queue.Full:
-            # only while stopping: the message stays unacknowledged and the
-            # broker redelivers it to the next session
-            self.metrics.inc("queue_dropped", queue="inbox")
-            log.error("inbox full while stopping: %s left to the broker", topic)
+            with self._lock:
+                self._process(_Inbound(result, rx_ms, ack))
         except Exception:
-            self.metrics.inc("processing_errors", stage="on_message")
-            log.exception("unexpected error handling a message on %s", topic)
+            self.metrics.inc("processing_errors", stage="process")
+            log.exception("unexpected error processing a message on %s", topic)
             self._ack(ack)
-
-    def _enqueue(self, item: _Inbound | _Control) -> None:
-        """Hand a message to the processor; when the inbox is full, wait.
-
-        Waiting here blocks the ingest session's thread, so the broker keeps the
-        rest queued for us (backpressure) instead of the gateway dropping
-        anything; raises queue.Full only once the gateway is stopping."""
-        while True:
-            try:
-                self._inbox.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                self.metrics.inc("inbox_full_waits")
-                if self._stop_processor.is_set():
-                    raise
+        finally:
+            self._processing -= 1
 
     def _ack(self, ack: _Ack | None) -> None:
         """PUBACK (a message from an earlier connection is skipped: the broker
@@ -475,40 +462,22 @@ class Gateway:
         if ack is not None:
             self.ingest.ack(ack.generation, ack.pid)
 
-    # ---- processor -----------------------------------------------------------
+    # ---- processing (under self._lock) -----------------------------------------
 
-    def _processor_loop(self) -> None:
-        next_tick = time.monotonic() + self.config.tick_interval_s
+    def _timer_loop(self) -> None:
         next_rejects = time.monotonic() + self.config.reject_interval_s
-        while True:
-            wait = max(0.0, min(next_tick, next_rejects) - time.monotonic())
+        while not self._stop_timer.wait(self.config.tick_interval_s):
             try:
-                item: _Inbound | _Control | None = self._inbox.get(timeout=min(wait, 0.1))
-            except queue.Empty:
-                item = None
-            if item is not None:
-                try:
-                    if isinstance(item, _Control):
-                        self._process_control(item)
-                    else:
-                        self._process(item)
-                except Exception:
-                    self.metrics.inc("processing_errors", stage="process")
-                    log.exception("unexpected error processing an inbox item")
-                    self._ack(item.ack)
-                finally:
-                    self._inbox.task_done()
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick = now + self.config.tick_interval_s
-                self._tick()
-            if now >= next_rejects:
-                next_rejects = now + self.config.reject_interval_s
-                self._flush_rejects()
-            self.metrics.set("inbox_depth", self._inbox.qsize())
-            if self._stop_processor.is_set() and self._inbox.empty():
-                break
-        self._flush_rejects()
+                with self._lock:
+                    self._tick()
+                    if time.monotonic() >= next_rejects:
+                        next_rejects = time.monotonic() + self.config.reject_interval_s
+                        self._flush_rejects()
+            except Exception:
+                self.metrics.inc("processing_errors", stage="timer")
+                log.exception("unexpected error in the timer")
+        with self._lock:
+            self._flush_rejects()
 
     def _process(self, item: _Inbound) -> None:
         result = item.result

@@ -222,6 +222,8 @@ class IngestSession:
         self._acks: list[int] = []
         self._acks_lock = threading.Lock()
         self._stop = threading.Event()
+        self._reading = True
+        self._paused = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -243,6 +245,16 @@ class IngestSession:
         self._wake_r.close()
         self._wake_w.close()
 
+    def pause_reading(self, timeout: float) -> bool:
+        """Stop reading (and processing) messages but keep sending PUBACKs, so
+        the gateway can make what it has durable before ``stop()``; True once
+        the thread is no longer inside a read or a message callback."""
+        self._reading = False
+        self._wake()
+        if self._thread is None or not self._thread.is_alive():
+            return True
+        return self._paused.wait(timeout)
+
     def ack(self, generation: int, pid: int) -> None:
         """Queue a PUBACK for ``pid`` if it belongs to the current connection."""
         with self._acks_lock:
@@ -261,6 +273,10 @@ class IngestSession:
     def run(self) -> None:
         backoff = self.config.backoff_min_s
         while not self._stop.is_set():
+            if not self._reading:
+                self._paused.set()
+                self._stop.wait(0.1)
+                continue
             try:
                 self._connect()
                 backoff = self.config.backoff_min_s
@@ -349,6 +365,11 @@ class IngestSession:
         self._buf += data
         return True
 
+    def _wait_wake(self, timeout: float) -> None:
+        ready, _, _ = select.select([self._wake_r], [], [], timeout)
+        if ready:
+            self._drain_wake()
+
     def _drain_wake(self) -> None:
         try:
             while self._wake_r.recv(4096):
@@ -363,6 +384,11 @@ class IngestSession:
         last_out = self.clock()
         ping_sent: float | None = None
         while not self._stop.is_set():
+            if not self._reading:
+                self._paused.set()
+                self._wait_wake(0.1)
+                self._flush_acks(sock)
+                continue
             now = self.clock()
             if ping_sent is not None and now - ping_sent > cfg.keepalive_s:
                 raise TimeoutError("no PINGRESP within the keepalive")  # 3.1.2.10

@@ -1,0 +1,177 @@
+"""The gateway's receiving MQTT session: codec from the MQTT 3.1.1 spec's
+examples, then the session against a real Mosquitto (persistent session,
+acks only when told, redelivery of what was never acknowledged)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from chairside.mqtt_ingest import (
+    IngestSession,
+    Packet,
+    ProtocolError,
+    SessionConfig,
+    _remaining_length,
+    connect_packet,
+    parse_stream,
+    puback_packets,
+    subscribe_packet,
+)
+from chairside.services import Mosquitto
+
+_ids = itertools.count()
+
+
+@pytest.mark.parametrize(("value", "encoded"), [
+    # MQTT 3.1.1 section 2.2.3, table 2.4: the boundaries of 1..4 bytes
+    (0, "00"), (127, "7F"), (128, "80 01"), (16_383, "FF 7F"), (16_384, "80 80 01"),
+    (2_097_151, "FF FF 7F"), (2_097_152, "80 80 80 01"), (268_435_455, "FF FF FF 7F"),
+])
+def test_remaining_length_matches_the_spec_table(value: int, encoded: str) -> None:
+    assert _remaining_length(value) == bytes.fromhex(encoded)
+
+
+def test_connect_subscribe_and_puback_bytes() -> None:
+    # 3.1: "MQTT", level 4, flags (user 0x80, password 0x40, clean 0x02), keepalive
+    assert connect_packet("gw", 30, False, "u", "p") == bytes.fromhex(
+        "10 14 0004 4d515454 04 c0 001e 0002 6777 0001 75 0001 70")
+    assert connect_packet("gw", 60, True) == bytes.fromhex("10 0e 0004 4d515454 04 02 003c 0002 6777")
+    # 3.8.1: fixed header 0x82; packet id, then (filter, requested QoS)
+    assert subscribe_packet(1, ["a/#"]) == bytes.fromhex("82 08 0001 0003 612f23 01")
+    assert puback_packets([1, 258]) == bytes.fromhex("40 02 0001 40 02 0102")
+
+
+def _publish(topic: bytes, payload: bytes, qos: int, pid: int = 0) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic + (pid.to_bytes(2, "big") if qos else b"") + payload
+    return bytes((0x30 | qos << 1,)) + _remaining_length(len(body)) + body
+
+
+def _parse_all(stream: bytes, chunk: int) -> tuple[list[tuple[Any, ...]], list[Packet]]:
+    """Feed stream in chunks of `chunk` bytes, as reads would deliver it."""
+    got: list[tuple[Any, ...]] = []
+    other: list[Packet] = []
+    buf = bytearray()
+    for i in range(0, len(stream), chunk):
+        buf += stream[i:i + chunk]
+        used = parse_stream(buf, lambda *a: got.append(a), other.append)
+        del buf[:used]
+    assert not buf
+    return got, other
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 1000])
+def test_packets_split_anywhere_come_out_whole_and_in_order(chunk: int) -> None:
+    big = b"x" * 300  # a two-byte remaining length
+    stream = (_publish(b"a/b", b"one", 1, 7) + b"\x90\x03\x00\x01\x01"
+              + _publish(b"a/c", big, 0) + b"\xd0\x00" + _publish("c/ü".encode(), b"", 1, 65535))
+    got, other = _parse_all(stream, chunk)
+    assert got == [("a/b", b"one", 1, 7), ("a/c", big, 0, 0), ("c/ü", b"", 1, 65535)]
+    assert [(p.first, p.body) for p in other] == [(0x90, b"\x00\x01\x01"), (0xD0, b"")]
+
+
+@pytest.mark.parametrize(("stream", "reason"), [
+    (bytes((0x34,)) + b"\x05\x00\x01a\x00\x01", "QoS 2"),
+    (b"\x32\x03\x00\x09a", "shorter than its topic"),
+    (b"\x30\x01\x00", "without a topic"),
+    (b"\x30\x04\x00\x02\xff\xfe", "not UTF-8"),
+    (b"\x30\xff\xff\xff\xff\x01", "longer than 4 bytes"),
+])
+def test_malformed_packets_raise_with_a_reason(stream: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError, match=reason):
+        parse_stream(bytearray(stream), lambda *a: None, lambda p: None)
+
+
+# ---- against a real broker -------------------------------------------------------------
+
+
+class Received:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, bytes, int, int, int]] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, topic: str, payload: bytes, qos: int, pid: int, generation: int) -> None:
+        with self.cond:
+            self.items.append((topic, payload, qos, pid, generation))
+            self.cond.notify_all()
+
+    def wait_for(self, n: int, timeout: float = 10) -> list[tuple[str, bytes, int, int, int]]:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.items) >= n, timeout), self.items
+            return list(self.items)
+
+
+def _session(broker: Mosquitto, client_id: str, received: Received) -> IngestSession:
+    states: list[str] = []
+    session = IngestSession(
+        SessionConfig("127.0.0.1", broker.port, client_id, ("t/#",), keepalive_s=5,
+                      backoff_min_s=0.1, backoff_max_s=0.5),
+        received, states.append)
+    session.start()
+    end = time.monotonic() + 10
+    while session.state != "receiving" and time.monotonic() < end:
+        time.sleep(0.01)
+    assert session.state == "receiving", states
+    return session
+
+
+def _publish_qos1(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{next(_ids)}")
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        for topic, payload in messages:
+            client.publish(topic, payload, qos=1).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@pytest.mark.services
+def test_unacknowledged_messages_come_back_acknowledged_ones_do_not(mosquitto: Mosquitto) -> None:
+    client_id = f"ingest-{next(_ids)}"
+    first = Received()
+    session = _session(mosquitto, client_id, first)
+    _publish_qos1(mosquitto, [(f"t/{i}", str(i).encode()) for i in range(6)])
+    got = first.wait_for(6)
+    assert [(t, p, q) for t, p, q, _pid, _g in got] == [(f"t/{i}", str(i).encode(), 1) for i in range(6)]
+    for _t, payload, _q, pid, generation in got:
+        if int(payload) % 2 == 0:
+            session.ack(generation, pid)  # "durable": the even ones
+    session.ack(generation - 1, got[1][3])  # from an older connection: ignored
+    assert session.pause_reading(5)
+    session.stop()  # sends the due PUBACKs, then DISCONNECT; the session persists
+
+    second = Received()
+    again = _session(mosquitto, client_id, second)
+    try:
+        redelivered = second.wait_for(3)
+        time.sleep(0.3)  # nothing else arrives
+        assert sorted(p for _t, p, *_ in second.items) == [b"1", b"3", b"5"]
+        assert {g for *_, g in redelivered} == {again.generation}
+    finally:
+        again.stop()
+
+
+@pytest.mark.services
+def test_reconnects_after_the_broker_restarts(mosquitto: Mosquitto) -> None:
+    received = Received()
+    session = _session(mosquitto, f"ingest-{next(_ids)}", received)
+    try:
+        generation = session.generation
+        mosquitto.stop(remove=False)
+        mosquitto.start()
+        end = time.monotonic() + 15
+        while (session.state != "receiving" or session.generation == generation) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert session.state == "receiving" and session.generation > generation
+        _publish_qos1(mosquitto, [("t/after", b"x")])
+        assert received.wait_for(1)[-1][:2] == ("t/after", b"x")
+    finally:
+        session.stop()
