@@ -286,6 +286,8 @@ class IngestSession:
                     self.protocol_errors += 1
                 if not self._stop.is_set():
                     log.warning("broker connection %s: %s", self.state, exc)
+            except Exception:  # a bug in a callback must not end the session for good
+                log.exception("ingest session failed; reconnecting")
             finally:
                 self._close()
             if self._stop.is_set():

@@ -175,3 +175,23 @@ def test_reconnects_after_the_broker_restarts(mosquitto: Mosquitto) -> None:
         assert received.wait_for(1)[-1][:2] == ("t/after", b"x")
     finally:
         session.stop()
+
+
+class FailsOnce(Received):
+    def __call__(self, topic: str, payload: bytes, qos: int, pid: int, generation: int) -> None:
+        super().__call__(topic, payload, qos, pid, generation)
+        if len(self.items) == 1:
+            raise RuntimeError("a bug in the gateway's handler")
+
+
+@pytest.mark.services
+def test_a_failing_callback_costs_a_reconnect_not_the_session(mosquitto: Mosquitto) -> None:
+    received = FailsOnce()
+    session = _session(mosquitto, f"ingest-{next(_ids)}", received)
+    try:
+        _publish_qos1(mosquitto, [("t/x", b"1")])
+        first, again = received.wait_for(2)
+        assert first[:2] == again[:2] == ("t/x", b"1")  # unacknowledged: delivered again
+        assert again[4] > first[4]  # on a new connection
+    finally:
+        session.stop()
