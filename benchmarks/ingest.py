@@ -50,9 +50,7 @@ import multiprocessing as mp
 import os
 import random
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -73,7 +71,7 @@ for _extra in (REPO / "gateway", REPO / "firmware"):
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from chairside.services import InfluxDB, Mosquitto, free_port  # noqa: E402
+from chairside.services import GatewayProcess, InfluxDB, Mosquitto  # noqa: E402
 
 DEPLOY_CONF = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "chairside.conf"
 
@@ -354,65 +352,30 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-class GatewayProcess:
-    """``python -m chairside.cli gateway`` (or, with config overrides, the same
-    Gateway built by a two-line bootstrap) as a child process."""
+class BenchGateway(GatewayProcess):
+    """The gateway child process (``chairside.services.GatewayProcess``), with
+    GatewayConfig overrides through a two-line bootstrap, and its CPU time
+    and metrics for the figures."""
+
+    BOOTSTRAP = (
+        "import sys, dataclasses as d, json; from chairside import cli, gateway as g\n"
+        "o = json.loads(sys.argv[1]); c = g.config_from_args\n"
+        "g.config_from_args = lambda a: d.replace(c(a), **o)\n"
+        "sys.exit(cli.main(sys.argv[2:]))\n"
+    )
 
     def __init__(self, broker: Mosquitto, influx: InfluxDB, workdir: Path, overrides: dict[str, Any],
                  client_id: str = "") -> None:
-        self.metrics_port = free_port()
-        self.log_path = workdir / "gateway.log"
-        client_id = client_id or f"bench-gw-{os.getpid()}-{time.monotonic_ns()}"
-        cli = ["gateway", "--mqtt-port", str(broker.port), "--influx-url", influx.url,
-               "--client-id", client_id, "--metrics-port", str(self.metrics_port),
-               "--state-dir", str(workdir / "gw-state")]
-        if overrides:
-            boot = (
-                "import sys, dataclasses as d, json; from chairside import cli, gateway as g\n"
-                "o = json.loads(sys.argv[1]); c = g.config_from_args\n"
-                "g.config_from_args = lambda a: d.replace(c(a), **o)\n"
-                "sys.exit(cli.main(sys.argv[2:]))\n"
-            )
-            cmd = [sys.executable, "-c", boot, json.dumps(overrides), "--log-level", "WARNING", *cli]
-        else:
-            cmd = [sys.executable, "-m", "chairside.cli", "--log-level", "WARNING", *cli]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "gateway"), env.get("PYTHONPATH", "")])
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+        boot = ["-c", self.BOOTSTRAP, json.dumps(overrides)] if overrides else None
+        super().__init__(broker.port, influx.url, workdir / "gw-state", workdir=workdir,
+                         client_id=client_id or f"bench-gw-{os.getpid()}-{time.monotonic_ns()}",
+                         python_args=boot)
 
     def cpu_seconds(self) -> float:
-        return _cpu_seconds(self.proc.pid)
+        return _cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
 
     def metrics(self) -> dict[str, float]:
         return _metrics(self.metrics_port)
-
-    def wait_subscribed(self, timeout: float) -> bool:
-        """Poll /health until the gateway's subscription is granted."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/health",
-                                            timeout=2) as resp:
-                    body = resp.read()
-            except urllib.error.HTTPError as exc:  # 503 while degraded still has the body
-                body = exc.read()
-            except OSError:
-                body = b"{}"
-            if json.loads(body or b"{}").get("mqtt_subscribed"):
-                return True
-            time.sleep(0.1)
-        return False
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 # ---------------------------------------------------------------- one run
@@ -505,7 +468,8 @@ def run_once(args: argparse.Namespace, chairs: int, rate: float, seconds: float,
         overrides["batch_max"] = args.batch_max
     if args.batch_interval:
         overrides["batch_interval_s"] = args.batch_interval
-    gw = GatewayProcess(broker, influx, workdir, overrides)
+    gw = BenchGateway(broker, influx, workdir, overrides)
+    gw.start()
     alarms: Recorder | None = None
     poller: ProbePoller | None = None
     try:
@@ -517,7 +481,7 @@ def run_once(args: argparse.Namespace, chairs: int, rate: float, seconds: float,
         seq = 0
         since_ms = time.time_ns() // 1_000_000 - 1000
         while stored_count(influx.url, warm_site, since_ms) == 0:
-            if time.monotonic() > deadline or gw.proc.poll() is not None:
+            if time.monotonic() > deadline or gw.proc is None or gw.proc.poll() is not None:
                 raise RuntimeError(f"gateway did not store a warm-up reading; log: {gw.log_path}")
             env = fw.envelope(seq, 1, 1000 + seq, time.time_ns() // 1_000_000, True, False)
             warm.client.publish(fw.Topics(warm_site, "w0").vitals, fw.vitals_payload(env, 98, 70, 7, "ok"), qos=1)

@@ -40,7 +40,7 @@ for _extra in (REPO / "gateway", REPO / "firmware", HERE):
     if str(_extra) not in sys.path:
         sys.path.insert(0, str(_extra))
 
-from ingest import GatewayProcess, deploy_limits, influx_query, stored_count  # noqa: E402
+from ingest import BenchGateway, deploy_limits, influx_query, stored_count  # noqa: E402
 
 from chairside.services import InfluxDB, Mosquitto  # noqa: E402
 from csfw import contract as fw  # noqa: E402
@@ -104,12 +104,12 @@ def _read_acks(sock: socket.socket, at_least: int) -> int:
     return got
 
 
-def drain(gw: GatewayProcess, influx_url: str, site: str, total: int,
+def drain(gw: BenchGateway, influx_url: str, site: str, total: int,
           since_ms: int) -> list[tuple[float, int, float]]:
     """(monotonic, stored count, gateway CPU s) samples until all are stored."""
     samples: list[tuple[float, int, float]] = []
     deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline and gw.proc.poll() is None:
+    while time.monotonic() < deadline and gw.proc is not None and gw.proc.poll() is None:
         count = stored_count(influx_url, site, since_ms)
         samples.append((time.monotonic(), count, gw.cpu_seconds()))
         if count >= total:
@@ -162,16 +162,14 @@ def main(argv: list[str] | None = None) -> int:
                 pin(service.proc.pid, rest)
             pin(os.getpid(), rest)
             client_id = f"bench-gw-{os.getpid()}"
-            gw = GatewayProcess(broker, influx, work, {}, client_id=client_id)
-            try:
-                if not gw.wait_subscribed(30):
-                    raise RuntimeError(f"gateway did not subscribe; log: {gw.log_path}")
-            finally:
-                gw.stop()
+            with BenchGateway(broker, influx, work, {}, client_id=client_id):
+                pass  # started = subscribed: the broker now queues for this session
             t0_ms = time.time_ns() // 1_000_000 + LEAD_MS
             pub_rate = queue_backlog(broker.port, site, args.chairs, total, t0_ms)
-            gw = GatewayProcess(broker, influx, work, overrides(args.set), client_id=client_id)
+            gw = BenchGateway(broker, influx, work, overrides(args.set), client_id=client_id)
+            gw.start()
             if not args.no_pin:
+                assert gw.proc is not None
                 pin(gw.proc.pid, gw_cpus)
             try:
                 samples = drain(gw, influx.url, site, total, t0_ms - 1000)

@@ -1,4 +1,5 @@
-"""Start real Mosquitto and InfluxDB 1.x processes on free loopback ports.
+"""Start real Mosquitto and InfluxDB 1.x processes on free loopback ports,
+and the gateway itself as a child process.
 
 Used by the demo, the benchmarks and the test fixtures, so that all three run
 the same real services the same way.  Nothing here is a mock: each class
@@ -8,11 +9,13 @@ temporary folder and stops it (and removes the folder) on ``stop()``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -78,6 +81,9 @@ class _Process:
     def _wait_ready(self) -> None:
         raise NotImplementedError
 
+    def _env(self) -> dict[str, str] | None:
+        return None  # inherit this process's environment
+
     def start(self) -> None:
         """Start (or restart) the process and wait until it serves requests."""
         if self.proc is not None and self.proc.poll() is None:
@@ -88,6 +94,7 @@ class _Process:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
+            env=self._env(),
             start_new_session=True,
         )
         log.close()
@@ -250,8 +257,6 @@ bind-address = "127.0.0.1:{self.rpc_port}"
 
     def query(self, influxql: str, database: str | None = None) -> dict[str, object]:
         """Run InfluxQL through the real /query endpoint and return its JSON."""
-        import json
-
         params = {"q": influxql, "epoch": "ms"}
         if database:
             params["db"] = database
@@ -259,6 +264,63 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         with urllib.request.urlopen(f"{self.url}/query", data=data, timeout=30) as resp:
             result: dict[str, object] = json.loads(resp.read())
         return result
+
+
+class GatewayProcess(_Process):
+    """``chairside gateway`` as a child process (chaos tests, benchmarks), with
+    /health and /metrics on a free port; ready once its subscription is granted.
+
+    ``python_args`` replaces ``-m chairside.cli`` (a benchmark's bootstrap that
+    overrides GatewayConfig fields); the gateway's arguments follow it."""
+
+    name = "gateway"
+
+    def __init__(self, mqtt_port: int, influx_url: str, state_dir: Path, *,
+                 client_id: str = "chairside-gateway", workdir: Path | None = None,
+                 python_args: list[str] | None = None) -> None:
+        super().__init__(workdir)
+        self.metrics_port = free_port()
+        self.python_args = python_args or ["-m", "chairside.cli"]
+        self.args = [
+            "--log-level", "WARNING", "gateway", "--mqtt-port", str(mqtt_port),
+            "--influx-url", influx_url, "--state-dir", str(state_dir),
+            "--client-id", client_id, "--metrics-port", str(self.metrics_port),
+        ]
+
+    def _command(self) -> list[str]:
+        return [sys.executable, *self.python_args, *self.args]
+
+    def _env(self) -> dict[str, str]:
+        package_root = str(Path(__file__).resolve().parents[1])  # gateway/, for a source tree
+        path = os.environ.get("PYTHONPATH")
+        return dict(os.environ, PYTHONPATH=package_root + (os.pathsep + path if path else ""))
+
+    def _wait_ready(self) -> None:
+        end = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < end:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ServiceError(f"gateway exited with {self.proc.returncode}")
+            health = self.health()
+            if health is not None and health.get("mqtt_subscribed"):
+                return
+            time.sleep(0.05)
+        raise ServiceError(f"gateway not subscribed within {START_TIMEOUT_S} s")
+
+    def health(self) -> dict[str, object] | None:
+        """/health as a dict (served with 503 while degraded), None if not answering."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/health",
+                                        timeout=2) as resp:
+                body = resp.read()
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
+        except OSError:
+            return None
+        try:
+            data: dict[str, object] = json.loads(body)
+        except ValueError:
+            return None
+        return data
 
 
 def env_flag(name: str) -> bool:

@@ -9,21 +9,14 @@ stored order (by time) is the production order for each chair.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from chairside.services import InfluxDB, Mosquitto, free_port
+from chairside.services import GatewayProcess, InfluxDB, Mosquitto
 from chairside.simulator import Fleet, make_box
 from host.clock import SimClock
 
@@ -32,58 +25,6 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 SITE = "chaos"
 DB = "chairside"
-
-
-class GatewayProcess:
-    """``chairside gateway`` as a child process with /health on a free port."""
-
-    def __init__(self, mosquitto: Mosquitto, influxdb: InfluxDB, state_dir: Path) -> None:
-        self.port = free_port()
-        self.log_path = state_dir.parent / "gateway.log"
-        self.cmd = [
-            sys.executable, "-m", "chairside.cli", "--log-level", "WARNING", "gateway",
-            "--mqtt-port", str(mosquitto.port), "--influx-url", influxdb.url,
-            "--state-dir", str(state_dir), "--client-id", "chaos-gateway",
-            "--metrics-port", str(self.port),
-        ]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=f"{REPO / 'gateway'}{os.pathsep}{REPO / 'firmware'}")
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-        end = time.monotonic() + 15
-        while time.monotonic() < end:
-            health = self.health()
-            if health is not None and health["mqtt_subscribed"]:
-                return
-            assert self.proc.poll() is None, self.log_path.read_text()[-2000:]
-            time.sleep(0.05)
-        raise AssertionError("gateway did not subscribe:\n" + self.log_path.read_text()[-2000:])
-
-    def health(self) -> dict[str, Any] | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as resp:
-                data: dict[str, Any] = json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            data = json.loads(exc.read())
-        except (OSError, ValueError):
-            return None
-        return data
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
 
 
 class World:
@@ -182,7 +123,8 @@ def world(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[World]:
 
 @pytest.fixture
 def gateway(mosquitto: Mosquitto, influxdb: InfluxDB, tmp_path: Path) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(mosquitto, influxdb, tmp_path / "gateway-state")
+    gw = GatewayProcess(mosquitto.port, influxdb.url, tmp_path / "gateway-state",
+                        client_id="chaos-gateway", workdir=tmp_path)
     gw.start()
     yield gw
     gw.stop()
