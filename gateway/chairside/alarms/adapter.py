@@ -55,7 +55,7 @@ class LimitsCommand:
     reason: str
 
 
-def _decode(payload: bytes | str | Mapping[str, Any]) -> Mapping[str, Any] | Rejected:
+def _json_object(payload: bytes | str | Mapping[str, Any]) -> Mapping[str, Any] | Rejected:
     if isinstance(payload, Mapping):
         return payload
     raw = payload.encode() if isinstance(payload, str) else payload
@@ -70,11 +70,15 @@ def _decode(payload: bytes | str | Mapping[str, Any]) -> Mapping[str, Any] | Rej
     return doc
 
 
-def _version(doc: Mapping[str, Any]) -> Rejected | None:
+def _decode(payload: bytes | str | Mapping[str, Any]) -> Mapping[str, Any] | Rejected:
+    """The staff message as a mapping, or why not (size, JSON, schema version)."""
+    doc = _json_object(payload)
+    if isinstance(doc, Rejected):
+        return doc
     v = doc.get("v")
     if isinstance(v, bool) or v != 1:
         return Rejected("bad_version", f"v: expected 1, got {v!r}")
-    return None
+    return doc
 
 
 def _who(doc: Mapping[str, Any]) -> str | Rejected:
@@ -93,9 +97,6 @@ def parse_ack(
     doc = _decode(payload)
     if isinstance(doc, Rejected):
         return doc
-    bad = _version(doc)
-    if bad is not None:
-        return bad
     alarm = doc.get("alarm")
     if not isinstance(alarm, str) or not alarm:
         return Rejected("bad_field", "alarm: expected a non-empty string")
@@ -115,9 +116,6 @@ def parse_limits_set(payload: bytes | str | Mapping[str, Any]) -> LimitsCommand 
     doc = _decode(payload)
     if isinstance(doc, Rejected):
         return doc
-    bad = _version(doc)
-    if bad is not None:
-        return bad
     param = doc.get("param")
     if not isinstance(param, str) or not param:
         return Rejected("bad_field", "param: expected a non-empty string")
@@ -176,10 +174,7 @@ def handle_limits_set(
 def parse_who(payload: bytes | str | Mapping[str, Any]) -> str | Rejected:
     """``{"v":1,"by":"RN Lee"}`` (chair_standby, drill_end) → who."""
     doc = _decode(payload)
-    if isinstance(doc, Rejected):
-        return doc
-    bad = _version(doc)
-    return bad if bad is not None else _who(doc)
+    return doc if isinstance(doc, Rejected) else _who(doc)
 
 
 def handle_standby(
