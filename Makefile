@@ -27,6 +27,7 @@ dashboards: setup
 
 bench: setup
 	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/throughput.py --readings 100000
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
