@@ -179,13 +179,6 @@ class _Ack:
 
 
 @dataclass(frozen=True, slots=True)
-class _Inbound:
-    result: Accepted | Rejected
-    rx_ms: int
-    ack: _Ack | None
-
-
-@dataclass(frozen=True, slots=True)
 class _Control:
     """A staff message (alarm acknowledgement or limit change) for a chair."""
 
@@ -448,7 +441,7 @@ class Gateway:
                 return
             result = validate(topic, payload, strict=self.config.strict_fields)
             with self._lock:
-                self._process(_Inbound(result, rx_ms, ack))
+                self._process(result, rx_ms, ack)
         except Exception:
             self.metrics.inc("processing_errors", stage="process")
             log.exception("unexpected error processing a message on %s", topic)
@@ -479,20 +472,19 @@ class Gateway:
         with self._lock:
             self._flush_rejects()
 
-    def _process(self, item: _Inbound) -> None:
-        result = item.result
+    def _process(self, result: Accepted | Rejected, rx_ms: int, ack: _Ack | None) -> None:
         if isinstance(result, Rejected):
             self._note_reject(result)
-            self._ack(item.ack)
+            self._ack(ack)
             return
         if result.ignored:
             self.metrics.inc("unknown_fields_ignored")
             log.info("ignored unknown fields %s on %s", ",".join(result.ignored), result.topic)
         stamp = self.timebase.stamp(
-            result.site, result.chair, result.fields, item.rx_ms, historical=result.historical
+            result.site, result.chair, result.fields, rx_ms, historical=result.historical
         )
         if stamp.skew_ms is not None:
-            self._note_skew(result.site, result.chair, stamp.skew_ms, item.rx_ms)
+            self._note_skew(result.site, result.chair, stamp.skew_ms, rx_ms)
         if stamp.time_estimated:
             self.metrics.inc("time_estimated")
         reading = Reading(
@@ -501,7 +493,7 @@ class Gateway:
             kind=result.kind,
             fields=result.fields,
             measured_ms=stamp.measured_ms,
-            received_ms=item.rx_ms,
+            received_ms=rx_ms,
             historical=result.historical,
             time_estimated=stamp.time_estimated,
         )
@@ -525,7 +517,7 @@ class Gateway:
                 log.exception("alarm stage failed on %s", result.topic)
                 events = []
             lines.extend(self._emit(events))
-        self._store_lines(lines, item.ack)
+        self._store_lines(lines, ack)
 
     def _note_skew(self, site: str, chair: str, skew_ms: int, rx_ms: int) -> None:
         """Count every skewed message; warn at most once a minute per chair.
