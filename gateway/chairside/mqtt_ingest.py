@@ -124,15 +124,17 @@ class Packet:
 
 
 def parse_stream(buf: bytearray, on_publish: Callable[[str, bytes, int, int], None],
-                 on_other: Callable[[Packet], None]) -> int:
-    """Decode every complete packet at the start of ``buf``; return the bytes used.
+                 on_other: Callable[[Packet], None], limit: int = 0) -> int:
+    """Decode the complete packets at the start of ``buf`` (at most ``limit``
+    of them if it is not 0); return the bytes used.
 
     PUBLISH (3.3) goes to ``on_publish(topic, payload, qos, pid)``; anything
     else to ``on_other``.  An incomplete packet at the end is left for the
     next read.  Raises :class:`ProtocolError` on a malformed packet."""
     pos = 0
     end = len(buf)
-    while pos + 2 <= end:
+    decoded = 0
+    while pos + 2 <= end and (not limit or decoded < limit):
         first = buf[pos]
         length = 0
         shift = 0
@@ -155,6 +157,7 @@ def parse_stream(buf: bytearray, on_publish: Callable[[str, bytes, int, int], No
         else:
             on_other(Packet(first, bytes(buf[i:i + length])))
         pos = i + length
+        decoded += 1
     return pos
 
 
@@ -329,8 +332,10 @@ class IngestSession:
         sock.sendall(subscribe_packet(SUBSCRIBE_PID, cfg.subscriptions))
 
     def _read_until(self, kind: int, deadline: float) -> Packet:
-        """Read packets until one of ``kind`` arrives (CONNACK only: nothing
-        else may come first, 3.2)."""
+        """Read the first packet, which must be of ``kind`` (CONNACK: nothing
+        else may come first, 3.2).  What follows it in the same read (a
+        persistent session's queued PUBLISHes, sent right behind the CONNACK)
+        stays in the buffer for :meth:`_receive`."""
         found: list[Packet] = []
 
         def other(packet: Packet) -> None:
@@ -346,7 +351,7 @@ class IngestSession:
             if left <= 0:
                 raise TimeoutError("no CONNACK in time")
             self._fill(left)
-            used = parse_stream(self._buf, publish, other)
+            used = parse_stream(self._buf, publish, other, limit=1)
             del self._buf[:used]
         return found[0]
 
@@ -385,6 +390,7 @@ class IngestSession:
         assert sock is not None
         last_out = self.clock()
         ping_sent: float | None = None
+        got = bool(self._buf)  # packets that came in behind the CONNACK
         while not self._stop.is_set():
             if not self._reading:
                 self._paused.set()
@@ -398,8 +404,9 @@ class IngestSession:
                 sock.sendall(PINGREQ_PACKET)
                 ping_sent = last_out = now
             wait = max(0.05, last_out + cfg.keepalive_s * 0.75 - now)
-            got = self._fill(wait)
+            got = got or self._fill(wait)
             if got:
+                got = False
                 used = parse_stream(self._buf, self._on_publish, self._on_other)
                 if used:
                     del self._buf[:used]

@@ -4,7 +4,9 @@ acks only when told, redelivery of what was never acknowledged)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import socket
 import threading
 import time
 from typing import Any
@@ -86,6 +88,58 @@ def test_packets_split_anywhere_come_out_whole_and_in_order(chunk: int) -> None:
 def test_malformed_packets_raise_with_a_reason(stream: bytes, reason: str) -> None:
     with pytest.raises(ProtocolError, match=reason):
         parse_stream(bytearray(stream), lambda *a: None, lambda p: None)
+
+
+def test_parse_stream_stops_after_limit_packets() -> None:
+    buf = bytearray(b"\x20\x02\x01\x00" + _publish(b"a", b"x", 1, 9))
+    other: list[Packet] = []
+    used = parse_stream(buf, lambda *a: pytest.fail("parsed past the limit"), other.append, limit=1)
+    assert used == 4 and [p.first for p in other] == [0x20]
+
+
+def _read_packet(conn: socket.socket) -> bytes:
+    """One whole packet (at most a one-byte remaining length: all this broker reads)."""
+    head = conn.recv(2, socket.MSG_WAITALL)
+    return head + (conn.recv(head[1], socket.MSG_WAITALL) if head[1] else b"")
+
+
+def test_publishes_right_behind_the_connack_are_delivered() -> None:
+    """A persistent session's queued messages follow the CONNACK at once; when
+    one read holds both, the PUBLISH must be delivered, not refused as
+    "before CONNACK" (which, with a backlog, failed every reconnect)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(10)
+    acks: list[bytes] = []
+
+    def scripted_broker() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(10)
+            assert _read_packet(conn)[0] == 0x10  # CONNECT
+            conn.sendall(b"\x20\x02\x01\x00" + _publish(b"t/queued", b"q", 1, 7))  # one write
+            assert _read_packet(conn)[0] == 0x82  # SUBSCRIBE
+            acks.append(_read_packet(conn))  # sent only once the message was seen and acked
+            conn.sendall(b"\x90\x03\x00\x01\x01")  # SUBACK, granted QoS 1
+            with contextlib.suppress(OSError):
+                conn.recv(16)  # until the session disconnects
+
+    broker = threading.Thread(target=scripted_broker, daemon=True)
+    broker.start()
+    received = Received()
+    session = IngestSession(
+        SessionConfig("127.0.0.1", server.getsockname()[1], "gw", ("t/#",), backoff_min_s=5),
+        received, lambda state: None)
+    session.start()
+    try:
+        (topic, payload, qos, pid, generation), = received.wait_for(1)
+        assert (topic, payload, qos, pid) == ("t/queued", b"q", 1, 7)
+        session.ack(generation, pid)
+        broker.join(10)
+        assert acks == [b"\x40\x02\x00\x07"]
+        assert session.protocol_errors == 0 and session.connects == 1
+    finally:
+        session.stop()
+        server.close()
 
 
 # ---- against a real broker -------------------------------------------------------------
