@@ -217,6 +217,21 @@ def test_page_via_webhook_ack_via_link_forwarded_and_resolved(
         assert ack_rec["by"] == "alice" and ack_rec["acked_t"] >= ack_rec["first_page_t"]
         log_rows = (tmp_path / "state.json.deliveries.jsonl").read_text().splitlines()
         assert json.loads(log_rows[0])["channel"] == "webhook"
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{ack_port}/metrics", timeout=5) as resp:
+            assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            exposition = resp.read().decode().splitlines()
+        for sample in (
+            'chairside_pager_pages_sent_total{action="page",channel="webhook"} 1',
+            'chairside_pager_pages_sent_total{action="acknowledge",channel="webhook"} 1',
+            'chairside_pager_pages_sent_total{action="resolve",channel="webhook"} 1',
+            'chairside_pager_acks_total{via="link"} 1',
+            'chairside_pager_alarm_events_total{event="raised"} 1',
+            'chairside_pager_page_threads{state="resolved"} 1',
+            "chairside_pager_pages_failed_total 0",
+            "chairside_pager_outbox_depth 0",
+        ):
+            assert sample in exposition, sample
     finally:
         pager.stop()
 
@@ -243,7 +258,7 @@ def test_drill_page_on_mqtt_and_ack_via_page_ack_topic(
         watcher.publish("chairside/v1/clinic1/pages/ack", {"v": 1, "key": KEY, "by": "carol"})
         wait_until(lambda: watcher.on("chairside/v1/clinic1/chair3/alarms/ack"), 5, "forward")
         assert pager.threads()[KEY].acked_by == "carol"
-        assert pager.counters["rejected:missing key or by"] == 1
+        assert pager.metrics.get("rejected", reason="missing key or by") == 1
         records = wait_until(
             lambda: [
                 p
@@ -277,7 +292,7 @@ def test_rate_limit_suppresses_then_sends_one_summary(
         for chair in ("chair1", "chair2", "chair4"):  # a fault on several chairs at once
             event = alarm() | {"chair": chair, "key": f"clinic1/{chair}/spo2_low"}
             watcher.publish(f"chairside/v1/clinic1/{chair}/alarms", event)
-        wait_until(lambda: pager.counters["suppressed"] >= 2, 10, "pages suppressed")
+        wait_until(lambda: pager.metrics.get("pages_suppressed") >= 2, 10, "pages suppressed")
         summaries = wait_until(
             lambda: [b for _, b in rx.events("trigger") if b["dedup_key"] == "rate-limit/alice"],
             10,

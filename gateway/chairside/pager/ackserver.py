@@ -4,7 +4,9 @@
 one button; the button POSTs the token to ``/ack``, which records the
 acknowledgement and answers with an HTML confirmation.  The ack itself is
 a POST on purpose: mail scanners and SMS link previews fetch links with GET,
-and a preview must never silence an escalation.  ``GET /healthz`` → ``ok``.
+and a preview must never silence an escalation.  ``GET /healthz`` → ``ok``;
+``GET /metrics`` → the pager's counters in Prometheus text format (counts
+only, no patient or staff names).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def _page(title: str, body_html: str) -> bytes:
 class AckServer:
     """A small threaded HTTP server; ``port=0`` picks a free port."""
 
-    def __init__(self, host: str, port: int, check: Check, ack: Check) -> None:
+    def __init__(self, host: str, port: int, check: Check, ack: Check,
+                 metrics: Callable[[], str] | None = None) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -57,6 +60,14 @@ class AckServer:
                 url = urllib.parse.urlsplit(self.path)
                 if url.path == "/healthz":
                     self._send(200, "ok", "")
+                    return
+                if url.path == "/metrics" and outer.metrics is not None:
+                    data = outer.metrics().encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
                     return
                 if url.path != "/ack":
                     self._send(404, "Not found", "")
@@ -93,6 +104,7 @@ class AckServer:
 
         self.check = check
         self.ack = ack
+        self.metrics = metrics
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None

@@ -23,7 +23,7 @@ import os
 import signal
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from chairside import mqtt_auth
+from chairside.metrics import Metrics
 
 from .ackserver import AckServer
 from .channels import (
@@ -78,6 +79,24 @@ ATTEMPTS_MAX = 1000
 RESOLVED_RETAIN_S = 3600.0
 DRAIN_MAX = 200
 BY_MAX = 64
+MESSAGE_ACTIONS = ("page", "acknowledge", "resolve", "summary")
+"""record actions that are messages to a person (``pages_sent`` / ``pages_failed``)"""
+
+
+def _describe_metrics(m: Metrics) -> None:
+    """The pager's Prometheus metrics (``GET /metrics`` on the ack server)."""
+    m.describe("alarm_events", "counter", "alarm events received, by event")
+    m.describe("rejected", "counter", "MQTT messages refused, by reason")
+    m.describe("duplicate_events", "counter", "alarm events seen before (same id), ignored")
+    m.describe("pages_sent", "counter",
+               "messages delivered to a person, by action (page, acknowledge, resolve, summary) and channel")
+    m.describe("pages_failed", "counter", "messages that no channel could deliver, by action")
+    m.describe("pages_suppressed", "counter", "pages held back by the per-person rate limit")
+    m.describe("delivery_attempts", "counter", "delivery attempts, by channel and result")
+    m.describe("acks", "counter", "page threads acknowledged, by way (link, mqtt, ...)")
+    m.describe("errors", "counter", "unexpected errors, by stage (tick, handler, action)")
+    m.describe("page_threads", "gauge", "page threads held, by state")
+    m.describe("outbox_depth", "gauge", "actions waiting to be carried out")
 
 
 def _ms(t: float | None) -> int | None:
@@ -158,7 +177,8 @@ class Pager:
         self.base_url = (base_url or policy.ack.base_url).rstrip("/")
         self.store = StateStore(state_path)
         self.deliveries_path = Path(str(state_path) + ".deliveries.jsonl")
-        self.counters: Counter[str] = Counter()
+        self.metrics = Metrics(prefix="chairside_pager_")
+        _describe_metrics(self.metrics)
         self.attempts: deque[Attempt] = deque(maxlen=ATTEMPTS_MAX)
 
         self._lock = threading.RLock()
@@ -176,6 +196,7 @@ class Pager:
         self._seen: deque[str] = deque(saved["seen"], maxlen=SEEN_MAX)
         self._next_id = int(saved["next_id"])
         self.ratelimit = RateLimiter.from_json(policy.rate_limit, saved["ratelimit"])
+        self._update_gauges()
         if self._threads or self._outbox:
             log.info(
                 "restored %d page thread(s), %d pending action(s) from %s",
@@ -211,7 +232,7 @@ class Pager:
 
     def start(self) -> None:
         self.ack_server = AckServer(
-            self.ack_listen, self.ack_port_cfg, self.check_token, self.ack_token
+            self.ack_listen, self.ack_port_cfg, self.check_token, self.ack_token, self.metrics.render
         )
         self.ack_server.start()
         self.client.connect_async(self.broker[0], self.broker[1], keepalive=30)
@@ -249,7 +270,7 @@ class Pager:
             try:
                 self.tick()
             except Exception:  # the loop must survive any single failure
-                self.counters["tick_errors"] += 1
+                self.metrics.inc("errors", stage="tick")
                 log.exception("pager tick failed")
             self._wake.wait(self.tick_s)
             self._wake.clear()
@@ -287,11 +308,11 @@ class Pager:
             else:
                 self.handle_alarm(msg.topic, payload, now)
         except Exception:
-            self.counters["handler_errors"] += 1
+            self.metrics.inc("errors", stage="handler")
             log.exception("error handling %s", msg.topic)
 
     def _reject(self, reason: str, topic: str) -> str:
-        self.counters[f"rejected:{reason}"] += 1
+        self.metrics.inc("rejected", reason=reason)
         log.warning("rejected message on %s: %s", topic, reason)
         return reason
 
@@ -310,7 +331,7 @@ class Pager:
         event_id = str(payload["id"])
         with self._lock:
             if event_id in self._seen:
-                self.counters["duplicate_events"] += 1
+                self.metrics.inc("duplicate_events")
                 return "duplicate event id"
             self._seen.append(event_id)
             thread = self._threads.get(parsed.key)
@@ -320,7 +341,7 @@ class Pager:
                 self._seq[parsed.key] = next_n
             self._apply(step, now)
             self._save()
-        self.counters[f"events:{parsed.event}"] += 1
+        self.metrics.inc("alarm_events", event=parsed.event)
         log.info("%s %s: %s", parsed.key, parsed.event, step.reason)
         self._wake.set()
         return step.reason
@@ -367,6 +388,7 @@ class Pager:
                 return False, step.reason
             self._apply(step, now)
             self._save()
+        self.metrics.inc("acks", via=via)
         self._wake.set()
         log.info("%s: %s", key, step.reason)
         return True, f"{step.reason}: {thread.site}/{thread.chair}: {thread.text}"
@@ -446,7 +468,16 @@ class Pager:
 
     # -------------------------------------------------------- state/outbox
 
+    def _update_gauges(self) -> None:
+        by_state = {state.value: 0 for state in State}
+        for thread in self._threads.values():
+            by_state[thread.state.value] += 1
+        for state, n in by_state.items():
+            self.metrics.set("page_threads", n, state=state)
+        self.metrics.set("outbox_depth", len(self._outbox))
+
     def _save(self) -> None:
+        self._update_gauges()
         self.store.save(
             {
                 "v": 1,
@@ -503,7 +534,7 @@ class Pager:
                 try:
                     self._execute(item)
                 except Exception:
-                    self.counters["action_errors"] += 1
+                    self.metrics.inc("errors", stage="action")
                     log.exception("action %s for %s failed", item["kind"], item["key"])
                 with self._lock:
                     self._outbox = [i for i in self._outbox if i["id"] != item["id"]]
@@ -560,7 +591,7 @@ class Pager:
         lines = []
         for a in attempts:
             self.attempts.append(a)
-            self.counters["delivery_ok" if a.ok else "delivery_failed"] += 1
+            self.metrics.inc("delivery_attempts", channel=a.channel, result="ok" if a.ok else "failed")
             row = a.to_json() | {"key": message.key, "thread": message.n, "action": message.action}
             lines.append(json.dumps(row, separators=(",", ":")))
             if not a.ok:
@@ -623,7 +654,6 @@ class Pager:
             allowed, why = self.ratelimit.check(person, now)
             if not allowed:
                 self.ratelimit.record_suppressed(person, item["key"])
-                self.counters["suppressed"] += 1
         if not allowed:
             log.warning("%s: page to %s suppressed: %s", item["key"], person, why)
             self._after_failed_page(item, now, why)
@@ -663,7 +693,14 @@ class Pager:
         ack_url: str | None = None,
     ) -> None:
         """Publish an audit record on the site's pages topic (drills read
-        time-to-page and time-to-ack from these)."""
+        time-to-page and time-to-ack from these), and count it."""
+        if action in MESSAGE_ACTIONS:
+            if ok:
+                self.metrics.inc("pages_sent", action=action, channel=channel or "none")
+            else:
+                self.metrics.inc("pages_failed", action=action)
+        elif action == "suppressed":
+            self.metrics.inc("pages_suppressed")
         th = item["thread"]
         with self._lock:
             live = self._threads.get(item["key"])
