@@ -9,24 +9,29 @@ Run from the repository root with the project's Python::
 Everything runs on loopback: a private Mosquitto (``chairside.services``,
 with the deployed broker's in-flight/queue limits unless ``--broker-limits
 test``), a private InfluxDB 1.x, and the gateway as a *subprocess*
-(``python -m chairside.cli gateway``) so that it has its own interpreter,
-GIL and core, as in production, and its CPU time can be read from /proc.
+(``python -m chairside.cli gateway``) so that it has its own interpreter and
+GIL, as in production, and its CPU time can be read from /proc.  With two or
+more CPUs the gateway is pinned to the first (``--no-pin`` lets it roam), so
+its figures are one core's; everything else may use every CPU.
 
-Virtual chairs are lightweight publishers in a child process: a few paho
-clients each covering many chairs, payloads built with the firmware's own
-encoders (``firmware/csfw/contract.py``), QoS 1 like a box.  Per run:
+Virtual chairs are a publisher child process speaking MQTT 3.1.1 over a few
+raw connections (``RawConnection``) with the firmware's own packet and
+payload encoders (``firmware/csfw/mqtt.py``, ``contract.py``), QoS 1 like a
+box.  Per run:
 
 1. **baseline** -- the same load to a bare paho subscriber (QoS 1, no
    gateway): the broker's raw delivery rate and publish→receive latency;
 2. **gateway** -- the load through the gateway into InfluxDB, measuring
 
-   * stored readings/s: slope of ``count(seq)`` in InfluxDB over the last 75 %
-     of the publishing window (polled every 0.5 s);
+   * stored readings/s: slope of the gateway's ``points_written`` counter
+     (lines InfluxDB answered 204 to) over the last 75 % of the publishing
+     window, sampled every 0.5 s;
    * publish→stored latency: *probe chairs* (``p###``) are polled every
-     ``--poll-ms`` with ``max(seq) ... GROUP BY chair``; a reading counts as
-     stored at the end of the first query that shows a ``seq`` at or beyond
-     its own (the gateway writes in order per chair).  Each figure is an
-     upper bound, late by at most one poll interval plus one query;
+     ``--poll-ms`` with ``last(seq) ... GROUP BY chair`` over the recent
+     points only; a reading counts as stored at the end of the first query
+     that shows a ``seq`` at or beyond its own (the gateway writes in order
+     per chair).  Each figure is an upper bound, late by at most one poll
+     interval plus one query;
    * limit-crossing→alarm latency: *alarm chairs* (``a###``) publish one
      SpO2 of 80 % (below ``spo2_critical``'s 85 %, which has no delay) at
      staggered times; the latency runs from that publish to the ``raised``
@@ -50,6 +55,7 @@ import multiprocessing as mp
 import os
 import random
 import re
+import socket
 import statistics
 import sys
 import tempfile
@@ -58,7 +64,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +91,28 @@ def deploy_limits() -> str:
 SPO2_CRITICAL_PROBE = 80
 MAX_DRAIN_S = 60.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def gateway_cpu() -> set[int]:
+    """The CPU the gateway is pinned to (the first), so that a figure is one core's.
+
+    Only the gateway is pinned.  Confining the broker, InfluxDB and the load
+    to the other CPU as well (measured on 2 vCPUs, 2026-11-26) made each
+    InfluxDB write take 17-18 ms instead of 2-3 ms (scheduling delay on a
+    busy CPU, with GOMAXPROCS 1 or 2 alike) and the writes, not the gateway,
+    became the limit."""
+    return {min(os.sched_getaffinity(0))}
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of ``pid`` to ``cpus``; no-op on one CPU.  Twice: a
+    thread started during the first pass may have inherited the old mask."""
+    if len(os.sched_getaffinity(0)) < 2:
+        return
+    for _ in range(2):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+                os.sched_setaffinity(int(tid), cpus)
 
 
 # ---------------------------------------------------------------- publishers
@@ -125,25 +153,60 @@ def _publisher_main(plan: PubPlan, conn: Any) -> None:
         conn.close()
 
 
+class RawConnection:
+    """One MQTT 3.1.1 connection speaking the firmware's own packet codec
+    (``csfw.mqtt``), carrying QoS 1 PUBLISHes for many virtual chairs.
+
+    A box sends one small packet at a time; a load generator that did the
+    same through a general client library spent a whole core at 10,000
+    messages/s and starved what it was meant to measure.  Here a slot's
+    packets go out in one ``sendall`` and a reader thread counts PUBACKs."""
+
+    def __init__(self, port: int, client_id: str) -> None:
+        from csfw import mqtt as mq
+
+        self._mq = mq
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock.sendall(mq.connect_packet(client_id, keepalive_s=120))
+        connack = self.sock.recv(4)
+        if len(connack) < 4 or connack[0] != mq.CONNACK or connack[3] != mq.CONNACK_ACCEPTED:
+            raise RuntimeError(f"{client_id}: CONNECT refused ({connack!r})")
+        self.acked = 0
+        self._pid = 0
+        self._pending = bytearray()
+        self._reader = threading.Thread(target=self._read_acks, name=f"acks-{client_id}", daemon=True)
+        self._reader.start()
+
+    def add(self, topic: str, payload: bytes) -> None:
+        self._pid = self._pid % 0xFFFF + 1
+        self._pending += self._mq.publish_packet(topic, payload, qos=1, pid=self._pid)
+
+    def flush(self) -> None:
+        if self._pending:
+            self.sock.sendall(self._pending)
+            self._pending.clear()
+
+    def _read_acks(self) -> None:
+        buf = bytearray()
+        with contextlib.suppress(OSError):
+            while data := self.sock.recv(65536):
+                buf += data
+                while (head := self._mq.parse_header(buf)) is not None and len(buf) >= head[1] + head[2]:
+                    if head[0] == self._mq.PUBACK:
+                        self.acked += 1
+                    del buf[: head[1] + head[2]]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendall(self._mq.DISCONNECT_PACKET)
+        self.sock.close()
+        self._reader.join(5)
+
+
 def _publish(plan: PubPlan) -> PubResult:
     from csfw import contract as fw  # the firmware's encoders: contract-exact payloads
 
-    acked = [0]
-    lock = threading.Lock()
-
-    def on_publish(*_a: Any) -> None:
-        with lock:
-            acked[0] += 1
-
-    clients = []
-    for i in range(plan.clients):
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{plan.site}-{os.getpid()}-{i}")
-        client.max_inflight_messages_set(1000)
-        client.max_queued_messages_set(0)
-        client.on_publish = on_publish
-        client.connect("127.0.0.1", plan.port, keepalive=60)
-        client.loop_start()
-        clients.append(client)
+    conns = [RawConnection(plan.port, f"bench-pub-{plan.site}-{os.getpid()}-{i}") for i in range(plan.clients)]
     n = len(plan.chairs)
     period = 1.0 / plan.rate
     per_chair = max(1, int(plan.seconds * plan.rate))
@@ -178,19 +241,18 @@ def _publish(plan: PubPlan) -> PubResult:
                 spo2 = SPO2_CRITICAL_PROBE if plan.alarm_at.get(chair) == cycle else 97 + (cycle + i) % 3
                 payload = fw.vitals_payload(env, spo2, 70 + (i % 20), 7, fw.ST_OK)
                 pub_times[chair].append(time.monotonic())
-                clients[i % len(clients)].publish(topics[i], payload, qos=1)
+                conns[i % len(conns)].add(topics[i], payload)
                 published += 1
+            for c in conns:
+                c.flush()
     last = time.monotonic()
     end = last + 30.0
-    while time.monotonic() < end:
-        with lock:
-            if acked[0] >= published:
-                break
+    while sum(c.acked for c in conns) < published and time.monotonic() < end:
         time.sleep(0.01)
-    for client in clients:
-        client.disconnect()
-        client.loop_stop()
-    return PubResult(pub_times, published, acked[0], start, last)
+    acked = sum(c.acked for c in conns)
+    for c in conns:
+        c.close()
+    return PubResult(pub_times, published, acked, start, last)
 
 
 def run_publishers(plan: PubPlan, procs: int) -> list[PubResult]:
@@ -274,15 +336,35 @@ def stored_count(url: str, site: str, since_ms: int) -> int:
     return int(series[0]["values"][0][1]) if series else 0
 
 
-class ProbePoller:
-    """Polls max(seq) of the probe chairs; records when each seq became visible."""
+def influx_write_stats(url: str) -> tuple[int, int]:
+    """InfluxDB's own (write requests, total ns spent in them) from SHOW STATS."""
+    for s in influx_query(url, "SHOW STATS FOR 'httpd'", db=""):
+        row = dict(zip(s["columns"], s["values"][0], strict=True))
+        return int(row["writeReq"]), int(row["writeReqDurationNs"])
+    return 0, 0
 
-    def __init__(self, url: str, site: str, since_ms: int, interval_s: float) -> None:
-        self.url, self.site, self.since_ms, self.interval_s = url, site, since_ms, interval_s
+
+class ProbePoller:
+    """Polls the probe chairs' newest stored seq; records when each seq became visible.
+
+    Each query reads only points at or after the oldest probe's newest visible
+    point (``last()`` returns its time; a chair's timestamps rise with seq), so
+    it costs InfluxDB a few hundred points however long the run.  A query over
+    everything since the start, 20 times a second, cost InfluxDB more than the
+    gateway's writes and slowed them.  ``written`` (the gateway's
+    ``points_written`` counter: lines InfluxDB answered 204 to) is sampled
+    every ``count_interval_s`` for the stored rate."""
+
+    def __init__(self, url: str, site: str, since_ms: int, interval_s: float, probes: int,
+                 written: Callable[[], float], count_interval_s: float = 0.5) -> None:
+        self.url, self.site, self.interval_s, self.probes = url, site, interval_s, probes
+        self.cursor_ms = since_ms
+        self.written, self.count_interval_s = written, count_interval_s
         self.visible: dict[str, dict[int, float]] = {}
         self._max: dict[str, int] = {}
+        self._last_ms: dict[str, int] = {}
         self.query_s: list[float] = []
-        self.counts: list[tuple[float, int]] = []
+        self.counts: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="probe-poller", daemon=True)
 
@@ -293,31 +375,36 @@ class ProbePoller:
         self._stop.set()
         self._thread.join(30)
 
+    def _poll_once(self) -> None:
+        q = (f"SELECT last(\"seq\") FROM \"vitals\" WHERE \"site\"='{self.site}' AND \"chair\" =~ /^p/ "
+             f"AND time >= {self.cursor_ms}ms GROUP BY \"chair\"")
+        try:
+            series = influx_query(self.url, q)
+        except (OSError, RuntimeError):
+            return
+        seen = time.monotonic()
+        for s in series:
+            chair = s["tags"]["chair"]
+            t_ms, top = int(s["values"][0][0]), int(s["values"][0][1])
+            self._last_ms[chair] = t_ms
+            prev = self._max.get(chair, -1)
+            if top > prev:
+                marks = self.visible.setdefault(chair, {})
+                for seq in range(prev + 1, top + 1):
+                    marks[seq] = seen
+                self._max[chair] = top
+        if len(self._last_ms) == self.probes:  # every probe seen: none can hide before the cursor
+            self.cursor_ms = max(self.cursor_ms, min(self._last_ms.values()))
+
     def _loop(self) -> None:
-        q = (f"SELECT max(\"seq\") FROM \"vitals\" WHERE \"site\"='{self.site}' AND \"chair\" =~ /^p/ "
-             f"AND time >= {self.since_ms}ms GROUP BY \"chair\"")
         next_count = 0.0
         while not self._stop.is_set():
             began = time.monotonic()
-            try:
-                series = influx_query(self.url, q)
-            except (OSError, RuntimeError):
-                series = []
-            seen = time.monotonic()
-            self.query_s.append(seen - began)
-            for s in series:
-                chair = s["tags"]["chair"]
-                top = int(s["values"][0][1])
-                prev = self._max.get(chair, -1)
-                if top > prev:
-                    marks = self.visible.setdefault(chair, {})
-                    for seq in range(prev + 1, top + 1):
-                        marks[seq] = seen
-                    self._max[chair] = top
-            if seen >= next_count:
-                next_count = seen + 0.5
-                with contextlib.suppress(OSError, RuntimeError):
-                    self.counts.append((time.monotonic(), stored_count(self.url, self.site, self.since_ms)))
+            self._poll_once()
+            self.query_s.append(time.monotonic() - began)
+            if began >= next_count:
+                next_count = began + self.count_interval_s
+                self.counts.append((time.monotonic(), self.written()))
             self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - began)))
 
 
@@ -367,9 +454,22 @@ class BenchGateway(GatewayProcess):
     def __init__(self, broker: Mosquitto, influx: InfluxDB, workdir: Path, overrides: dict[str, Any],
                  client_id: str = "") -> None:
         boot = ["-c", self.BOOTSTRAP, json.dumps(overrides)] if overrides else None
+        self.client_id = client_id or f"bench-gw-{os.getpid()}-{time.monotonic_ns()}"
+        self.broker_port = broker.port
         super().__init__(broker.port, influx.url, workdir / "gw-state", workdir=workdir,
-                         client_id=client_id or f"bench-gw-{os.getpid()}-{time.monotonic_ns()}",
-                         python_args=boot)
+                         client_id=self.client_id, python_args=boot)
+
+    def discard_session(self) -> None:
+        """End the stopped gateway's persistent MQTT session (3.1.2.4: a clean
+        CONNECT discards it).  Left behind, it had the broker queue every
+        later phase's messages for nobody, which cost Mosquitto twice the CPU
+        and slowed the later phases."""
+        from csfw import mqtt as mq
+
+        with socket.create_connection(("127.0.0.1", self.broker_port), timeout=10) as sock:
+            sock.sendall(mq.connect_packet(self.client_id, keepalive_s=10, clean_session=True))
+            sock.recv(4)
+            sock.sendall(mq.DISCONNECT_PACKET)
 
     def cpu_seconds(self) -> float:
         return _cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
@@ -428,12 +528,27 @@ def _chair_names(n: int) -> tuple[list[str], list[str], list[str]]:
     return p + a + c, p, a
 
 
+def wait_progress(count: Callable[[], float], target: int, deadline: float, interval_s: float) -> None:
+    """Poll ``count`` until it reaches ``target``, ``deadline`` passes, or it stops rising for 5 s."""
+    best, best_at = -math.inf, time.monotonic()
+    while time.monotonic() < deadline:
+        now_count = count()
+        if now_count >= target:
+            return
+        if now_count > best:
+            best, best_at = now_count, time.monotonic()
+        elif time.monotonic() - best_at > 5:
+            return
+        time.sleep(interval_s)
+
+
 def run_once(args: argparse.Namespace, chairs: int, rate: float, seconds: float,
-             broker: Mosquitto, influx: InfluxDB, workdir: Path, tag: str) -> RunResult:
+             broker: Mosquitto, influx: InfluxDB, workdir: Path, tag: str,
+             gw_cpus: set[int] | None) -> RunResult:
     result = RunResult(chairs, rate, seconds)
-    names, _probes, alarm_chairs = _chair_names(chairs)
+    names, probes, alarm_chairs = _chair_names(chairs)
     per_chair = max(1, int(seconds * rate))
-    procs = args.pub_procs or (2 if chairs * rate > 4000 else 1)
+    procs = args.pub_procs
     clients = args.pub_clients
 
     # -- 1. baseline: the same load to a bare paho subscriber -----------------
@@ -473,6 +588,9 @@ def run_once(args: argparse.Namespace, chairs: int, rate: float, seconds: float,
     alarms: Recorder | None = None
     poller: ProbePoller | None = None
     try:
+        if gw_cpus is not None:
+            assert gw.proc is not None
+            pin(gw.proc.pid, gw_cpus)
         warm = Recorder(broker.port, "chairside/v1/+/+/cmd", "warmup")
         from csfw import contract as fw
 
@@ -490,39 +608,38 @@ def run_once(args: argparse.Namespace, chairs: int, rate: float, seconds: float,
         warm.close()
         alarms = Recorder(broker.port, f"chairside/v1/{site}/+/alarms", "alarms")
         since_ms = time.time_ns() // 1_000_000 - 1000
-        poller = ProbePoller(influx.url, site, since_ms, args.poll_ms / 1000)
+        def written() -> float:
+            return gw.metrics().get("points_written", math.nan)
+
+        poller = ProbePoller(influx.url, site, since_ms, args.poll_ms / 1000, len(probes), written)
         poller.start()
         start_at = time.monotonic() + 1.5
         alarm_at = {c: max(1, (k + 1) * per_chair // (len(alarm_chairs) + 1)) for k, c in enumerate(alarm_chairs)}
         alarm_at = {c: s for c, s in alarm_at.items() if s < per_chair}
         cpu0, wall0 = gw.cpu_seconds(), time.monotonic()
+        influx0 = influx_write_stats(influx.url)
         pubs = run_publishers(PubPlan(broker.port, site, names, rate, seconds, clients, start_at, alarm_at), procs)
         published = sum(r.published for r in pubs)
         first = min(r.first for r in pubs)
         last = max(r.last for r in pubs)
         result.published = published
         result.offered_per_s = published / (last - first + 1.0 / rate)
-        # drain: wait until everything is stored or progress stops
+        # drain: wait until everything is stored or progress stops; the cheap
+        # counter first, then InfluxDB's own count (which scans the whole run)
         drain_end = time.monotonic() + min(MAX_DRAIN_S, 10 + seconds)
-        best, best_at = -1, time.monotonic()
-        while time.monotonic() < drain_end:
-            now_count = stored_count(influx.url, site, since_ms)
-            if now_count >= published:
-                break
-            if now_count > best:
-                best, best_at = now_count, time.monotonic()
-            elif time.monotonic() - best_at > 5:
-                break
-            time.sleep(0.2)
+        wait_progress(lambda: written() - poller.counts[0][1], published, drain_end, 0.1)
+        wait_progress(lambda: stored_count(influx.url, site, since_ms), published, drain_end, 1.0)
         done = time.monotonic()
         result.drain_s = max(0.0, done - last)
         time.sleep(args.poll_ms / 1000 * 3)  # let the poller see the tail
         cpu1, wall1 = gw.cpu_seconds(), time.monotonic()
+        influx1 = influx_write_stats(influx.url)
         poller.stop()
         alarms.close()
         metrics = gw.metrics()
     finally:
         gw.stop()
+        gw.discard_session()
         if poller is not None:
             poller.stop()
         if alarms is not None:
@@ -581,6 +698,12 @@ def run_once(args: argparse.Namespace, chairs: int, rate: float, seconds: float,
                  "spool_dropped"):
         if metrics.get(name):
             result.notes.append(f"gateway {name}={metrics[name]:g}")
+    writes = metrics.get("write_seconds_count", 0.0)
+    if writes:
+        server = (influx1[1] - influx0[1]) / max(1, influx1[0] - influx0[0]) / 1e6
+        result.notes.append(f"{writes:.0f} writes of {metrics.get('points_written', 0.0) / writes:.0f} lines, "
+                            f"{1e3 * metrics.get('write_seconds_sum', 0.0) / writes:.1f} ms each in the gateway, "
+                            f"{server:.1f} ms in InfluxDB")
     if result.stored > published:
         result.notes.append(f"stored {result.stored} > published {published}")
     return result
@@ -635,8 +758,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--broker-limits", choices=("deploy", "test"), default="deploy",
                         help="deploy: max_inflight_messages / max_queued_messages as in "
                              "deploy/mosquitto/chairside.conf (default); test: services.Mosquitto's own")
-    parser.add_argument("--pub-procs", type=int, default=0, help="publisher processes (default: auto)")
-    parser.add_argument("--pub-clients", type=int, default=4, help="paho publisher clients in all (default 4)")
+    parser.add_argument("--pub-procs", type=int, default=1, help="publisher processes (default 1)")
+    parser.add_argument("--pub-clients", type=int, default=4,
+                        help="publisher MQTT connections in all (default 4)")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="let the gateway use every CPU too (default: only the first)")
     parser.add_argument("--poll-ms", type=float, default=50.0, help="probe poll interval (default 50 ms)")
     parser.add_argument("--batch-max", type=int, default=0, help="override GatewayConfig.batch_max")
     parser.add_argument("--batch-interval", type=float, default=0.0,
@@ -647,6 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if chairs < 1 or rate <= 0 or seconds <= 0 or chairs * rate > 50_000 or seconds > 600:
             parser.error("need 1 <= chairs, 0 < rate, 0 < seconds <= 600, chairs*rate <= 50,000")
     results = []
+    gw_cpus = gateway_cpu()
     with tempfile.TemporaryDirectory(prefix="chairside-bench-") as tmp:
         work = Path(tmp)
         broker = Mosquitto(extra_config=deploy_limits() if args.broker_limits == "deploy" else "",
@@ -658,13 +785,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             for k, (chairs, rate, seconds) in enumerate(loads):
                 print(f"running {chairs} chairs at {rate:g} Hz for {seconds:g} s ...", file=sys.stderr, flush=True)
                 tag = f"{os.getpid() % 10000}r{k}"
-                results.append(run_once(args, chairs, rate, seconds, broker, influx, work, tag))
+                results.append(run_once(args, chairs, rate, seconds, broker, influx, work, tag,
+                                        None if args.no_pin else gw_cpus))
         finally:
             influx.stop()
             broker.stop()
     tuned = {"batch_max": args.batch_max, "batch_interval_s": args.batch_interval}
     gateway = f"overrides {tuned}" if args.batch_max or args.batch_interval else "defaults"
-    print(f"ingest benchmark: broker limits {args.broker_limits}, gateway {gateway}")
+    where = ("every CPU shared" if args.no_pin
+             else f"gateway pinned to CPU {sorted(gw_cpus)}, the rest unpinned")
+    print(f"ingest benchmark: broker limits {args.broker_limits}, gateway {gateway}; {where}")
     print_table(results)
     return 0
 

@@ -14,8 +14,8 @@ the gateway treats them as live (alarm engine included), as it would at a
 sustained 10 Hz; a real backlog older than 30 s skips the live alarm path and
 would flatter the figure.
 
-With two or more CPUs the gateway process is pinned to CPU 0 and Mosquitto,
-InfluxDB and this script to the other CPUs, so "stored per second" is the
+With two or more CPUs the gateway process is pinned to the first CPU (and
+nothing else is: see ``ingest.gateway_cpu``), so "stored per second" is the
 rate of one gateway core.  Reported: stored/s over the middle 80 % of the
 drain (slope of ``count(seq)`` in InfluxDB), the gateway's CPU use, readings
 per gateway CPU-second, and a per-chair check that every (chair, seq) was
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ for _extra in (REPO / "gateway", REPO / "firmware", HERE):
     if str(_extra) not in sys.path:
         sys.path.insert(0, str(_extra))
 
-from ingest import BenchGateway, deploy_limits, influx_query, stored_count  # noqa: E402
+from ingest import BenchGateway, deploy_limits, gateway_cpu, influx_query, pin, stored_count  # noqa: E402
 
 from chairside.services import InfluxDB, Mosquitto  # noqa: E402
 from csfw import contract as fw  # noqa: E402
@@ -50,14 +49,6 @@ DEADLINE_S = 600.0
 PERIOD_MS = 100  # 10 Hz per chair
 LEAD_MS = 3_000  # the first reading's time: a little after queuing starts
 POLL_S = 1.0  # count(seq) polls: each scans the stored points, so not too often
-
-
-def pin(pid: int, cpus: set[int]) -> None:
-    """Pin every thread of pid to cpus (taskset -a); no-op on one CPU."""
-    if len(os.sched_getaffinity(0)) < 2:
-        return
-    subprocess.run(["taskset", "-a", "-p", "-c", ",".join(map(str, sorted(cpus))), str(pid)],
-                   check=True, capture_output=True)
 
 
 def queue_backlog(port: int, site: str, chairs: int, readings: int, t0_ms: int) -> float:
@@ -147,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     per_chair = max(1, args.readings // args.chairs)
     total = per_chair * args.chairs
-    cpus = sorted(os.sched_getaffinity(0))
-    gw_cpus, rest = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
+    gw_cpus = gateway_cpu()
     site = f"t{os.getpid() % 10000}"
     with tempfile.TemporaryDirectory(prefix="chairside-throughput-") as tmp:
         work = Path(tmp)
@@ -157,10 +147,6 @@ def main(argv: list[str] | None = None) -> int:
         broker.start()
         try:
             influx.start()
-            for service in (broker, influx):
-                assert service.proc is not None
-                pin(service.proc.pid, rest)
-            pin(os.getpid(), rest)
             client_id = f"bench-gw-{os.getpid()}"
             with BenchGateway(broker, influx, work, {}, client_id=client_id):
                 pass  # started = subscribed: the broker now queues for this session
@@ -168,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             pub_rate = queue_backlog(broker.port, site, args.chairs, total, t0_ms)
             gw = BenchGateway(broker, influx, work, overrides(args.set), client_id=client_id)
             gw.start()
-            if not args.no_pin:
-                assert gw.proc is not None
-                pin(gw.proc.pid, gw_cpus)
             try:
+                if not args.no_pin:
+                    assert gw.proc is not None
+                    pin(gw.proc.pid, gw_cpus)
                 samples = drain(gw, influx.url, site, total, t0_ms - 1000)
             finally:
                 gw.stop()
