@@ -277,6 +277,7 @@ def test_drill_page_on_mqtt_and_ack_via_page_ack_topic(
         watcher.publish("chairside/v1/clinic1/chair3/alarms", alarm("acknowledged") | {"by": "carol"})
         time.sleep(0.5)
         assert len(watcher.on("chairside/v1/clinic1/chair3/alarms/ack")) == 1
+        assert pager.metrics.get("acks", via="mqtt") == 1 and pager.metrics.total("acks") == 1
     finally:
         pager.stop()
 

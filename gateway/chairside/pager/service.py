@@ -388,7 +388,6 @@ class Pager:
                 return False, step.reason
             self._apply(step, now)
             self._save()
-        self.metrics.inc("acks", via=via)
         self._wake.set()
         log.info("%s: %s", key, step.reason)
         return True, f"{step.reason}: {thread.site}/{thread.chair}: {thread.text}"
@@ -500,6 +499,9 @@ class Pager:
         thread = step.thread
         if thread is None:
             return
+        before = self._threads.get(thread.key)
+        if thread.state is State.ACKED and (before is None or before.state is not State.ACKED):
+            self.metrics.inc("acks", via=thread.ack_via or "unknown")
         self._threads[thread.key] = thread
         for action in step.actions:
             self._enqueue(self._item(action, thread), now)
