@@ -95,15 +95,20 @@ def query_rows(influxdb: InfluxDB, q: str) -> list[dict[str, Any]]:
 
 
 def wait_rows(influxdb: InfluxDB, q: str, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+    """At least `count` rows, and the same answer twice in a row: InfluxDB 1.x
+    makes a point's fields visible one by one, so a query that runs during a
+    write can see a row whose other fields are still null."""
     end = time.monotonic() + timeout
     rows: list[dict[str, Any]] = []
+    previous: list[dict[str, Any]] | None = None
     while time.monotonic() < end:
         try:
             rows = query_rows(influxdb, q)
         except AssertionError:
             rows = []
-        if len(rows) >= count:
+        if len(rows) >= count and rows == previous:
             return rows
+        previous = rows
         time.sleep(0.1)
     return rows
 

@@ -125,6 +125,8 @@ def test_influx_down_for_five_minutes_of_data_then_everything_lands_once(
         influxdb.kill()
         for seq in range(1, 301):  # five minutes of one-per-second readings
             publisher.send(topics.vitals, vitals(seq, base + seq * 1000))
+        # all 301 at the gateway (the broker may still be delivering the last ones), then durable
+        assert wait_until(lambda: gw.metrics.total("messages_in") >= 301, 10)
         assert gw.wait_durable(10)
         assert gw.spool.pending_points >= 300
         status, body = get(health)
