@@ -349,8 +349,8 @@ class ProbePoller:
 
     Each query reads only points at or after the oldest probe's newest visible
     point (``last()`` returns its time; a chair's timestamps rise with seq), so
-    it costs InfluxDB a few hundred points however long the run.  A query over
-    everything since the start, 20 times a second, cost InfluxDB more than the
+    it costs InfluxDB a few hundred points however long the run.  Queries over
+    everything since the start, 20 times a second, competed with the
     gateway's writes and slowed them.  ``written`` (the gateway's
     ``points_written`` counter: lines InfluxDB answered 204 to) is sampled
     every ``count_interval_s`` for the stored rate."""
