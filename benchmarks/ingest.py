@@ -171,6 +171,7 @@ class RawConnection:
         connack = self.sock.recv(4)
         if len(connack) < 4 or connack[0] != mq.CONNACK or connack[3] != mq.CONNACK_ACCEPTED:
             raise RuntimeError(f"{client_id}: CONNECT refused ({connack!r})")
+        self.sent = 0
         self.acked = 0
         self._pid = 0
         self._pending = bytearray()
@@ -180,11 +181,26 @@ class RawConnection:
     def add(self, topic: str, payload: bytes) -> None:
         self._pid = self._pid % 0xFFFF + 1
         self._pending += self._mq.publish_packet(topic, payload, qos=1, pid=self._pid)
+        self.sent += 1
+
+    @property
+    def buffered(self) -> int:
+        """Bytes added and not yet flushed."""
+        return len(self._pending)
 
     def flush(self) -> None:
         if self._pending:
             self.sock.sendall(self._pending)
             self._pending.clear()
+
+    def wait_acked(self, count: int, timeout: float) -> bool:
+        """Wait until at least ``count`` PUBACKs have arrived; False at the deadline."""
+        end = time.monotonic() + timeout
+        while self.acked < count:
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.005)
+        return True
 
     def _read_acks(self) -> None:
         buf = bytearray()
@@ -246,9 +262,8 @@ def _publish(plan: PubPlan) -> PubResult:
             for c in conns:
                 c.flush()
     last = time.monotonic()
-    end = last + 30.0
-    while sum(c.acked for c in conns) < published and time.monotonic() < end:
-        time.sleep(0.01)
+    for c in conns:  # one 30-s deadline for all
+        c.wait_acked(c.sent, max(0.0, last + 30.0 - time.monotonic()))
     acked = sum(c.acked for c in conns)
     for c in conns:
         c.close()
@@ -464,12 +479,7 @@ class BenchGateway(GatewayProcess):
         CONNECT discards it).  Left behind, it had the broker queue every
         later phase's messages for nobody, which cost Mosquitto twice the CPU
         and slowed the later phases."""
-        from csfw import mqtt as mq
-
-        with socket.create_connection(("127.0.0.1", self.broker_port), timeout=10) as sock:
-            sock.sendall(mq.connect_packet(self.client_id, keepalive_s=10, clean_session=True))
-            sock.recv(4)
-            sock.sendall(mq.DISCONNECT_PACKET)
+        RawConnection(self.broker_port, self.client_id).close()  # its CONNECT is a clean one
 
     def cpu_seconds(self) -> float:
         return _cpu_seconds(self.proc.pid) if self.proc is not None else 0.0

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -39,60 +38,52 @@ for _extra in (REPO / "gateway", REPO / "firmware", HERE):
     if str(_extra) not in sys.path:
         sys.path.insert(0, str(_extra))
 
-from ingest import BenchGateway, deploy_limits, gateway_cpu, influx_query, pin, stored_count  # noqa: E402
+from ingest import (  # noqa: E402
+    BenchGateway,
+    RawConnection,
+    deploy_limits,
+    gateway_cpu,
+    influx_query,
+    pin,
+    stored_count,
+)
 
 from chairside.services import InfluxDB, Mosquitto  # noqa: E402
 from csfw import contract as fw  # noqa: E402
-from csfw import mqtt as mq  # noqa: E402
 
 DEADLINE_S = 600.0
 PERIOD_MS = 100  # 10 Hz per chair
 LEAD_MS = 3_000  # the first reading's time: a little after queuing starts
 POLL_S = 1.0  # count(seq) polls: each scans the stored points, so not too often
+ACK_TIMEOUT_S = 30.0  # the broker's PUBACKs while queuing
 
 
 def queue_backlog(port: int, site: str, chairs: int, readings: int, t0_ms: int) -> float:
     """Publish readings (QoS 1) for the gateway's stored session; returns the
     publish rate.  Waits for every PUBACK, so the broker holds them all."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    sock.sendall(mq.connect_packet(f"bench-backlog-{os.getpid()}", keepalive_s=60))
-    if sock.recv(4)[:1] != b"\x20":
-        raise RuntimeError("no CONNACK")
+    conn = RawConnection(port, f"bench-backlog-{os.getpid()}")
     topics = [fw.Topics(site, f"c{i:05d}").vitals for i in range(chairs)]
     per_chair = readings // chairs
     started = time.monotonic()
-    pid = 0
-    unacked = 0
-    pending = bytearray()
-    for seq in range(per_chair):
-        for i, topic in enumerate(topics):
-            up = 60_000 + seq * PERIOD_MS
-            env = fw.envelope(seq, 1, up, t0_ms + seq * PERIOD_MS + i % PERIOD_MS, True, False)
-            payload = fw.vitals_payload(env, 97 + (seq + i) % 3, 70 + i % 20, 7, fw.ST_OK)
-            pid = pid % 0xFFFF + 1
-            pending += mq.publish_packet(topic, payload, qos=1, pid=pid)
-            unacked += 1
-            if len(pending) > 60_000:
-                sock.sendall(pending)
-                pending.clear()
-                unacked -= _read_acks(sock, unacked - 5000)
-    sock.sendall(pending)
-    unacked -= _read_acks(sock, unacked)
-    sock.sendall(mq.DISCONNECT_PACKET)
-    sock.close()
+    try:
+        for seq in range(per_chair):
+            for i, topic in enumerate(topics):
+                up = 60_000 + seq * PERIOD_MS
+                env = fw.envelope(seq, 1, up, t0_ms + seq * PERIOD_MS + i % PERIOD_MS, True, False)
+                conn.add(topic, fw.vitals_payload(env, 97 + (seq + i) % 3, 70 + i % 20, 7, fw.ST_OK))
+                if conn.buffered > 60_000:
+                    conn.flush()
+                    _wait_acked(conn, conn.sent - 5000)  # at most ~5,000 unacknowledged
+        conn.flush()
+        _wait_acked(conn, conn.sent)
+    finally:
+        conn.close()
     return per_chair * chairs / (time.monotonic() - started)
 
 
-def _read_acks(sock: socket.socket, at_least: int) -> int:
-    """Read PUBACKs (4 bytes each) until at least at_least have arrived."""
-    got = 0
-    leftover = b""
-    while got < at_least:
-        data = leftover + sock.recv(65536)
-        n = len(data) // 4
-        got += n
-        leftover = data[n * 4:]
-    return got
+def _wait_acked(conn: RawConnection, count: int) -> None:
+    if not conn.wait_acked(count, ACK_TIMEOUT_S):
+        raise RuntimeError(f"the broker acknowledged {conn.acked} of {conn.sent} readings in time")
 
 
 def drain(gw: BenchGateway, influx_url: str, site: str, total: int,
