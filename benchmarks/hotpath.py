@@ -28,11 +28,11 @@ for _extra in (REPO / "gateway", REPO / "firmware"):
         sys.path.insert(0, str(_extra))
 
 from chairside.alarms.engine import AlarmEngine  # noqa: E402
+from chairside.ingest.timebase import Timebase  # noqa: E402
+from chairside.ingest.validate import Accepted, validate  # noqa: E402
 from chairside.metrics import Metrics  # noqa: E402
 from chairside.model import Reading  # noqa: E402
-from chairside.points import reading_line  # noqa: E402
-from chairside.timebase import Timebase  # noqa: E402
-from chairside.validate import Accepted, validate  # noqa: E402
+from chairside.store.points import reading_line  # noqa: E402
 from csfw import contract as fw  # noqa: E402
 
 T0 = 1_700_000_000_000

@@ -6,7 +6,7 @@ Run from the repository root with the project's Python::
     python benchmarks/ingest.py --chairs 1000 --rate 10 --seconds 30
     python benchmarks/ingest.py --preset issue8      # 100 and 1,000 chairs, plus 10k/s
 
-Everything runs on loopback: a private Mosquitto (``chairside.services``,
+Everything runs on loopback: a private Mosquitto (``chairside.sim.services``,
 with the deployed broker's in-flight/queue limits unless ``--broker-limits
 test``), a private InfluxDB 1.x, and the gateway as a *subprocess*
 (``python -m chairside.cli gateway``) so that it has its own interpreter and
@@ -77,7 +77,7 @@ for _extra in (REPO / "gateway", REPO / "firmware"):
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from chairside.services import GatewayProcess, InfluxDB, Mosquitto  # noqa: E402
+from chairside.sim.services import GatewayProcess, InfluxDB, Mosquitto  # noqa: E402
 
 DEPLOY_CONF = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "chairside.conf"
 
@@ -455,7 +455,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 class BenchGateway(GatewayProcess):
-    """The gateway child process (``chairside.services.GatewayProcess``), with
+    """The gateway child process (``chairside.sim.services.GatewayProcess``), with
     GatewayConfig overrides through a two-line bootstrap, and its CPU time
     and metrics for the figures."""
 

@@ -48,7 +48,7 @@ from ingest import (  # noqa: E402
     stored_count,
 )
 
-from chairside.services import InfluxDB, Mosquitto  # noqa: E402
+from chairside.sim.services import InfluxDB, Mosquitto  # noqa: E402
 from csfw import contract as fw  # noqa: E402
 
 DEADLINE_S = 600.0

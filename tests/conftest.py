@@ -18,7 +18,7 @@ for extra in (REPO / "gateway", REPO / "firmware"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from chairside.services import InfluxDB, Mosquitto  # noqa: E402
+from chairside.sim.services import InfluxDB, Mosquitto  # noqa: E402
 
 
 @pytest.fixture

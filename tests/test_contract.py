@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from chairside import contract as gw_contract
-from chairside.validate import Accepted, validate
+from chairside.ingest.validate import Accepted, validate
 from csfw import contract as fw_contract
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,17 +15,17 @@ from collections.abc import Sequence
 
 # subcommand -> (module, help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "gateway": ("chairside.gateway", "run the MQTT → InfluxDB gateway with the alarm engine"),
-    "simulate": ("chairside.simulator", "run simulated chair boxes (real firmware, host layer)"),
-    "demo": ("chairside.demo", "start services, simulated chairs, gateway and a live view"),
+    "gateway": ("chairside.service", "run the MQTT → InfluxDB gateway with the alarm engine"),
+    "simulate": ("chairside.sim.simulator", "run simulated chair boxes (real firmware, host layer)"),
+    "demo": ("chairside.sim.demo", "start services, simulated chairs, gateway and a live view"),
     "pager": ("chairside.pager.service", "run the on-call pager"),
-    "drill": ("chairside.drill", "send a labelled emergency drill through the real chain"),
-    "staff": ("chairside.staff", "acknowledge an alarm or change a chair's limit (audited)"),
-    "dashboards": ("chairside.grafana_push", "build or push the Grafana dashboards"),
-    "provision": ("chairside.provision", "create, rotate or revoke a chair box's credentials"),
-    "certs": ("chairside.pki", "create the clinic CA and server/box certificates"),
-    "flash": ("chairside.flash", "build and flash the firmware to a board over USB"),
-    "serial-bridge": ("chairside.serial_bridge", "bridge a USB-serial box to MQTT"),
+    "drill": ("chairside.staff.drill", "send a labelled emergency drill through the real chain"),
+    "staff": ("chairside.staff.commands", "acknowledge an alarm or change a chair's limit (audited)"),
+    "dashboards": ("chairside.install.grafana_push", "build or push the Grafana dashboards"),
+    "provision": ("chairside.install.provision", "create, rotate or revoke a chair box's credentials"),
+    "certs": ("chairside.install.pki", "create the clinic CA and server/box certificates"),
+    "flash": ("chairside.install.flash", "build and flash the firmware to a board over USB"),
+    "serial-bridge": ("chairside.ingest.serial_bridge", "bridge a USB-serial box to MQTT"),
 }
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from chairside.services import GatewayProcess, InfluxDB, Mosquitto
-from chairside.simulator import Fleet, make_box
+from chairside.sim.services import GatewayProcess, InfluxDB, Mosquitto
+from chairside.sim.simulator import Fleet, make_box
 from host.clock import SimClock
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from chairside.services import InfluxDB  # noqa: E402
+from chairside.sim.services import InfluxDB  # noqa: E402
 from dashboards.grafana_macros import Scope, TimeRange, Variable, expand  # noqa: E402
 
 pytestmark = pytest.mark.services

@@ -37,9 +37,9 @@ for extra in (REPO, REPO / "tests" / "e2e"):
 
 from e2e_support import Observer, SimWallClock, start_gateway, wait_rows  # noqa: E402
 
-from chairside.gateway import Gateway  # noqa: E402
-from chairside.services import InfluxDB, Mosquitto  # noqa: E402
-from chairside.simulator import Fleet, make_box  # noqa: E402
+from chairside.service import Gateway  # noqa: E402
+from chairside.sim.services import InfluxDB, Mosquitto  # noqa: E402
+from chairside.sim.simulator import Fleet, make_box  # noqa: E402
 from dashboards.grafana_macros import Scope, TimeRange, Variable, expand  # noqa: E402
 from host.clock import SimClock  # noqa: E402
 

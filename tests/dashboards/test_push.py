@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from chairside import grafana_push
+from chairside.install import grafana_push
 
 REPO = Path(__file__).resolve().parents[2]
 JSON_DIR = REPO / "dashboards" / "json"

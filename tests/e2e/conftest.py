@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from e2e_support import Observer, SimWallClock, start_gateway
 
-from chairside.gateway import Gateway
-from chairside.services import InfluxDB, Mosquitto
+from chairside.service import Gateway
+from chairside.sim.services import InfluxDB, Mosquitto
 from host.clock import SimClock
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from chairside.gateway import Gateway, GatewayConfig, default_alarm_stage
-from chairside.services import InfluxDB, Mosquitto
+from chairside.service import Gateway, GatewayConfig, default_alarm_stage
+from chairside.sim.services import InfluxDB, Mosquitto
 
 
 class Observer:

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from e2e_support import Observer, lockstep, wait_rows
 
-from chairside.gateway import Gateway, GatewayConfig, default_alarm_stage
-from chairside.services import InfluxDB, Mosquitto
-from chairside.simulator import Fleet, make_box
+from chairside.service import Gateway, GatewayConfig, default_alarm_stage
+from chairside.sim.services import InfluxDB, Mosquitto
+from chairside.sim.simulator import Fleet, make_box
 
 pytestmark = pytest.mark.services
 SITE = "clinic-alarms"

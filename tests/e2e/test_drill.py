@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from e2e_support import Observer, query_rows, start_gateway, wait_rows
 
-from chairside.drill import Drill, DrillConfig, DrillResult, store
-from chairside.gateway import Gateway
 from chairside.pager.policy import parse_policy
 from chairside.pager.service import Pager
-from chairside.services import InfluxDB, Mosquitto, free_port
+from chairside.service import Gateway
+from chairside.sim.services import InfluxDB, Mosquitto, free_port
+from chairside.staff.drill import Drill, DrillConfig, DrillResult, store
 
 pytestmark = pytest.mark.services
 SITE = "clinic-drill"

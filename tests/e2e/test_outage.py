@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 from e2e_support import Observer, SimWallClock, query_rows, start_gateway, wait_rows
 
-from chairside.gateway import Gateway
-from chairside.services import InfluxDB, Mosquitto
-from chairside.simulator import Fleet, make_box
+from chairside.service import Gateway
+from chairside.sim.services import InfluxDB, Mosquitto
+from chairside.sim.simulator import Fleet, make_box
 from host.clock import SimClock
 
 pytestmark = pytest.mark.services

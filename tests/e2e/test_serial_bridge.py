@@ -22,12 +22,12 @@ import serial
 from e2e_support import Observer, wait_rows
 from paho.mqtt.enums import CallbackAPIVersion
 
-from chairside import serial_bridge
 from chairside.contract import topic
-from chairside.gateway import Gateway
-from chairside.serial_bridge import OFFLINE_PAYLOAD, SerialBridge
-from chairside.services import InfluxDB, Mosquitto
-from chairside.simulator import make_box
+from chairside.ingest import serial_bridge
+from chairside.ingest.serial_bridge import OFFLINE_PAYLOAD, SerialBridge
+from chairside.service import Gateway
+from chairside.sim.services import InfluxDB, Mosquitto
+from chairside.sim.simulator import make_box
 from host.clock import SimClock
 
 pytestmark = pytest.mark.services

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from e2e_support import Observer, lockstep, wait_rows
 
-from chairside import staff
-from chairside.gateway import Gateway
-from chairside.services import InfluxDB, Mosquitto
-from chairside.simulator import Fleet, make_box
+from chairside.service import Gateway
+from chairside.sim.services import InfluxDB, Mosquitto
+from chairside.sim.simulator import Fleet, make_box
+from chairside.staff import commands as staff
 
 pytestmark = pytest.mark.services
 SITE = "clinic-staff"

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from e2e_support import Observer, lockstep, query_rows, wait_rows
 
-from chairside.gateway import Gateway
-from chairside.services import InfluxDB, Mosquitto
-from chairside.simulator import Fleet, make_box
+from chairside.service import Gateway
+from chairside.sim.services import InfluxDB, Mosquitto
+from chairside.sim.simulator import Fleet, make_box
 
 pytestmark = pytest.mark.services
 SITE = "clinic-e2e"

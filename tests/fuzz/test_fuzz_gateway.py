@@ -8,7 +8,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chairside.validate import REASONS, Accepted, Rejected, validate
+from chairside.ingest.validate import REASONS, Accepted, Rejected, validate
 
 FUZZ = settings(max_examples=300, deadline=200, suppress_health_check=[HealthCheck.too_slow])
 KINDS = ("vitals", "nibp", "status", "resp", "cmd", "alarms", "x")

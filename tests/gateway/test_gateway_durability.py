@@ -16,11 +16,11 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from instant_engine import instant_engine
 from paho.mqtt.enums import CallbackAPIVersion
 
-from chairside.gateway import SPOOL_FULL_ALARM, Gateway, GatewayConfig
-from chairside.services import InfluxDB, Mosquitto, free_port
-from chairside.thresholds import ThresholdStage
+from chairside.service import SPOOL_FULL_ALARM, Gateway, GatewayConfig
+from chairside.sim.services import InfluxDB, Mosquitto, free_port
 from csfw import contract as fw
 
 pytestmark = pytest.mark.services
@@ -93,7 +93,7 @@ def make_gateway(mosquitto: Mosquitto, influxdb: InfluxDB, state: Path, **overri
         "site": SITE,
     }
     settings.update(overrides)
-    gw = Gateway(GatewayConfig(**settings), ThresholdStage())
+    gw = Gateway(GatewayConfig(**settings), instant_engine())
     gw.start()
     assert gw.wait_subscribed(10)
     return gw

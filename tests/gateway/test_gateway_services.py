@@ -17,11 +17,11 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from instant_engine import instant_engine
 from paho.mqtt.enums import CallbackAPIVersion
 
-from chairside.gateway import Gateway, GatewayConfig
-from chairside.services import InfluxDB, Mosquitto
-from chairside.thresholds import ThresholdStage
+from chairside.service import Gateway, GatewayConfig
+from chairside.sim.services import InfluxDB, Mosquitto
 from csfw import contract as fw
 
 pytestmark = pytest.mark.services
@@ -103,7 +103,7 @@ def gateway(mosquitto: Mosquitto, influxdb: InfluxDB, tmp_path: Path) -> Iterato
         retry_max_s=0.5,
         influx_timeout_s=1.0,
     )
-    gw = Gateway(config, ThresholdStage())
+    gw = Gateway(config, instant_engine())
     gw.start()
     assert gw.wait_subscribed(10)
     yield gw
@@ -196,7 +196,7 @@ def test_desaturation_raises_alarm_historical_does_not(
         time.sleep(0.3)
         assert ear.messages == []
 
-        box.send(live.vitals, vitals(2, now - 1000, spo2=84))
+        box.send(live.vitals, vitals(2, now - 1000, spo2=87))
         deadline = time.monotonic() + 5
         while not ear.on(f"{live.vitals[:-7]}/alarms") and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -204,7 +204,7 @@ def test_desaturation_raises_alarm_historical_does_not(
         assert len(events) == 1
         event = events[0]
         assert (event["alarm"], event["event"], event["priority"], event["value"]) == (
-            "spo2_low", "raised", "medium", 84.0,
+            "spo2_low", "raised", "medium", 87.0,
         )
         assert event["key"] == "clinic1/chair1/spo2_low"
         deadline = time.monotonic() + 5
@@ -252,7 +252,7 @@ def test_clock_skew_counted_every_time_but_warned_once_per_chair(
     """A box whose clock is an hour off (or a backlog after an outage) must not
     flood the log: every message is counted and stored at its own time, one
     warning per chair per minute."""
-    caplog.set_level("WARNING", logger="chairside.gateway")
+    caplog.set_level("WARNING", logger="chairside.service")
     hour_ago = wall_ms() - 3_600_000
     for chair in ("c1", "c2"):
         topics = fw.Topics("clinic1", chair)

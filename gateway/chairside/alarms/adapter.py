@@ -4,7 +4,7 @@
   parsed into commands or a :class:`Rejected` with a reason: bad input never
   raises out of here.
 * :func:`audit_line` turns an :class:`AuditRecord` into a ``limit_audit`` line;
-  :func:`alarm_event_line` (from ``chairside.points``) does ``alarm_events``.
+  :func:`alarm_event_line` (from ``chairside.store.points``) does ``alarm_events``.
 * :func:`active_payload` builds the retained ``alarms/active`` message.
 
 No MQTT client and no clock here: the gateway passes ``now_ms``.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from chairside.model import AlarmEvent
-from chairside.points import alarm_event_line
+from chairside.store.points import alarm_event_line
 
 from .engine import DRILL_PREFIX, AlarmEngine
 from .profile import AuditRecord, ProfileError
@@ -214,7 +214,7 @@ def audit_line(record: AuditRecord) -> str:
 
 
 def event_line(event: AlarmEvent) -> str:
-    """The ``alarm_events`` point (delegates to ``chairside.points.alarm_event_line``)."""
+    """The ``alarm_events`` point (delegates to ``chairside.store.points.alarm_event_line``)."""
     return alarm_event_line(event)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from chairside.model import AlarmEvent, Reading
-from chairside.points import alarm_event_line, reading_line, reject_line
+from chairside.store.points import alarm_event_line, reading_line, reject_line
 
 T0 = 1_700_000_000_000
 

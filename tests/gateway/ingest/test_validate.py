@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from chairside.validate import REASONS, Accepted, Rejected, validate
+from chairside.ingest.validate import REASONS, Accepted, Rejected, validate
 from csfw import contract as fw
 
 T = fw.Topics("clinic1", "chair3")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from chairside.point_spool import CURSOR_FILE, PointSpool
+from chairside.store.spool import CURSOR_FILE, PointSpool
 
 
 def lines(start: int, n: int) -> list[str]:

@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from chairside.mqtt_ingest import (
+from chairside.ingest.session import (
     IngestSession,
     Packet,
     ProtocolError,
@@ -26,7 +26,7 @@ from chairside.mqtt_ingest import (
     puback_packets,
     subscribe_packet,
 )
-from chairside.services import Mosquitto
+from chairside.sim.services import Mosquitto
 
 _ids = itertools.count()
 

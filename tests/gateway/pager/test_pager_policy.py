@@ -12,7 +12,7 @@ import pytest
 
 from chairside.pager.policy import PolicyError, levels_at, load_policy, on_call, parse_policy
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "gateway/chairside/pager/example-policy.json"
+EXAMPLE = Path(__file__).resolve().parents[3] / "gateway/chairside/pager/example-policy.json"
 LONDON = ZoneInfo("Europe/London")
 
 

@@ -298,7 +298,7 @@ def test_streams_visit_every_condition() -> None:
 
 
 if __name__ == "__main__":  # re-record after an intended behaviour change
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "gateway"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "gateway"))
     GOLDEN.parent.mkdir(exist_ok=True)
     record = {_key(seed, sat): stream_digests(seed, sat) for seed in range(3) for sat in (False, True)}
     GOLDEN.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")

@@ -25,13 +25,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from chairside import flash, pki
-from chairside.provision import ShippedMosquitto, State
-from chairside.services import free_port
+from chairside.install import flash, pki
+from chairside.install.provision import ShippedMosquitto, State
+from chairside.sim.services import free_port
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MPVM = REPO / "tools" / "mpvm"
 SITE = "clinic1"
 

@@ -1,4 +1,4 @@
-"""chairside.points builds line protocol itself (no per-point influxdb_client
+"""chairside.store.points builds line protocol itself (no per-point influxdb_client
 Point); its output must stay byte-identical to Point's on every value the
 contract allows, including the awkward ones."""
 
@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from influxdb_client import Point, WritePrecision
 
-from chairside import contract, points
+from chairside import contract
 from chairside.model import AlarmEvent, Reading
+from chairside.store import points
 
 T0 = 1_700_000_000_000
 

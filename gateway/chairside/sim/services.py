@@ -291,7 +291,7 @@ class GatewayProcess(_Process):
         return [sys.executable, *self.python_args, *self.args]
 
     def _env(self) -> dict[str, str]:
-        package_root = str(Path(__file__).resolve().parents[1])  # gateway/, for a source tree
+        package_root = str(Path(__file__).resolve().parents[2])  # gateway/, for a source tree
         path = os.environ.get("PYTHONPATH")
         return dict(os.environ, PYTHONPATH=package_root + (os.pathsep + path if path else ""))
 

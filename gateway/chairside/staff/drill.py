@@ -59,10 +59,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from chairside import contract
 from chairside.alarms.engine import DRILL_PREFIX
-from chairside.influx import InfluxError, InfluxWriter
-from chairside.simulator import make_box
+from chairside.sim.simulator import make_box
+from chairside.store.influx import InfluxError, InfluxWriter
 
-log = logging.getLogger("chairside.drill")
+log = logging.getLogger("chairside.staff.drill")
 
 # influxdb-client ships partial annotations; its Point is used through Any.
 _point_module: Any = importlib.import_module("influxdb_client.client.write.point")
@@ -537,7 +537,7 @@ class Drill:
 
 
 def store(result: DrillResult, influx_url: str, database: str, timeout_s: float = 5.0) -> None:
-    """Write the drill to ``drills``; raises :class:`chairside.influx.InfluxError`."""
+    """Write the drill to ``drills``; raises :class:`chairside.store.influx.InfluxError`."""
     writer = InfluxWriter(influx_url, database, timeout_s)
     try:
         writer.ensure_database()

@@ -2,7 +2,7 @@
 
 Three threads, each with one job:
 
-* the ingest session's thread (:mod:`chairside.mqtt_ingest`, the box
+* the ingest session's thread (:mod:`chairside.ingest.session`, the box
   topics' persistent subscription) runs :meth:`Gateway._on_message` for each
   message as it is parsed: validate, timestamp, alarm stage, publish alarm
   events, hand line protocol to the store buffer.  While it processes it does
@@ -14,7 +14,7 @@ Three threads, each with one job:
 * the writer takes the store buffer in batches (``batch_max`` lines or every
   ``batch_interval_s``) and makes each batch durable: written to InfluxDB, or,
   while InfluxDB is unreachable (or the spool still holds older points),
-  appended to the on-disk :class:`~chairside.point_spool.PointSpool`.  With
+  appended to the on-disk :class:`~chairside.store.spool.PointSpool`.  With
   ``manual_ack`` each MQTT message is acknowledged only once all its points
   are durable, so a gateway crash makes the broker redeliver (persistent
   session: QoS 1, clean session off, stable client id) instead of losing.
@@ -62,17 +62,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from chairside import contract, mqtt_auth
-from chairside.deadletter import DeadLetters
-from chairside.influx import InfluxRejected, InfluxUnavailable, InfluxWriter
+from chairside.ingest.session import IngestSession, SessionConfig
+from chairside.ingest.timebase import Timebase
+from chairside.ingest.validate import Accepted, Rejected, validate
 from chairside.metrics import Metrics
 from chairside.model import AlarmEvent, AlarmStage, Reading
-from chairside.mqtt_ingest import IngestSession, SessionConfig
-from chairside.point_spool import PointSpool, SpoolError
-from chairside.points import alarm_event_line, reading_line, reject_line
-from chairside.timebase import Timebase
-from chairside.validate import Accepted, Rejected, validate
+from chairside.store.deadletter import DeadLetters
+from chairside.store.influx import InfluxRejected, InfluxUnavailable, InfluxWriter
+from chairside.store.points import alarm_event_line, reading_line, reject_line
+from chairside.store.spool import PointSpool, SpoolError
 
-log = logging.getLogger("chairside.gateway")
+log = logging.getLogger("chairside.service")
 
 SUBSCRIBED_KINDS = ("vitals", "nibp", "status", "resp")
 CONTROL_KINDS = ("alarm_ack", "limits_set", "chair_standby", "drill_end")

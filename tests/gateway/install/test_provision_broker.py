@@ -22,8 +22,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from chairside import pki, provision
-from chairside.provision import ShippedMosquitto, State
+from chairside.install import pki, provision
+from chairside.install.provision import ShippedMosquitto, State
 
 pytestmark = pytest.mark.services
 
@@ -284,9 +284,9 @@ def test_acl_has_no_anonymous_rules_and_cli_round_trip(tmp_path: Path) -> None:
 def test_real_gateway_and_firmware_box_through_the_shipped_broker(clinic: Clinic, tmp_path: Path) -> None:
     """The gateway logs in with `--mqtt-credentials` (the file provision writes)
     and the real firmware with its provisioned config; readings land in InfluxDB."""
-    from chairside.gateway import Gateway, GatewayConfig, default_alarm_stage
-    from chairside.services import InfluxDB
-    from chairside.simulator import make_box
+    from chairside.service import Gateway, GatewayConfig, default_alarm_stage
+    from chairside.sim.services import InfluxDB
+    from chairside.sim.simulator import make_box
 
     user, password = clinic.box_creds("3")
     with InfluxDB(workdir=tmp_path / "influxd") as influx:

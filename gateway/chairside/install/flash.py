@@ -34,9 +34,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from chairside.provision import ProvisionError, State
+from chairside.install.provision import ProvisionError, State
+from chairside.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 BUILD_TOOL = REPO / "tools" / "build_firmware.py"
 NOT_COPIED = {"config.template.json"}
 MPREMOTE_TIMEOUT_S = 180.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chairside.timebase import Timebase
+from chairside.ingest.timebase import Timebase
 
 T0 = 1_700_000_000_000
 

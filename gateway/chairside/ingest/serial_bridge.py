@@ -29,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from chairside import mqtt_auth
 from chairside.contract import topic
 
-LOG = logging.getLogger("chairside.serial_bridge")
+LOG = logging.getLogger("chairside.ingest.serial_bridge")
 OFFLINE_PAYLOAD = b'{"v":1,"state":"offline"}'
 HEARTBEAT_S = 5.0
 BOX_SILENCE_S = 15.0

@@ -28,7 +28,7 @@ from chairside.pager.channels import (
 )
 from chairside.pager.policy import ChannelSpec, Person, RetryRule, SmtpConfig
 from chairside.pager.tokens import TokenError, make_token, verify_token
-from chairside.services import free_port
+from chairside.sim.services import free_port
 
 SECRET = b"0123456789abcdef-test-secret"
 T0 = 1_717_408_800.0

@@ -18,7 +18,7 @@ from typing import Any
 
 from chairside.paths import ensure_firmware_importable
 
-log = logging.getLogger("chairside.simulator")
+log = logging.getLogger("chairside.sim.simulator")
 
 SCENARIOS = ("normal", "desat", "bp_spike", "probe_off", "afib_rvr")
 

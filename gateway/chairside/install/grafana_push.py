@@ -24,9 +24,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from chairside.paths import REPO
+
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 DEFAULT_JSON_DIR = REPO / "dashboards" / "json"
 BUILD_SCRIPT = REPO / "dashboards" / "build.py"
 MIN_GRAFANA: tuple[int, int] = (10, 0)

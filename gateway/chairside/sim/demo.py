@@ -27,13 +27,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from chairside.gateway import Gateway, GatewayConfig, default_alarm_stage
 from chairside.pager.policy import parse_policy
 from chairside.pager.service import Pager
-from chairside.services import InfluxDB, Mosquitto, free_port
-from chairside.simulator import Fleet, make_box, parse_chairs
+from chairside.service import Gateway, GatewayConfig, default_alarm_stage
+from chairside.sim.services import InfluxDB, Mosquitto, free_port
+from chairside.sim.simulator import Fleet, make_box, parse_chairs
 
-log = logging.getLogger("chairside.demo")
+log = logging.getLogger("chairside.sim.demo")
 
 
 @dataclass

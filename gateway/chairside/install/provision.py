@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from chairside import contract
-from chairside.services import Mosquitto
+from chairside.paths import REPO
+from chairside.sim.services import Mosquitto
 
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default in 2.0
 SERVICES: dict[str, str] = {
@@ -47,7 +48,7 @@ SERVICES: dict[str, str] = {
     "pager": "chairside-pager",
     "staff": "chairside-staff",
 }
-SHIPPED_CONF = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto" / "chairside.conf"
+SHIPPED_CONF = REPO / "deploy" / "mosquitto" / "chairside.conf"
 SHIPPED_DIR = "/etc/mosquitto/chairside/"
 TLS_PORT = 8883
 PLAIN_PORT = 1883
@@ -283,7 +284,7 @@ class ShippedMosquitto(Mosquitto):
     def __init__(self, conf_dir: Path, tls_port: int | None = None,
                  workdir: Path | None = None) -> None:
         super().__init__(allow_anonymous=False, workdir=workdir)
-        from chairside.services import free_port
+        from chairside.sim.services import free_port
 
         self.conf_dir = conf_dir
         self.tls_port = tls_port or free_port()

@@ -25,9 +25,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from chairside.pager.policy import parse_policy
 from chairside.pager.service import Pager
 from chairside.pager.state import StateStore, empty_state
-from chairside.services import Mosquitto, free_port
+from chairside.sim.services import Mosquitto, free_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SECRET = "service-test-secret-0123456789"
 KEY = "clinic1/chair3/spo2_low"
 

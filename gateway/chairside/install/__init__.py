@@ -1,0 +1,1 @@
+"""Install: clinic CA and certificates, box provisioning, firmware flashing, Grafana dashboards."""
