@@ -12,7 +12,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from chairside.service import Gateway, GatewayConfig, default_alarm_stage
+from chairside.config import GatewayConfig
+from chairside.service import Gateway, default_alarm_stage
 from chairside.sim.services import InfluxDB, Mosquitto
 
 

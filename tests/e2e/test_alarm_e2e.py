@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from e2e_support import Observer, lockstep, wait_rows
 
-from chairside.service import Gateway, GatewayConfig, default_alarm_stage
+from chairside.config import GatewayConfig
+from chairside.service import Gateway, default_alarm_stage
 from chairside.sim.services import InfluxDB, Mosquitto
 from chairside.sim.simulator import Fleet, make_box
 

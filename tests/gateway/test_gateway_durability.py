@@ -19,7 +19,8 @@ import pytest
 from instant_engine import instant_engine
 from paho.mqtt.enums import CallbackAPIVersion
 
-from chairside.service import SPOOL_FULL_ALARM, Gateway, GatewayConfig
+from chairside.config import GatewayConfig
+from chairside.service import SPOOL_FULL_ALARM, Gateway
 from chairside.sim.services import InfluxDB, Mosquitto, free_port
 from csfw import contract as fw
 

@@ -20,7 +20,8 @@ import pytest
 from instant_engine import instant_engine
 from paho.mqtt.enums import CallbackAPIVersion
 
-from chairside.service import Gateway, GatewayConfig
+from chairside.config import GatewayConfig
+from chairside.service import Gateway
 from chairside.sim.services import InfluxDB, Mosquitto
 from csfw import contract as fw
 

@@ -27,9 +27,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from chairside.config import GatewayConfig
 from chairside.pager.policy import parse_policy
 from chairside.pager.service import Pager
-from chairside.service import Gateway, GatewayConfig, default_alarm_stage
+from chairside.service import Gateway, default_alarm_stage
 from chairside.sim.services import InfluxDB, Mosquitto, free_port
 from chairside.sim.simulator import Fleet, make_box, parse_chairs
 

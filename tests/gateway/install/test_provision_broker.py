@@ -284,7 +284,8 @@ def test_acl_has_no_anonymous_rules_and_cli_round_trip(tmp_path: Path) -> None:
 def test_real_gateway_and_firmware_box_through_the_shipped_broker(clinic: Clinic, tmp_path: Path) -> None:
     """The gateway logs in with `--mqtt-credentials` (the file provision writes)
     and the real firmware with its provisioned config; readings land in InfluxDB."""
-    from chairside.service import Gateway, GatewayConfig, default_alarm_stage
+    from chairside.config import GatewayConfig
+    from chairside.service import Gateway, default_alarm_stage
     from chairside.sim.services import InfluxDB
     from chairside.sim.simulator import make_box
 
