@@ -19,7 +19,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from chairside import contract
 from chairside.metrics import Metrics
-from chairside.model import AlarmEvent
+from chairside.model import AlarmEvent, Priority
 from chairside.store.points import alarm_event_line
 
 log = logging.getLogger("chairside.outbound")
@@ -111,12 +111,12 @@ class Outbound:
         self.publish_json(contract.topic("alarms_active", site, chair), message, retain=True)
 
     def technical_alarm(self, *, site: str, alarm: str, raised: bool, text: str, value: float,
-                        limit: float) -> list[str]:
-        """Raise or clear one of the gateway's own (technical, high) alarms; its point."""
+                        limit: float, chair: str = "gateway", priority: Priority = "high") -> list[str]:
+        """Raise or clear one of the gateway's own technical alarms; its point."""
         now = self._now_ms()
         event = AlarmEvent(
-            id=f"gw-{alarm}-{'raised' if raised else 'cleared'}-{now}",
-            site=site, chair="gateway", alarm=alarm, priority="high", kind="technical",
+            id=f"gw-{alarm}-{chair}-{'raised' if raised else 'cleared'}-{now}",
+            site=site, chair=chair, alarm=alarm, priority=priority, kind="technical",
             event="raised" if raised else "cleared", t=now, text=text, value=value, limit=limit,
         )
         self.metrics.inc("alarm_events", event=event.event, priority=event.priority)

@@ -43,10 +43,11 @@ from chairside import contract, mqtt_auth
 from chairside.alarms.engine import AlarmEngine
 from chairside.config import Clock, GatewayConfig, SystemClock
 from chairside.health import HealthServer
+from chairside.ingest.clockwatch import CLOCK_WRONG_ALARM, ClockWatch
 from chairside.ingest.dedup import Duplicates, SkewLog
 from chairside.ingest.rejects import RejectLog
 from chairside.ingest.session import IngestSession, SessionConfig
-from chairside.ingest.timebase import Timebase
+from chairside.ingest.timebase import Stamp, Timebase
 from chairside.ingest.validate import Accepted, Rejected, validate
 from chairside.metrics import Metrics
 from chairside.model import AlarmStage, Reading
@@ -120,6 +121,7 @@ class Gateway:
         self.duplicates = Duplicates()
         self._skew = SkewLog()
         self._rejects = RejectLog(self.metrics)
+        self._clocks = ClockWatch()
         self._timer: threading.Thread | None = None
         self._http: HealthServer | None = None
         # publishing only (alarm events, time, staff answers)
@@ -290,6 +292,7 @@ class Gateway:
             self._skew.note(result.site, result.chair, stamp.skew_ms, rx_ms)
         if stamp.time_estimated:
             self.metrics.inc("time_estimated")
+        lines: list[str] = self._watch_clock(result.site, result.chair, stamp, result.historical)
         reading = Reading(
             site=result.site,
             chair=result.chair,
@@ -300,7 +303,6 @@ class Gateway:
             historical=result.historical,
             time_estimated=stamp.time_estimated,
         )
-        lines: list[str] = []
         line = reading_line(reading)
         if line is not None:
             lines.append(line)
@@ -309,7 +311,7 @@ class Gateway:
         elif result.last_will:
             log.warning("box %s/%s went offline (last will)", result.site, result.chair)
         if not reading.historical and reading.kind in ("vitals", "status"):
-            self._maybe_send_time(reading)
+            self._maybe_send_time(reading, stamp)
         try:
             events = self.alarm_stage.on_reading(self._for_alarms(reading), self.clock.now_ms())
         except Exception:
@@ -330,10 +332,26 @@ class Gateway:
         self.metrics.inc("late_live_readings")
         return dataclasses.replace(reading, historical=True)
 
-    def _maybe_send_time(self, reading: Reading) -> None:
+    def _watch_clock(self, site: str, chair: str, stamp: Stamp, historical: bool) -> list[str]:
+        """Raise or clear the chair's ``clock_wrong`` technical alarm; its points."""
+        change = self._clocks.note(site, chair, stamp, historical)
+        if change is None:
+            return []
+        raised = change == "raised"
+        text = (f"box clock off by {stamp.skew_ms} ms: readings stored at the gateway's estimate"
+                if raised else "box clock believed again")
+        return self.outbound.technical_alarm(
+            site=site, chair=chair, alarm=CLOCK_WRONG_ALARM, raised=raised, priority="low", text=text,
+            value=float(stamp.skew_ms or 0), limit=float(self.config.skew_limit_ms))
+
+    def _maybe_send_time(self, reading: Reading, stamp: Stamp) -> None:
         """Send the box the wall time when its clock is not synchronised (no NTP
-        on the clinic network); at most once a minute per chair."""
-        if reading.fields.get("sync") != 0:
+        on the clinic network) or is far off; at most once a minute per chair.
+
+        The command echoes the ``boot`` and ``up`` of the message it answers:
+        the box applies it only within seconds of that uptime, so a command the
+        broker delivers late (queued during an outage) can never set an old time."""
+        if reading.fields.get("sync") != 0 and stamp.skew_ms is None:
             return
         key = (reading.site, reading.chair)
         now = self.clock.now_ms()
@@ -342,7 +360,8 @@ class Gateway:
             return
         self._time_sent[key] = now
         self.metrics.inc("time_commands")
-        command = {"v": 1, "cmd": "time", "id": f"time-{now}", "t": now}
+        command = {"v": 1, "cmd": "time", "id": f"time-{now}", "t": now,
+                   "boot": reading.fields.get("boot"), "up": reading.fields.get("up")}
         self.outbound.publish_json(contract.topic("cmd", reading.site, reading.chair), command)
 
     def _process_control(self, item: controls.Control[Ack]) -> None:

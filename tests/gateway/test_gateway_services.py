@@ -7,124 +7,17 @@ InfluxQL and from MQTT.
 
 from __future__ import annotations
 
-import itertools
-import json
-import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from instant_engine import instant_engine
-from paho.mqtt.enums import CallbackAPIVersion
+from gw_support import DB, Box, Listener, query, vitals, wall_ms
 
-from chairside.config import GatewayConfig
 from chairside.service import Gateway
 from chairside.sim.services import InfluxDB, Mosquitto
 from csfw import contract as fw
 
 pytestmark = pytest.mark.services
-
-DB = "chairside_test"
-_ids = itertools.count()
-
-
-def query(influx: InfluxDB, q: str) -> list[dict[str, Any]]:
-    """Rows of the first series as dicts (empty list if none)."""
-    result: Any = influx.query(q, DB)
-    series = result["results"][0].get("series", [])
-    if not series:
-        return []
-    cols = series[0]["columns"]
-    return [dict(zip(cols, row, strict=True)) for row in series[0]["values"]]
-
-
-class Box:
-    """A publisher standing in for chair boxes (QoS 1, waits for each PUBACK)."""
-
-    def __init__(self, broker: Mosquitto) -> None:
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"box-{next(_ids)}"
-        )
-        self.client.connect("127.0.0.1", broker.port)
-        self.client.loop_start()
-
-    def send(self, topic: str, payload: str | bytes) -> None:
-        info = self.client.publish(topic, payload, qos=1)
-        info.wait_for_publish(timeout=5)
-        assert info.is_published()
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-class Listener:
-    """Collects JSON messages on a topic filter."""
-
-    def __init__(self, broker: Mosquitto, topic_filter: str) -> None:
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-        self.lock = threading.Lock()
-        subscribed = threading.Event()
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"ear-{next(_ids)}"
-        )
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.connect("127.0.0.1", broker.port)
-        self.client.loop_start()
-        self.client.subscribe(topic_filter, qos=1)
-        assert subscribed.wait(5)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.messages.append((msg.topic, json.loads(msg.payload)))
-
-    def on(self, topic: str) -> list[dict[str, Any]]:
-        with self.lock:
-            return [m for t, m in self.messages if t == topic]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-@pytest.fixture
-def gateway(mosquitto: Mosquitto, influxdb: InfluxDB, tmp_path: Path) -> Iterator[Gateway]:
-    config = GatewayConfig(
-        mqtt_port=mosquitto.port,
-        influx_url=influxdb.url,
-        database=DB,
-        state_dir=tmp_path / "state",
-        client_id=f"gw-test-{next(_ids)}",
-        reject_interval_s=0.3,
-        retry_min_s=0.1,
-        retry_max_s=0.5,
-        influx_timeout_s=1.0,
-    )
-    gw = Gateway(config, instant_engine())
-    gw.start()
-    assert gw.wait_subscribed(10)
-    yield gw
-    gw.stop()
-
-
-@pytest.fixture
-def box(mosquitto: Mosquitto) -> Iterator[Box]:
-    b = Box(mosquitto)
-    yield b
-    b.close()
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def vitals(seq: int, t: int, spo2: int | None = 97, pr: int = 72, hist: bool = False) -> str:
-    env = fw.envelope(seq, 4, 60_000 + seq * 1000, t, True, hist)
-    return fw.vitals_payload(env, spo2, pr, 6, "ok")
 
 
 def test_good_messages_stored_bad_ones_counted(

@@ -46,6 +46,8 @@ class Stamp:
     source: Source
     skew_ms: int | None = None
     """device ``t`` minus ``rx_ms`` when that exceeds the skew limit on live data."""
+    clock_wrong: bool = False
+    """the box's synced clock is not believed (see :meth:`Timebase.stamp`)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +100,14 @@ class Timebase:
             # e.g. the last will, which has no common fields
             return Stamp(rx_ms, True, "rx")
         key = self._key(site, chair, boot)
-        boot_t = fields.get("boot_t")
-        if isinstance(boot_t, int) and sync == 1:
-            self._learn(key, _Boot(boot_t, "boot_t"))
         if sync == 1 and isinstance(t, int):
             skew = t - rx_ms
-            flagged = skew if not historical and abs(skew) > self._skew_limit_ms else None
+            if skew > self._skew_limit_ms or (not historical and self._clock_jumped(key, t - up, skew)):
+                return self._untrusted_clock(key, up, rx_ms, historical, skew)
+            boot_t = fields.get("boot_t")
+            if isinstance(boot_t, int):
+                self._learn(key, _Boot(boot_t, "boot_t"))
+            flagged = skew if not historical and -skew > self._skew_limit_ms else None
             if flagged is None:
                 # a plausible synced clock also pins the boot time
                 self._learn(key, _Boot(t - up, "synced"))
@@ -117,6 +121,35 @@ class Timebase:
         if known.source == "rx_estimate":
             return Stamp(known.boot_ms + up, True, "rx_estimate")
         return Stamp(known.boot_ms + up, False, known.source)
+
+    def _clock_jumped(self, key: str, boot_ms: int, skew: int) -> bool:
+        """A live reading from the past is normally a backlog (the broker held it
+        while the gateway was away): its ``t - up`` still matches the boot time
+        frozen from the box's clock.  If instead the clock jumped away from the
+        receive time during this boot (a stale time command, a bad NTP answer),
+        ``t - up`` moved: the clock is wrong, not the delivery late."""
+        if -skew <= self._skew_limit_ms:
+            return False
+        with self._lock:
+            known = self._boots.get(key)
+        return (known is not None and known.source != "rx_estimate"
+                and abs(boot_ms - known.boot_ms) > self._skew_limit_ms)
+
+    def _untrusted_clock(self, key: str, up: int, rx_ms: int, historical: bool, skew: int) -> Stamp:
+        """A synced clock that is off by more than the skew limit (a live reading
+        from the past, or any reading from the future) is not believed: the
+        reading is stored at boot time + ``up`` (the boot time frozen before,
+        or estimated now from the receive time), so it can neither be taken
+        for history (and miss its alarm) nor mask the live value on the
+        dashboards until its claimed time arrives.  The device time stays in
+        the stored point as ``dev_t``."""
+        with self._lock:
+            known = self._boots.get(key)
+        if known is None and not historical:
+            known = self._learn(key, _Boot(rx_ms - up, "rx_estimate"))
+        if known is None:
+            return Stamp(rx_ms, True, "rx", skew, clock_wrong=True)
+        return Stamp(known.boot_ms + up, known.source == "rx_estimate", known.source, skew, clock_wrong=True)
 
     def _learn(self, key: str, boot: _Boot) -> _Boot:
         """Record ``boot`` unless one is already frozen; return the frozen one."""
