@@ -122,6 +122,7 @@ class Gateway:
         self._skew = SkewLog()
         self._rejects = RejectLog(self.metrics)
         self._clocks = ClockWatch()
+        self._sessions_lost_counted = 0
         self._timer: threading.Thread | None = None
         self._http: HealthServer | None = None
         # publishing only (alarm events, time, staff answers)
@@ -218,6 +219,10 @@ class Gateway:
 
     def _on_ingest_state(self, state: str) -> None:
         self.metrics.set("mqtt_connected", 1 if state in ("subscribing", "receiving") else 0)
+        lost = self.ingest.sessions_lost - self._sessions_lost_counted
+        if lost > 0:
+            self._sessions_lost_counted += lost
+            self.metrics.inc("mqtt_sessions_lost", lost)
         if state == "receiving":
             self._subscribed.set()
         else:
@@ -451,6 +456,7 @@ def _describe_metrics(m: Metrics) -> None:
     m.describe("spool_errors", "counter", "failed spool appends (disk errors)")
     m.describe("deadletters", "counter", "points InfluxDB rejected as malformed (dead-lettered)")
     m.describe("influx_reachable", "gauge", "1 while InfluxDB answers")
+    m.describe("mqtt_sessions_lost", "counter", "reconnects on which the broker had lost the persistent session")
 
 
 # ---- command line -----------------------------------------------------------

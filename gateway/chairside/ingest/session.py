@@ -221,6 +221,8 @@ class IngestSession:
         """bumped on every CONNACK: an ack of an older connection is dropped
         (the broker redelivers that message on the new one)"""
         self.connects = 0
+        self.sessions_lost = 0
+        """reconnects on which the broker no longer had the persistent session"""
         self.protocol_errors = 0
         self._acks: list[int] = []
         self._acks_lock = threading.Lock()
@@ -325,9 +327,18 @@ class IngestSession:
         with self._acks_lock:
             self.generation += 1
             self._acks.clear()
+        present = bool(connack.body[0] & 0x01)
+        if self.connects and not present:
+            # the broker forgot the persistent session (it crashed, or lost its
+            # state): what boxes published until the re-subscription below was
+            # delivered to nobody; boxes re-send what the gateway has not
+            # confirmed as stored (docs/contract.md, `stored`)
+            self.sessions_lost += 1
+            log.warning("ingest session on %s:%d was lost by the broker (session present: 0); "
+                        "readings published meanwhile come again from the boxes' buffers", cfg.host, cfg.port)
+        else:
+            log.info("ingest session connected to %s:%d (session present: %s)", cfg.host, cfg.port, present)
         self.connects += 1
-        log.info("ingest session connected to %s:%d (session present: %s)",
-                 cfg.host, cfg.port, bool(connack.body[0] & 0x01))
         self._set_state("subscribing")
         sock.sendall(subscribe_packet(SUBSCRIBE_PID, cfg.subscriptions))
 

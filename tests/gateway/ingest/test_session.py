@@ -249,3 +249,37 @@ def test_a_failing_callback_costs_a_reconnect_not_the_session(mosquitto: Mosquit
         assert again[4] > first[4]  # on a new connection
     finally:
         session.stop()
+
+
+@pytest.mark.services
+def test_a_session_the_broker_lost_is_reported(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Broker killed and started again without its state (kill -9 before an
+    autosave): the session reconnects and says, at WARNING and in
+    ``sessions_lost``, that the broker no longer had it; a broker restart that
+    kept its state (clean stop, persistence file written) is not reported."""
+    broker = Mosquitto(workdir=tmp_path / "broker")
+    broker.start()
+    received = Received()
+    session = _session(broker, f"ingest-{next(_ids)}", received)
+    try:
+        broker.stop(remove=False)  # clean stop: the persistence file keeps the session
+        broker.start()
+        _wait_state(session, "receiving")
+        assert session.sessions_lost == 0
+        broker.kill()
+        for leftover in (tmp_path / "broker").glob("*.db"):
+            leftover.unlink()
+        broker.start()
+        _wait_state(session, "receiving", after_connects=3)
+        assert session.sessions_lost == 1
+        assert any("lost by the broker" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    finally:
+        session.stop()
+        broker.stop()
+
+
+def _wait_state(session: IngestSession, state: str, after_connects: int = 2) -> None:
+    end = time.monotonic() + 15
+    while (session.state != state or session.connects < after_connects) and time.monotonic() < end:
+        time.sleep(0.02)
+    assert session.state == state and session.connects >= after_connects
