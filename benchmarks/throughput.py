@@ -21,12 +21,18 @@ drain (slope of ``count(seq)`` in InfluxDB), the gateway's CPU use, readings
 per gateway CPU-second, and a per-chair check that every (chair, seq) was
 stored exactly once.  Latency under a live load is ``benchmarks/ingest.py``'s
 job; a drain has no meaningful publish→stored latency.
+
+Beside it, in the same run, a baseline: a bare paho-mqtt subscriber (clean
+session off, QoS 1, pinned to the same CPU) drains the same backlog doing
+only ``json.loads``; the report prints the gateway's rate ÷ that rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -110,6 +116,63 @@ def check_exactly_once(influx_url: str, site: str, chairs: int, per_chair: int,
     return chairs - good
 
 
+def bare_child(port: int, client_id: str, topic: str, total: int) -> None:
+    """Child process: a bare paho subscriber with a persistent session that
+    only decodes JSON.  ``total`` 0 registers the session and exits; otherwise
+    it drains ``total`` messages and prints its rate (middle 80 %) as JSON."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+                         clean_session=False, protocol=mqtt.MQTTv311)
+    client.max_inflight_messages_set(100)
+    marks: dict[str, float] = {}
+    count = 0
+
+    def on_message(c: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        nonlocal count
+        json.loads(msg.payload)
+        count += 1
+        if count == max(1, total // 10):
+            marks["lo"] = time.monotonic()
+        elif count == max(2, total * 9 // 10):
+            marks["hi"] = time.monotonic()
+        if count >= total:
+            c.disconnect()
+
+    def on_subscribe(c: mqtt.Client, *args: object) -> None:
+        if total == 0:
+            c.disconnect()
+
+    client.on_message = on_message
+    client.on_subscribe = on_subscribe
+    client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+    client.connect("127.0.0.1", port, keepalive=60)
+    client.loop_forever()
+    if total:
+        span = marks.get("hi", 0.0) - marks.get("lo", 0.0)
+        rate = (total * 8 // 10) / span if span > 0 else 0.0
+        print(json.dumps({"received": count, "rate": rate}))
+
+
+def _run_bare(port: int, client_id: str, topic: str, total: int, cpus: set[int], pinned: bool) -> float:
+    proc = subprocess.Popen([sys.executable, __file__, "--bare-child", str(port), client_id, topic, str(total)],
+                            stdout=subprocess.PIPE, text=True)
+    if pinned:
+        pin(proc.pid, cpus)
+    out, _ = proc.communicate(timeout=DEADLINE_S)
+    return float(json.loads(out.strip().splitlines()[-1])["rate"]) if total else 0.0
+
+
+def bare_paho_rate(port: int, site: str, chairs: int, total: int, cpus: set[int], pinned: bool) -> float:
+    """The baseline: the same backlog drained by a bare paho subscriber."""
+    client_id = f"bench-bare-{os.getpid()}"
+    topic = f"{fw.Topics(site, 'x').vitals.rsplit('/', 2)[0]}/+/vitals"
+    _run_bare(port, client_id, topic, 0, cpus, pinned)  # register the session
+    queue_backlog(port, site, chairs, total, time.time_ns() // 1_000_000 + LEAD_MS)
+    return _run_bare(port, client_id, topic, total, cpus, pinned)
+
+
 def overrides(pairs: list[str]) -> dict[str, float]:
     out: dict[str, float] = {}
     for pair in pairs:
@@ -153,15 +216,16 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 gw.stop()
             missing = check_exactly_once(influx.url, site, args.chairs, per_chair, t0_ms - 1000)
+            bare = bare_paho_rate(broker.port, f"{site}b", args.chairs, total, gw_cpus, not args.no_pin)
         finally:
             influx.stop()
             broker.stop()
-    report(args, total, pub_rate, samples, missing, gw_cpus)
+    report(args, total, pub_rate, samples, missing, gw_cpus, bare)
     return 0 if missing == 0 and samples and samples[-1][1] == total else 1
 
 
 def report(args: argparse.Namespace, total: int, pub_rate: float,
-           samples: list[tuple[float, int, float]], missing: int, gw_cpus: set[int]) -> None:
+           samples: list[tuple[float, int, float]], missing: int, gw_cpus: set[int], bare: float) -> None:
     stored = samples[-1][1] if samples else 0
     lo = [s for s in samples if s[1] >= 0.1 * total]
     hi = [s for s in samples if s[1] <= 0.9 * total]
@@ -173,6 +237,9 @@ def report(args: argparse.Namespace, total: int, pub_rate: float,
         cpu = (b[2] - a[2]) / (b[0] - a[0])
         per_cpu = (b[1] - a[1]) / max(1e-9, b[2] - a[2])
         print(f"stored/s (middle 80 % of the drain): {rate:,.0f}")
+        if bare > 0:
+            print(f"baseline, bare paho subscriber (json.loads only, same CPU): {bare:,.0f}/s; "
+                  f"gateway ÷ baseline = {rate / bare:.2f}")
         print(f"gateway CPU: {cpu * 100:.0f} % of one core; readings per gateway CPU-second: "
               f"{per_cpu:,.0f}")
     first = next((s for s in samples if s[1] > 0), None)
@@ -184,4 +251,7 @@ def report(args: argparse.Namespace, total: int, pub_rate: float,
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--bare-child":
+        bare_child(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]))
+        sys.exit(0)
     sys.exit(main())
