@@ -460,7 +460,7 @@ class BenchGateway(GatewayProcess):
     and metrics for the figures."""
 
     BOOTSTRAP = (
-        "import sys, dataclasses as d, json; from chairside import cli, service as g\n"
+        "import sys, dataclasses as d, json; from chairside import cli, gateway_command as g\n"
         "o = json.loads(sys.argv[1]); c = g.config_from_args\n"
         "g.config_from_args = lambda a: d.replace(c(a), **o)\n"
         "sys.exit(cli.main(sys.argv[2:]))\n"

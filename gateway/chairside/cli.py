@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 # subcommand -> (module, help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "gateway": ("chairside.service", "run the MQTT → InfluxDB gateway with the alarm engine"),
+    "gateway": ("chairside.gateway_command", "run the MQTT → InfluxDB gateway with the alarm engine"),
     "simulate": ("chairside.sim.simulator", "run simulated chair boxes (real firmware, host layer)"),
     "demo": ("chairside.sim.demo", "start services, simulated chairs, gateway and a live view"),
     "pager": ("chairside.pager.service", "run the on-call pager"),

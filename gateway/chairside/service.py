@@ -26,17 +26,14 @@ through a separate paho client.  ``/health`` and ``/metrics`` are served by
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import shutil
-import signal
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from chairside import contract, mqtt_auth
@@ -351,12 +348,13 @@ class Gateway:
 
     def _maybe_send_time(self, reading: Reading, stamp: Stamp) -> None:
         """Send the box the wall time when its clock is not synchronised (no NTP
-        on the clinic network) or is far off; at most once a minute per chair.
+        on the clinic network) or is not believed (``clock_wrong``: in the future,
+        or jumped during the boot); at most once a minute per chair.
 
         The command echoes the ``boot`` and ``up`` of the message it answers:
         the box applies it only within seconds of that uptime, so a command the
         broker delivers late (queued during an outage) can never set an old time."""
-        if reading.fields.get("sync") != 0 and stamp.skew_ms is None:
+        if reading.fields.get("sync") != 0 and not stamp.clock_wrong:
             return
         key = (reading.site, reading.chair)
         now = self.clock.now_ms()
@@ -467,90 +465,3 @@ def default_alarm_stage(profile_path: str | Path | None = None) -> AlarmStage:
     from chairside.alarms.profile import load_profile
 
     return AlarmEngine(load_profile(Path(profile_path) if profile_path else None))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mqtt-host", default="127.0.0.1", help="broker host")
-    parser.add_argument("--mqtt-port", type=int, default=1883, help="broker port")
-    parser.add_argument("--client-id", default="chairside-gateway", help="stable MQTT client id")
-    parser.add_argument("--influx-url", default="http://127.0.0.1:8086", help="InfluxDB 1.x URL")
-    parser.add_argument("--database", default=contract.influx_database(), help="database")
-    parser.add_argument(
-        "--state-dir", type=Path, default=None,
-        help="folder for frozen boot times, the disk spool and dead letters (must persist)",
-    )
-    parser.add_argument(
-        "--metrics-port", type=int, default=None, help="serve /metrics and /health on 127.0.0.1:PORT"
-    )
-    parser.add_argument(
-        "--spool-max-mb", type=float, default=256.0, help="bound of the disk spool, MiB"
-    )
-    parser.add_argument(
-        "--site", default="gateway", help="site id for the gateway's own technical alarm events"
-    )
-    parser.add_argument(
-        "--profile", type=Path, default=None, help="alarm profile JSON (default: the adult profile)"
-    )
-    mqtt_auth.add_arguments(parser)
-    # The top-level parser may already define --log-level; don't override its value.
-    parser.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, ...")
-
-
-def config_from_args(args: argparse.Namespace) -> GatewayConfig:
-    return GatewayConfig(
-        mqtt_host=args.mqtt_host,
-        mqtt_port=args.mqtt_port,
-        client_id=args.client_id,
-        influx_url=args.influx_url,
-        database=args.database,
-        state_dir=args.state_dir,
-        metrics_port=args.metrics_port,
-        spool_max_bytes=int(args.spool_max_mb * 1024 * 1024),
-        site=args.site,
-    )
-
-
-def run(args: argparse.Namespace, alarm_stage: AlarmStage | None = None) -> int:
-    """Run until SIGINT/SIGTERM; returns the exit code."""
-    level = str(getattr(args, "log_level", "INFO")).upper()
-    logging.getLogger().setLevel(getattr(logging, level, logging.INFO))
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = config_from_args(args)
-    except ValueError as exc:
-        log.error("bad configuration: %s", exc)
-        return 2
-    if alarm_stage is None:
-        alarm_stage = default_alarm_stage(getattr(args, "profile", None))
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            signal.signal(sig, on_signal)
-        except ValueError:  # not the main thread
-            log.debug("cannot install handler for signal %d", sig)
-    gateway = Gateway(config, alarm_stage)
-    try:
-        gateway.use_broker_login(getattr(args, "mqtt_credentials", None), getattr(args, "mqtt_ca", None))
-    except mqtt_auth.CredentialsError as exc:
-        log.error("%s", exc)
-        return 2
-    gateway.start()
-    log.info(
-        "gateway running: mqtt %s:%d → %s/%s",
-        config.mqtt_host,
-        config.mqtt_port,
-        config.influx_url,
-        config.database,
-    )
-    try:
-        while not stop.wait(1.0):
-            pass
-    finally:
-        gateway.stop()
-    return 0
