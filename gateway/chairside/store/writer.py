@@ -194,6 +194,12 @@ class Writer(Generic[T]):
                 if entry.token is not None:
                     self._on_durable(entry.token)
 
+    def submit_marker(self, token: T) -> None:
+        """Report ``token`` durable once everything submitted before it is (a
+        message that adds no point, such as a duplicate, must not be reported
+        stored before the copy it duplicates)."""
+        self.submit(("",), token)
+
     def waiting(self) -> int:
         """Points in memory, not yet written or spooled."""
         with self._cond:
@@ -230,7 +236,7 @@ class Writer(Generic[T]):
                 influx_up = self._monotonic() >= retry_at
                 if batch:
                     if self.spool.empty and influx_up:
-                        if self._write_safely([e.line for e in batch]):
+                        if self._write_safely([e.line for e in batch if e.line]):
                             self._release(batch)
                             backoff, retry_at = config.retry_min_s, 0.0
                         else:
@@ -291,17 +297,18 @@ class Writer(Generic[T]):
 
     def _spool_batch(self, batch: list[_Entry[T]]) -> None:
         """Append ``batch`` to the disk spool, then release it; a full spool drops it (counted)."""
-        lines = [entry.line for entry in batch]
+        lines = [entry.line for entry in batch if entry.line]
         try:
             with self._spool_lock:
-                stored = self.spool.append(lines)
+                stored = self.spool.append(lines) if lines else True
         except (SpoolError, OSError, UnicodeError) as exc:
             # keep the batch (unacknowledged) in memory and try again later
             self.metrics.inc("spool_errors")
             self._errors(logging.ERROR, "spool_append", "cannot spool %d points: %s", len(lines), exc)
             return
         if stored:
-            self.metrics.inc("spooled", len(lines))
+            if lines:
+                self.metrics.inc("spooled", len(lines))
         else:
             self.metrics.inc("spool_dropped", len(lines))
             self._errors(logging.ERROR, "spool_full", "spool full (%d bytes): dropped %d points (%d dropped in all)",
@@ -345,6 +352,8 @@ class Writer(Generic[T]):
 
     def _write_safely(self, lines: list[str]) -> bool:
         """Write ``lines`` (isolating the ones that fail); False if InfluxDB is unavailable."""
+        if not lines:
+            return True
         try:
             self._write(lines)
         except InfluxUnavailable as exc:
