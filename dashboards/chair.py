@@ -9,6 +9,7 @@ from __future__ import annotations
 from dashboards.influxql import InfluxQL, datasource_ref
 from dashboards.panels import (
     CHAIR_FILTER,
+    NOT_FUTURE,
     OK_COLOUR,
     PRIORITY_COLOURS,
     Profile,
@@ -60,7 +61,7 @@ def chair_detail(profile: Profile) -> dash.Dashboard:
         .with_target(
             InfluxQL(
                 'SELECT "sys", "dia", "map" FROM "nibp" '
-                f"WHERE {CHAIR_FILTER} AND \"st\" = 'ok' AND $timeFilter"
+                f"WHERE {CHAIR_FILTER} AND \"st\" = 'ok' AND $timeFilter AND {NOT_FUTURE}"
             )
         )
         .unit("suffix: mmHg")

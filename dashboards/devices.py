@@ -10,6 +10,7 @@ from dashboards.influxql import InfluxQL, datasource_ref
 from dashboards.panels import (
     CHAIR_FILTER,
     DEVICE_WINDOW,
+    NOT_FUTURE,
     OK_COLOUR,
     PRIORITY_COLOURS,
     STALE_COLOUR,
@@ -52,7 +53,7 @@ def device_health(profile: Profile) -> dash.Dashboard:
         .with_target(
             InfluxQL(
                 'SELECT last("online") AS "online" FROM "device" '
-                f"WHERE {CHAIR_FILTER} AND $timeFilter"
+                f"WHERE {CHAIR_FILTER} AND $timeFilter AND {NOT_FUTURE}"
             )
         )
         .time_from(DEVICE_WINDOW)
@@ -83,7 +84,7 @@ def device_health(profile: Profile) -> dash.Dashboard:
         .with_target(
             InfluxQL(
                 'SELECT last("fw") AS "fw", "cfg", "reset", "oxi", "nibp", "link", "rssi", '
-                f'"spool", "dropped" FROM "device" WHERE {CHAIR_FILTER} AND $timeFilter '
+                f'"spool", "dropped" FROM "device" WHERE {CHAIR_FILTER} AND $timeFilter AND {NOT_FUTURE} '
                 'GROUP BY "chair"'
             ).result_format("table")
         )

@@ -11,6 +11,7 @@ from dashboards.panels import (
     ALARM_WINDOW,
     CHAIR_FILTER,
     NIBP_WINDOW,
+    NOT_FUTURE,
     OK_COLOUR,
     PRIORITY_COLOURS,
     PRIORITY_RANK,
@@ -38,7 +39,7 @@ def overview(profile: Profile) -> dash.Dashboard:
         )
         .datasource(datasource_ref())
         .with_target(
-            InfluxQL(f'SELECT last("st") FROM "vitals" WHERE {CHAIR_FILTER} AND $timeFilter')
+            InfluxQL(f'SELECT last("st") FROM "vitals" WHERE {CHAIR_FILTER} AND $timeFilter AND {NOT_FUTURE}')
         )
         .time_from(stale)
         .reduce_options(last_reduce("/.*/"))
@@ -80,7 +81,7 @@ def overview(profile: Profile) -> dash.Dashboard:
             .with_target(
                 InfluxQL(
                     f'SELECT last("{field}") AS "{field}" FROM "vitals" '
-                    f"WHERE {CHAIR_FILTER} AND \"st\" = 'ok' AND $timeFilter"
+                    f"WHERE {CHAIR_FILTER} AND \"st\" = 'ok' AND $timeFilter AND {NOT_FUTURE}"
                 )
             )
             .time_from(stale)
@@ -106,7 +107,7 @@ def overview(profile: Profile) -> dash.Dashboard:
         .with_target(
             InfluxQL(
                 'SELECT last("sys") AS "sys", "dia" AS "dia" FROM "nibp" '
-                f"WHERE {CHAIR_FILTER} AND \"st\" = 'ok' AND $timeFilter"
+                f"WHERE {CHAIR_FILTER} AND \"st\" = 'ok' AND $timeFilter AND {NOT_FUTURE}"
             )
         )
         .time_from(NIBP_WINDOW)
@@ -143,7 +144,7 @@ def overview(profile: Profile) -> dash.Dashboard:
         return (
             f'(SELECT count("active") * 0 + {PRIORITY_RANK[priority]} AS "rank" FROM '
             '(SELECT last("active") AS "active" FROM "alarm_events" '
-            f"WHERE {CHAIR_FILTER} AND \"priority\" = '{priority}' AND $timeFilter "
+            f"WHERE {CHAIR_FILTER} AND \"priority\" = '{priority}' AND $timeFilter AND {NOT_FUTURE} "
             'GROUP BY "alarm") WHERE "active" = true)'
         )
 

@@ -60,6 +60,12 @@ CHAIR_FILTER = '"site" =~ /^$site$/ AND "chair" =~ /^$chair$/'
 NIBP_WINDOW = "1h"  # the NIBP interval can be up to 60 min
 ALARM_WINDOW = "12h"  # an alarm raised earlier in the session is still shown
 DEVICE_WINDOW = "3m"  # boxes publish status every 60 s
+# Every "current value" query (last reading, last BP, last status, active
+# alarms, raw points) bounds time from above too: a reading stored with a time
+# in the future (a box clock far ahead) must never mask the live value, nor
+# hide that a chair went offline.  Grafana's $timeFilter for a range ending
+# "now" has no upper bound; GROUP BY time(...) queries end at now() anyway.
+NOT_FUTURE = "time <= now()"
 
 
 # ---------------------------------------------------------------- profile
