@@ -105,6 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for _ in range(n):
             metrics.inc("messages_in")
 
+    def stage_metrics_labelled() -> None:
+        for _ in range(n):
+            metrics.inc("rejected", reason="schema")
+
+    def stage_metrics_observe() -> None:
+        for _ in range(n):
+            metrics.observe("write_seconds", 0.004)
+
     def full() -> None:
         engine = AlarmEngine(id_prefix="bench")
         stamp = Timebase(None)
@@ -129,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("alarm engine", stage_alarms),
         ("line protocol", stage_points),
         ("metrics.inc", stage_metrics),
+        ("metrics.inc(reason=)", stage_metrics_labelled),
+        ("metrics.observe", stage_metrics_observe),
         ("all of the above", full),
     ]
     print(f"hot path: {n:,} vitals readings from {args.chairs:,} chairs, best of {args.repeat}")

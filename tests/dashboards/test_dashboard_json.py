@@ -177,3 +177,24 @@ def test_fallback_profile_is_marked_and_matches_the_profile_file(tmp_path: Path)
     assert fallback.source.startswith("FALLBACK")
     assert "profiles/adult.json" in real.source
     assert set(fallback.limits) == set(real.limits)
+
+
+def test_current_value_queries_are_bounded_by_now() -> None:
+    """Issue 15 point 7: every query that shows a box's latest value or its raw
+    points bounds time from above, so a reading stamped in the future cannot
+    mask the live value ($timeFilter of a range ending now has no upper bound;
+    GROUP BY time(...) ends at now() by itself).  Gateway-made series
+    (alarm log and annotations, rejects) are stamped by the gateway's clock."""
+    checked = 0
+    for board in BOARDS.values():
+        for panel in panels(board):
+            for target in panel["targets"]:
+                query = target["query"]
+                device_timed = re.search(r'FROM "(vitals|nibp|device)"', query)
+                grouped_by_time = "GROUP BY time(" in query
+                current = panel["type"] == "stat" and "alarm_events" in query
+                if (device_timed and not grouped_by_time) or current:
+                    assert query.count("$timeFilter AND time <= now()") == query.count("$timeFilter"), (
+                        panel["title"])
+                    checked += 1
+    assert checked == 8

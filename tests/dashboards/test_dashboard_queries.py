@@ -123,8 +123,8 @@ def seeded(influxdb_module: InfluxDB) -> Iterator[tuple[InfluxDB, int]]:
 Series = dict[str, Any]
 
 
-def run(db: InfluxDB, query: str) -> list[Series]:
-    result = db.query(query, DB)
+def run(db: InfluxDB, query: str, database: str = DB) -> list[Series]:
+    result = db.query(query, database)
     results = result.get("results")
     assert isinstance(results, list) and len(results) == 1, result
     first = results[0]
@@ -161,10 +161,10 @@ def panel(board: str, title: str) -> dict[str, Any]:
 
 
 def run_panel(db: InfluxDB, board: str, title: str, chairs: tuple[str, ...],
-              multi: bool = True) -> list[Series]:
+              multi: bool = True, database: str = DB) -> list[Series]:
     p = panel(board, title)
     (target,) = p["targets"]
-    return run(db, expand(target["query"], scope(BOARDS[board], p, chairs, multi)))
+    return run(db, expand(target["query"], scope(BOARDS[board], p, chairs, multi)), database)
 
 
 # ------------------------------------------------------------------ every query runs
@@ -337,3 +337,83 @@ def test_device_inventory_spool_and_rejects(seeded: tuple[InfluxDB, int]) -> Non
         db, "chairside-devices", "Receive delay: gateway clock − box clock (synced boxes)",
         ("c1",))) if r["mean"] is not None]
     assert delay and all(v == 150 for v in delay)
+
+
+# ------------------------------------------------------------------ readings stamped in the future
+
+FUTURE_DB = "chairside_future"
+HOUR = 3_600_000
+YEAR_2100_MS = 4_102_444_800_000
+
+
+@pytest.fixture(scope="module")
+def future_seeded(influxdb_module: InfluxDB) -> Iterator[tuple[InfluxDB, int]]:
+    """Issue 15 point 7: a box whose clock runs far ahead (``sync=1``, now + 1 h,
+    year 2100) wrote readings into the future.  c1 is live (SpO2 96, pulse 70,
+    BP 120/80 two minutes ago, online); c2 stopped sending five minutes ago (its last will two minutes ago).  Every
+    future point says something else (SpO2 70, pulse 140, BP 250/140, PROBE OFF,
+    a high alarm, the box online again with other firmware)."""
+    db = influxdb_module
+    db.query(f"CREATE DATABASE {FUTURE_DB}")
+    now = int(time.time() * 1000)
+    lines: list[str] = []
+
+    def vitals(chair: str, t: int, spo2: int, pr: int, st: str = "ok") -> None:
+        lines.append(f'vitals,site={SITE},chair={chair} spo2={spo2}i,pr={pr}i,st="{st}",sync=1i,'
+                     f"rx_ms={now}i,dev_t={t}i {t}")
+
+    def nibp(chair: str, t: int, sys_: int, dia: int) -> None:
+        lines.append(f'nibp,site={SITE},chair={chair} sys={sys_}i,dia={dia}i,map={(sys_ + 2 * dia) // 3}i,'
+                     f'st="ok",sync=1i {t}')
+
+    def device(chair: str, t: int, online: int, fw: str = "1.4.2") -> None:
+        lines.append(f'device,site={SITE},chair={chair} online={online}i,fw="{fw}" {t}')
+
+    for k in range(60):
+        vitals("c1", now - (60 - k) * 1000, 96, 70)
+        vitals("c2", now - 5 * 60_000 - (60 - k) * 1000, 95, 71)
+    nibp("c1", now - 2 * 60_000, 120, 80)
+    device("c1", now - 30_000, 1)
+    device("c2", now - 6 * 60_000, 1)
+    device("c2", now - 2 * 60_000, 0)  # the broker's last will (keepalive ran out)
+    for t in (now + HOUR, YEAR_2100_MS):
+        for chair in ("c1", "c2"):
+            vitals(chair, t, 70, 140)
+            vitals(chair, t + 1, 0, 0, st="probe_off")
+            nibp(chair, t, 250, 140)
+            device(chair, t, 1, fw="9.9.9")
+            lines.append(f"alarm_events,site={SITE},chair={chair},alarm=spo2_critical,priority=high,"
+                         f'event=raised id="future",text="SpO2 70",active=true {t}')
+    req = urllib.request.Request(f"{db.url}/write?db={FUTURE_DB}&precision=ms", data="\n".join(lines).encode())
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 204
+    yield db, now
+
+
+def _future_panel(db: InfluxDB, board: str, title: str, chair: str) -> list[Series]:
+    return run_panel(db, board, title, (chair,), board != "chairside-chair", FUTURE_DB)
+
+
+def test_future_readings_do_not_mask_the_live_value(future_seeded: tuple[InfluxDB, int]) -> None:
+    db, now = future_seeded
+    overview = "chairside-overview"
+    assert _last(_future_panel(db, overview, "Sensor", "c1")) == "ok"
+    assert _last(_future_panel(db, overview, "SpO2", "c1")) == 96
+    assert _last(_future_panel(db, overview, "Pulse", "c1")) == 70
+    (bp,) = rows(_future_panel(db, overview, "Last NIBP", "c1"))
+    assert (bp["sys"], bp["dia"]) == (120, 80) and abs(bp["time"] - (now - 2 * 60_000)) < 1000
+    assert _last(_future_panel(db, overview, "Active alarm", "c1")) is None
+    assert [(r["sys"], r["dia"]) for r in rows(_future_panel(db, "chairside-chair", "NIBP", "c1"))] == [(120, 80)]
+    assert _last(_future_panel(db, "chairside-devices", "Box $chair", "c1")) == 1
+
+
+def test_future_readings_do_not_hide_an_offline_chair(future_seeded: tuple[InfluxDB, int]) -> None:
+    """c2 is gone: the overview says OFFLINE/STALE/NO BP, not the future values."""
+    db, _ = future_seeded
+    overview = "chairside-overview"
+    for title in ("Sensor", "SpO2", "Pulse", "Last NIBP", "Active alarm"):
+        assert _future_panel(db, overview, title, "c2") == [], title
+    assert _last(_future_panel(db, "chairside-devices", "Box $chair", "c2")) == 0
+    inventory = rows(_future_panel(db, "chairside-devices",
+                                   "Firmware and modules (last status per box, 24 h)", "c2"))
+    assert [r["fw"] for r in inventory] == ["1.4.2"]

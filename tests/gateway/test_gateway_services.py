@@ -72,7 +72,7 @@ def test_good_messages_stored_bad_ones_counted(
     per_reason = influxdb.query("SELECT sum(n) FROM rejects GROUP BY reason", DB)
     series: Any = per_reason["results"][0]["series"]  # type: ignore[index]
     assert {s["tags"]["reason"]: s["values"][0][1] for s in series} == dict.fromkeys(bad, 1)
-    assert "chairside_gateway_rejected_total{reason=\"not_json\"} 1" in m.render()
+    assert "chairside_gateway_rejected_total{reason=\"not_json\"} 1.0" in m.render().splitlines()
 
 
 def test_desaturation_raises_alarm_historical_does_not(

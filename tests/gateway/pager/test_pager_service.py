@@ -222,14 +222,14 @@ def test_page_via_webhook_ack_via_link_forwarded_and_resolved(
             assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
             exposition = resp.read().decode().splitlines()
         for sample in (
-            'chairside_pager_pages_sent_total{action="page",channel="webhook"} 1',
-            'chairside_pager_pages_sent_total{action="acknowledge",channel="webhook"} 1',
-            'chairside_pager_pages_sent_total{action="resolve",channel="webhook"} 1',
-            'chairside_pager_acks_total{via="link"} 1',
-            'chairside_pager_alarm_events_total{event="raised"} 1',
-            'chairside_pager_page_threads{state="resolved"} 1',
-            "chairside_pager_pages_failed_total 0",
-            "chairside_pager_outbox_depth 0",
+            'chairside_pager_pages_sent_total{action="page",channel="webhook"} 1.0',
+            'chairside_pager_pages_sent_total{action="acknowledge",channel="webhook"} 1.0',
+            'chairside_pager_pages_sent_total{action="resolve",channel="webhook"} 1.0',
+            'chairside_pager_acks_total{via="link"} 1.0',
+            'chairside_pager_alarm_events_total{event="raised"} 1.0',
+            'chairside_pager_page_threads{state="resolved"} 1.0',
+            "chairside_pager_pages_failed_total 0.0",
+            "chairside_pager_outbox_depth 0.0",
         ):
             assert sample in exposition, sample
     finally:
