@@ -81,7 +81,8 @@ def _json_object(payload: bytes | str | Mapping[str, Any]) -> Mapping[str, Any] 
     if len(raw) > MAX_PAYLOAD:
         return Rejected("too_large", f"payload {len(raw)} bytes > {MAX_PAYLOAD}")
     try:
-        doc = json.loads(raw, parse_constant=_no_constant)
+        # strict UTF-8 first: json.loads(bytes) would let an encoded surrogate through
+        doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
     except RecursionError:
         return Rejected("bad_json", "nested too deeply")
     except ValueError as exc:  # incl. UnicodeDecodeError and JSONDecodeError

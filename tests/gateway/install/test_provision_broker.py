@@ -172,14 +172,22 @@ def test_box_cannot_publish_to_another_chair(clinic: Clinic) -> None:
     assert seen == [t("vitals", "3")]
 
 
-def test_box_reads_only_its_own_command_topic(clinic: Clinic) -> None:
+def test_box_reads_only_its_own_command_and_stored_topics(clinic: Clinic) -> None:
     box3 = clinic.conn("box3")
     box3.subscribe("chairside/v1/#")
-    gateway = clinic.conn("gateway")
+    gateway = clinic.conn("gateway.publisher")  # the gateway's publishing connection
+    stored3, stored4 = f"chairside/v1/{SITE}/3/stored", f"chairside/v1/{SITE}/4/stored"
     gateway.publish(t("cmd", "4"))
     gateway.publish(t("vitals", "4"))
+    gateway.publish(stored4, b'{"v":1,"boot":1,"seq":5}', retain=True)
+    gateway.publish(stored3, b'{"v":1,"boot":1,"seq":5}', retain=True)
     gateway.publish(t("cmd", "3"))
-    assert box3.received(t("cmd", "3")) == [t("cmd", "3")]
+    assert box3.received(t("cmd", "3")) == [stored3, t("cmd", "3")]
+    box3.publish(stored3, b'{"v":1,"boot":1,"seq":99}', retain=True)  # denied: read only
+    late = clinic.conn("box3")
+    late.subscribe(stored3)
+    _, payload = late.messages.get(timeout=5)
+    assert payload == b'{"v":1,"boot":1,"seq":5}'
 
 
 def test_gateway_receives_everything(clinic: Clinic) -> None:
