@@ -433,3 +433,39 @@ def test_gateway_session_survives_a_box_taking_its_ids(clinic: Clinic, tmp_path:
         finally:
             box.close()
             gw.stop()
+
+
+def test_staff_command_and_flash_account_beside_the_gateway(clinic: Clinic, tmp_path: Path) -> None:
+    """`chairside staff` logs in with the staff account (its client id becomes
+    chairside-staff) and gets the gateway's answer while the gateway, the
+    pager and the flash watcher are connected with their own accounts; no one
+    is knocked off."""
+    import argparse
+
+    from chairside.service import Gateway, GatewayConfig, default_alarm_stage
+    from chairside.sim.services import InfluxDB
+    from chairside.staff import commands
+
+    with InfluxDB(workdir=tmp_path / "influxd") as influx:
+        gw = Gateway(GatewayConfig(mqtt_port=clinic.broker.port, influx_url=influx.url,
+                                   state_dir=tmp_path / "gw"), default_alarm_stage())
+        gw.use_broker_login(clinic.state.service_path("gateway"), None)
+        states: list[str] = []
+        on_state = gw.ingest.on_state
+        gw.ingest.on_state = lambda state: (states.append(state), on_state(state))[-1]
+        gw.start()
+        try:
+            assert gw.wait_subscribed(10)
+            others = [clinic.conn("pager"), clinic.conn("staff.flash")]
+            parser = argparse.ArgumentParser()
+            commands.add_arguments(parser)
+            args = parser.parse_args([
+                "standby", "--site", SITE, "--chair", "3", "--by", "RN Lee",
+                "--mqtt-port", str(clinic.broker.port),
+                "--mqtt-credentials", str(clinic.state.service_path("staff"))])
+            assert commands.run(args) == 0
+            assert commands.run(args) == 0  # again: the previous session ended cleanly
+            assert [c.disconnects for c in others] == [0, 0]
+            assert states.count("receiving") == 1 and gw.outbound.connected
+        finally:
+            gw.stop()
