@@ -196,8 +196,10 @@ class App:
 
     def _init_mqtt(self, cfg, hw):
         mq = cfg["mqtt"]
+        # the client id is the box's account (box-<site>-<chair>): the shipped
+        # broker binds ids to accounts (use_username_as_clientid)
         self.mqtt = MQTTClient(
-            "chairside-" + cfg["site"] + "-" + cfg["chair"], hw.connect_fn,
+            mq.get("user") or "chairside-" + cfg["site"] + "-" + cfg["chair"], hw.connect_fn,
             keepalive_s=mq.get("keepalive_s", 30), user=mq.get("user"), password=mq.get("password"),
             will_topic=self.topics.status, will_msg=contract.OFFLINE_PAYLOAD, will_qos=1,
             will_retain=True, clean_session=False, max_inflight=8,

@@ -145,12 +145,18 @@ class Gateway:
 
     def use_broker_login(self, credentials: Path | None, ca_file: Path | None) -> None:
         """Log in with a provisioned credentials file and/or verify the broker
-        against the clinic CA (TLS), on both connections; before ``start()``."""
-        mqtt_auth.apply(self.client, credentials, ca_file)
+        against the clinic CA (TLS), on both connections; before ``start()``.
+
+        One account per connection (the shipped broker makes the user name the
+        client id): the ingest session logs in with the file's main account
+        (``chairside-gateway``, also its client id), the publisher with its
+        ``publisher`` login (``chairside-gateway-pub``)."""
+        mqtt_auth.apply(self.client, credentials, ca_file, login="publisher")
         user, password = (mqtt_auth.read_credentials(credentials) if credentials is not None
                           else (None, None))
         self.ingest.config = dataclasses.replace(
             self.ingest.config, user=user, password=password,
+            client_id=user if user is not None else self.ingest.config.client_id,
             tls=mqtt_auth.tls_context(ca_file) if ca_file is not None else None)
 
     def start(self) -> None:

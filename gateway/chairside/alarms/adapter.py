@@ -1,8 +1,14 @@
 """Thin, pure glue between MQTT/InfluxDB and the alarm engine.
 
-* ``alarm_ack`` / ``limits_set`` payloads (contract ``gateway_messages``) are
-  parsed into commands or a :class:`Rejected` with a reason: bad input never
-  raises out of here.
+* ``alarm_ack`` / ``limits_set`` / ``chair_standby`` / ``drill_end`` payloads
+  (contract ``gateway_messages``) are parsed into commands or a
+  :class:`Rejected` with a reason: bad input never raises out of here.  Refused:
+  more than MAX_PAYLOAD bytes (``too_large``); not UTF-8, not JSON, nested
+  deeper than Python's parser allows, NaN/Infinity, or not an object
+  (``bad_json``); ``v`` other than 1 (``bad_version``); a text field (``by``,
+  ``reason``, ``alarm``, ``param``, ``id``) that is not a string, too long,
+  holds a control character or a lone surrogate (``bad_field``); a ``value``
+  that is not a finite number, e.g. ``1e400`` (``bad_field``).
 * :func:`audit_line` turns an :class:`AuditRecord` into a ``limit_audit`` line;
   :func:`alarm_event_line` (from ``chairside.store.points``) does ``alarm_events``.
 * :func:`active_payload` builds the retained ``alarms/active`` message.
@@ -14,10 +20,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from chairside.ingest.validate import text_problem
 from chairside.model import AlarmEvent
 from chairside.store.points import alarm_event_line
 
@@ -31,6 +39,10 @@ _MS: Any = importlib.import_module("influxdb_client.domain.write_precision").Wri
 MAX_PAYLOAD: Final = 1024
 MAX_BY: Final = 64
 MAX_REASON: Final = 200
+MAX_NAME: Final = 64
+"""``alarm`` and ``param`` names"""
+MAX_ID: Final = 36
+"""the request ``id`` echoed on ``staff/result``"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,39 +67,66 @@ class LimitsCommand:
     reason: str
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
 def _json_object(payload: bytes | str | Mapping[str, Any]) -> Mapping[str, Any] | Rejected:
     if isinstance(payload, Mapping):
         return payload
-    raw = payload.encode() if isinstance(payload, str) else payload
+    try:
+        raw = payload.encode() if isinstance(payload, str) else payload
+    except UnicodeEncodeError as exc:
+        return Rejected("bad_json", f"not encodable as UTF-8: {exc.reason} at {exc.start}")
     if len(raw) > MAX_PAYLOAD:
         return Rejected("too_large", f"payload {len(raw)} bytes > {MAX_PAYLOAD}")
     try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # strict UTF-8 first: json.loads(bytes) would let an encoded surrogate through
+        doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except RecursionError:
+        return Rejected("bad_json", "nested too deeply")
+    except ValueError as exc:  # incl. UnicodeDecodeError and JSONDecodeError
         return Rejected("bad_json", str(exc)[:120])
     if not isinstance(doc, dict):
         return Rejected("bad_json", "expected a JSON object")
     return doc
 
 
+def _text(doc: Mapping[str, Any], name: str, max_len: int, *, required: bool = True,
+          default: str = "") -> str | Rejected:
+    """A text field: a string of at most ``max_len`` characters, non-empty
+    when ``required``, storable as UTF-8 and free of control characters."""
+    value = doc.get(name)
+    if value is None and not required:
+        return default
+    if not isinstance(value, str) or (required and not value.strip()):
+        return Rejected("bad_field", f"{name}: expected a {'non-empty ' if required else ''}string")
+    if len(value) > max_len:
+        return Rejected("bad_field", f"{name}: longer than {max_len} characters")
+    problem = text_problem(value)
+    if problem is not None:
+        return Rejected("bad_field", f"{name}: {problem}")
+    return value
+
+
 def _decode(payload: bytes | str | Mapping[str, Any]) -> Mapping[str, Any] | Rejected:
-    """The staff message as a mapping, or why not (size, JSON, schema version)."""
+    """The staff message as a mapping, or why not (size, JSON, schema version, request id)."""
     doc = _json_object(payload)
     if isinstance(doc, Rejected):
         return doc
     v = doc.get("v")
     if isinstance(v, bool) or v != 1:
-        return Rejected("bad_version", f"v: expected 1, got {v!r}")
+        return Rejected("bad_version", f"v: expected 1, got {str(v)[:20]!r}")
+    if "id" in doc:
+        request_id = _text(doc, "id", MAX_ID)
+        if isinstance(request_id, Rejected):
+            return request_id
     return doc
 
 
 def _who(doc: Mapping[str, Any]) -> str | Rejected:
-    by = doc.get("by")
-    if not isinstance(by, str) or not by.strip():
-        return Rejected("bad_field", "by: expected a non-empty string")
-    if len(by) > MAX_BY:
-        return Rejected("bad_field", f"by: longer than {MAX_BY} characters")
-    return by.strip()
+    by = _text(doc, "by", MAX_BY)
+    return by if isinstance(by, Rejected) else by.strip()
 
 
 def parse_ack(
@@ -97,9 +136,9 @@ def parse_ack(
     doc = _decode(payload)
     if isinstance(doc, Rejected):
         return doc
-    alarm = doc.get("alarm")
-    if not isinstance(alarm, str) or not alarm:
-        return Rejected("bad_field", "alarm: expected a non-empty string")
+    alarm = _text(doc, "alarm", MAX_NAME)
+    if isinstance(alarm, Rejected):
+        return alarm
     if known_alarms is not None and alarm not in set(known_alarms):
         return Rejected("unknown_alarm", f"alarm: unknown condition {alarm!r}")
     by = _who(doc)
@@ -116,25 +155,29 @@ def parse_limits_set(payload: bytes | str | Mapping[str, Any]) -> LimitsCommand 
     doc = _decode(payload)
     if isinstance(doc, Rejected):
         return doc
-    param = doc.get("param")
-    if not isinstance(param, str) or not param:
-        return Rejected("bad_field", "param: expected a non-empty string")
+    param = _text(doc, "param", MAX_NAME)
+    if isinstance(param, Rejected):
+        return param
     if "value" not in doc:
         return Rejected("bad_field", "value: missing (use null to reset)")
     value = doc["value"]
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-        return Rejected("bad_field", "value: expected number or null")
+    number: float | None = None
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return Rejected("bad_field", "value: expected number or null")
+        try:
+            number = float(value)  # an integer of 400 digits overflows here
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            return Rejected("bad_field", "value: not a finite number")
     by = _who(doc)
     if isinstance(by, Rejected):
         return by
-    reason = doc.get("reason", "")
-    if reason is None:
-        reason = ""
-    if not isinstance(reason, str) or len(reason) > MAX_REASON:
-        return Rejected("bad_field", f"reason: expected a string of at most {MAX_REASON}")
-    return LimitsCommand(
-        param=param, value=None if value is None else float(value), by=by, reason=reason
-    )
+    reason = _text(doc, "reason", MAX_REASON, required=False)
+    if isinstance(reason, Rejected):
+        return reason
+    return LimitsCommand(param=param, value=number, by=by, reason=reason)
 
 
 def handle_ack(

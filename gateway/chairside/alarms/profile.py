@@ -441,7 +441,7 @@ def apply_overrides(base: Profile, overrides: Mapping[str, float]) -> Profile:
 RUNTIME_RANGES: Final[dict[str, tuple[float, float]]] = {
     "spo2_critical.limit": (75, 90),
     "spo2_low.limit": (80, 96),
-    "spo2_low.satseconds_limit": (0, 100),
+    "spo2_low.satseconds_limit": (1, 100),
     "pulse_high.limit": (90, 180),
     "pulse_low.limit": (30, 70),
     "afib_rvr_suspected.limit": (90, 150),
@@ -454,10 +454,11 @@ RUNTIME_RANGES: Final[dict[str, tuple[float, float]]] = {
     "renotify_after_ack_s": (30, 600),
     "stale_after_s": (10, 60),
     "cuff_interlock": (0, 1),
-    "cuff_interlock_max_s": (0, 120),
-    "flap_violations": (1, 10),
+    "cuff_interlock_max_s": (10, 120),
+    "flap_violations": (2, 10),
     "flap_window_s": (10, 300),
 }
+WHOLE_NUMBER_PARAMS: Final = frozenset({"flap_violations"})
 RUNTIME_ANY_CONDITION: Final[dict[str, tuple[float, float]]] = {
     "delay_s": (0, 30),
     "clear_hysteresis": (0, 10),
@@ -475,6 +476,8 @@ def check_runtime_value(base: Profile, name: str, value: float) -> None:
     lo, hi = band
     if not lo <= value <= hi:
         raise ProfileError([f"{name}: {value:g} outside the per-chair range {lo:g}..{hi:g}"])
+    if name in WHOLE_NUMBER_PARAMS and value != int(value):
+        raise ProfileError([f"{name}: expected a whole number, got {value:g}"])
     if key == "latching" and value == 0 and base.conditions[cond].priority == "high":
         raise ProfileError([f"{name}: high-priority alarms always latch"])
 

@@ -184,12 +184,15 @@ def run(args: argparse.Namespace) -> int:
     except (serial.SerialException, OSError) as exc:
         LOG.error("cannot open %s: %s", args.port, exc)
         return 2
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"chairside-serial-{args.site}-{args.chair}",
-        clean_session=False,
-    )
     try:
+        # the bridge speaks for the box: with the box's config.json as
+        # --mqtt-credentials it logs in, and is known, as box-<site>-<chair>
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=mqtt_auth.client_id(args.mqtt_credentials,
+                                          f"chairside-serial-{args.site}-{args.chair}"),
+            clean_session=False,
+        )
         mqtt_auth.apply(client, args.mqtt_credentials, args.mqtt_ca)
     except mqtt_auth.CredentialsError as exc:
         LOG.error("%s", exc)

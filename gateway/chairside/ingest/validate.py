@@ -4,13 +4,17 @@
 the decoded fields or :class:`Rejected` with a ``reason`` from the small fixed
 set :data:`REASONS` (used as a counter label) and a human ``detail`` naming
 the field and value.  Every rule comes from the contract's field specs
-(type, required, nullable, min, max, max_len, enum values).
+(type, required, nullable, min, max, max_len, enum values).  A string must
+also be storable and printable as text: valid Unicode that encodes as UTF-8
+(no lone surrogates such as ``"\\ud800"``, which JSON escapes can produce) and
+no control characters (C0, DEL, C1); else ``bad_string``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
@@ -32,7 +36,23 @@ REASONS: Final[tuple[str, ...]] = (
     "out_of_range",
     "bad_enum",
     "unknown_field",
+    "bad_string",
 )
+
+BAD_TEXT: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+"""What a text field must not contain: control characters (C0, DEL, C1) and
+surrogate code points (a lone surrogate cannot be encoded as UTF-8)."""
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored as text (``"lone surrogate U+D800 at 0"``,
+    ``"control character U+000A at 3"``), or None."""
+    bad = BAD_TEXT.search(value)
+    if bad is None:
+        return None
+    char = bad.group()
+    what = "lone surrogate" if "\ud800" <= char <= "\udfff" else "control character"
+    return f"{what} U+{ord(char):04X} at {bad.start()}"
 
 _DETAIL_MAX = 120
 
@@ -118,6 +138,9 @@ def check_field(name: str, spec: Mapping[str, Any], value: Any) -> tuple[str, st
         max_len = spec.get("max_len")
         if max_len is not None and len(value) > int(max_len):
             return "out_of_range", f"{name} longer than {max_len} characters"
+        problem = text_problem(value)
+        if problem is not None:
+            return "bad_string", f"{name}: {problem}"
         return None
     elif kind == "enum":
         if not isinstance(value, str):

@@ -178,7 +178,7 @@ def wait_for_birth(host: str, port: int, user: str, password: str, topic: str,
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=user, protocol=mqtt.MQTTv311)
     client.username_pw_set(user, password)
     if ca_file is not None:
         client.tls_set(ca_certs=str(ca_file))
@@ -256,7 +256,9 @@ def flash(args: argparse.Namespace) -> int:
         board.reset()
         print("reset the board (not waiting for its birth message)")
         return 0
-    user, password = state.service_credentials("gateway")
+    # its own account: on the shipped broker the user name is the client id,
+    # and the gateway's would knock the gateway's session off
+    user, password = state.service_credentials("staff", "flash")
     host = args.mqtt_host or str(mqtt_cfg["host"])
     port = args.mqtt_port or int(mqtt_cfg["port"])
     topic = f"chairside/v1/{site}/{chair}/status"

@@ -13,8 +13,19 @@ existing box or service again *rotates* its password.
 Files under D (secrets mode 0600):
     accounts.json                      users, password hashes, box settings
     boxes/<site>/<chair>/config.json   the box's config (copied by `chairside flash`)
-    services/<name>.json               {"user", "password"} for gateway/pager/staff
+    services/<name>.json               {"user", "password", "logins": {...}} for gateway/pager/staff
     mosquitto/passwd, mosquitto/acl    what the broker reads
+
+One account per broker connection: the shipped broker replaces every client
+id by the account's user name (``use_username_as_clientid``), so that no
+client can take over another's id; two connections on one account would
+knock each other off.  A service with more than one connection gets one
+account per connection, all in its credentials file: the gateway's ingest
+session ``chairside-gateway`` and its publisher ``chairside-gateway-pub``
+(login ``publisher``); the staff account ``chairside-staff`` (``chairside
+staff``) and ``chairside-flash`` (login ``flash``, what ``chairside flash``
+watches the broker with).  A box's account ``box-<site>-<chair>`` is its
+client id; ``chairside serial-bridge`` uses the box's config.json.
 
 Password file format: Mosquitto 2.0's ``$7$`` entries, PBKDF2-HMAC-SHA512,
 ``user:$7$<iterations>$<base64 salt>$<base64 hash>``, written directly with
@@ -47,6 +58,12 @@ SERVICES: dict[str, str] = {
     "gateway": "chairside-gateway",
     "pager": "chairside-pager",
     "staff": "chairside-staff",
+}
+# more connections of a service, each with its own account: login -> user
+SERVICE_LOGINS: dict[str, dict[str, str]] = {
+    "gateway": {"publisher": "chairside-gateway-pub"},
+    "pager": {},
+    "staff": {"flash": "chairside-flash"},
 }
 SHIPPED_CONF = REPO / "deploy" / "mosquitto" / "chairside.conf"
 SHIPPED_DIR = "/etc/mosquitto/chairside/"
@@ -98,6 +115,9 @@ def acl_text(accounts: Mapping[str, Any]) -> str:
     services: Mapping[str, Any] = accounts.get("services", {})
     if "gateway" in services:
         lines += [f"user {services['gateway']['user']}", f"topic readwrite {root}/#", ""]
+        publisher = _login(services["gateway"], "publisher")
+        if publisher is not None:  # publishes alarm events, commands, answers, watermarks
+            lines += [f"user {publisher}", f"topic write {root}/#", ""]
     if "pager" in services:
         lines += [f"user {services['pager']['user']}",
                   f"topic read {_topic('alarms')}",
@@ -111,6 +131,9 @@ def acl_text(accounts: Mapping[str, Any]) -> str:
         lines += [f"topic write {_topic(n)}" for n in sorted(topics)
                   if topics[n]["from"] == "staff"]
         lines.append("")
+        flash = _login(services["staff"], "flash")
+        if flash is not None:  # waits for a flashed box's birth message
+            lines += [f"user {flash}", f"topic read {_topic('status')}", ""]
     boxes: Mapping[str, Any] = accounts.get("boxes", {})
     for key in sorted(boxes):
         box = boxes[key]
@@ -118,12 +141,28 @@ def acl_text(accounts: Mapping[str, Any]) -> str:
         lines.append(f"user {box['user']}")
         lines += [f"topic write {_topic(n, site, chair)}" for n in sorted(topics)
                   if topics[n]["from"] == "box"]
-        lines += [f"topic read {_topic('cmd', site, chair)}", ""]
+        lines += [f"topic read {_topic('cmd', site, chair)}",
+                  # the gateway's watermark: what it has stored of this box
+                  f"topic read {_stored_topic(site, chair)}", ""]
     return "\n".join(lines) + "\n"
+
+
+def _login(service: Mapping[str, Any], login: str) -> str | None:
+    entry = service.get("logins", {}).get(login)
+    return None if entry is None else str(entry["user"])
+
+
+def _stored_topic(site: str, chair: str) -> str:
+    if "stored" in contract.load()["topics"]:
+        return _topic("stored", site, chair)
+    return f"{contract.topic_root()}/{site}/{chair}/stored"
 
 
 def passwd_text(accounts: Mapping[str, Any]) -> str:
     entries = [(str(a["user"]), str(a["hash"])) for a in accounts.get("services", {}).values()]
+    entries += [(str(login["user"]), str(login["hash"]))
+                for a in accounts.get("services", {}).values()
+                for login in a.get("logins", {}).values()]
     entries += [(str(b["user"]), str(b["hash"])) for b in accounts.get("boxes", {}).values()]
     return "".join(f"{user}:{digest}\n" for user, digest in sorted(entries))
 
@@ -165,12 +204,18 @@ class State:
     def service_path(self, name: str) -> Path:
         return self.dir / "services" / f"{name}.json"
 
-    def service_credentials(self, name: str) -> tuple[str, str]:
+    def service_credentials(self, name: str, login: str | None = None) -> tuple[str, str]:
+        """The (user, password) of a service's main account, or of one of its
+        other connections (``login``, see SERVICE_LOGINS)."""
+        from chairside import mqtt_auth
+
         path = self.service_path(name)
         if not path.exists():
             raise ProvisionError(f"no {name} account; run `chairside provision --service {name}`")
-        data = json.loads(path.read_text())
-        return str(data["user"]), str(data["password"])
+        try:
+            return mqtt_auth.read_credentials(path, login)
+        except mqtt_auth.CredentialsError as exc:
+            raise ProvisionError(str(exc)) from exc
 
     def save(self) -> None:
         _write_secret(self.accounts_path, json.dumps(self.accounts, indent=1, sort_keys=True))
@@ -235,10 +280,18 @@ class State:
             raise ProvisionError(f"--service must be one of {', '.join(SERVICES)}")
         password = new_password()
         rotated = name in self.accounts["services"]
-        self.accounts["services"][name] = {"user": SERVICES[name],
-                                           "hash": hash_password(password)}
+        logins = {login: (user, new_password()) for login, user in SERVICE_LOGINS[name].items()}
+        self.accounts["services"][name] = {
+            "user": SERVICES[name], "hash": hash_password(password),
+            "logins": {login: {"user": user, "hash": hash_password(secret)}
+                       for login, (user, secret) in logins.items()},
+        }
         path = self.service_path(name)
-        _write_secret(path, json.dumps({"user": SERVICES[name], "password": password}) + "\n")
+        _write_secret(path, json.dumps({
+            "user": SERVICES[name], "password": password,
+            "logins": {login: {"user": user, "password": secret}
+                       for login, (user, secret) in logins.items()},
+        }) + "\n")
         self.save()
         return path, rotated
 

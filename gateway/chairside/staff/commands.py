@@ -75,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
     target, message = build_message(args, request_id)
     answer: dict[str, Any] = {}
     answered = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"chairside-staff-{request_id}")
     try:
+        # on the shipped broker the client id is the account (chairside-staff)
+        client_id = mqtt_auth.client_id(args.mqtt_credentials, f"chairside-staff-{request_id}")
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
         mqtt_auth.apply(client, args.mqtt_credentials, args.mqtt_ca)
     except mqtt_auth.CredentialsError as exc:
         print(exc)

@@ -104,6 +104,21 @@ BAD: list[tuple[str, str, bytes, str, str]] = [
     ("lwt_bad_state", T.status, b'{"v":1,"state":"gone"}', "missing_field", "seq"),
     ("resp_no_id", T.resp, without(fw.resp_payload(env(), "a", "time", True), "id"),
      "missing_field", "id"),
+    # text that cannot be stored or shown: a lone surrogate has no UTF-8 form
+    ("fw_lone_surrogate", T.status, fw.status_payload(env(), {"fw": "X"}).replace(
+        '"X"', '"\\ud800"').encode(), "bad_string", "fw: lone surrogate U+D800 at 0"),
+    ("fw_low_surrogate", T.status, fw.status_payload(env(), {"fw": "X"}).replace(
+        '"X"', '"1.\\udc00"').encode(), "bad_string", "lone surrogate U+DC00 at 2"),
+    ("fw_nul", T.status, fw.status_payload(env(), {"fw": "1\x00"}).encode(), "bad_string",
+     "fw: control character U+0000 at 1"),
+    ("cfg_newline", T.status, fw.status_payload(env(), {"cfg": "ab\ncd"}).encode(), "bad_string",
+     "cfg: control character U+000A"),
+    ("reset_del", T.status, fw.status_payload(env(), {"reset": "x\x7f"}).encode(), "bad_string",
+     "U+007F"),
+    ("resp_err_c1", T.resp, fw.resp_payload(env(), "a", "time", False, "no\x85").encode(),
+     "bad_string", "err: control character U+0085"),
+    ("resp_id_escape", T.resp, fw.resp_payload(env(), "a\x1b[2J", "time", True).encode(),
+     "bad_string", "id: control character U+001B"),
 ]
 
 
@@ -132,3 +147,9 @@ def test_unknown_field_ignored_or_rejected_when_strict() -> None:
 def test_never_raises_on_garbage() -> None:
     for payload in (b"", b"\x00" * 10, b"{" * 5000, b"null", b'"x"', b"1e999", b"{}"):
         assert isinstance(validate(T.vitals, payload), Rejected)
+
+
+def test_printable_unicode_text_is_accepted() -> None:
+    payload = fw.status_payload(env(), {"fw": "1.0-ß✓😀", "reset": "soft"}).encode()
+    result = validate(T.status, payload)
+    assert isinstance(result, Accepted) and result.fields["fw"] == "1.0-ß✓😀"

@@ -92,6 +92,7 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def clinic(tmp_path: Path) -> Iterator[tuple[State, ShippedMosquitto]]:
     state = State(tmp_path / "state")
     state.provision_service("gateway")
+    state.provision_service("staff")  # chairside flash watches with its `flash` login
     pki.init_ca(tmp_path / "pki")
     pki.issue_server(tmp_path / "pki", ["127.0.0.1"])
     for name in ("ca.crt", "server.crt", "server.key"):

@@ -34,8 +34,15 @@ class Conn:
     """A paho client that records the CONNACK and every message it receives."""
 
     def __init__(self, port: int, user: str | None = None, password: str | None = None,
-                 ca: Path | None = None) -> None:
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+                 ca: Path | None = None, client_id: str = "", clean_session: bool = True,
+                 will_topic: str | None = None) -> None:
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  clean_session=clean_session, protocol=mqtt.MQTTv311)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=1)
+        if will_topic is not None:
+            self.client.will_set(will_topic, b'{"v":1,"state":"offline"}', qos=1, retain=True)
+        self.disconnects = 0
+        self.client.on_disconnect = lambda *_a: setattr(self, "disconnects", self.disconnects + 1)
         if user is not None:
             self.client.username_pw_set(user, password)
         if ca is not None:
@@ -116,13 +123,15 @@ class Clinic:
         cfg = json.loads(self.state.box_config_path(SITE, chair).read_text())
         return str(cfg["mqtt"]["user"]), str(cfg["mqtt"]["password"])
 
-    def conn(self, who: str, tls_ca: Path | None = None, must_connect: bool = True) -> Conn:
+    def conn(self, who: str, tls_ca: Path | None = None, must_connect: bool = True,
+             client_id: str = "", **kwargs: Any) -> Conn:
         if who.startswith("box"):
             user, password = self.box_creds(who[3:])
         else:
-            user, password = self.state.service_credentials(who)
+            name, _, login = who.partition(".")
+            user, password = self.state.service_credentials(name, login or None)
         port = self.broker.tls_port if tls_ca else self.broker.port
-        c = Conn(port, user, password, tls_ca)
+        c = Conn(port, user, password, tls_ca, client_id=client_id, **kwargs)
         ok = c.connect()
         self.conns.append(c)
         if must_connect:
@@ -163,14 +172,22 @@ def test_box_cannot_publish_to_another_chair(clinic: Clinic) -> None:
     assert seen == [t("vitals", "3")]
 
 
-def test_box_reads_only_its_own_command_topic(clinic: Clinic) -> None:
+def test_box_reads_only_its_own_command_and_stored_topics(clinic: Clinic) -> None:
     box3 = clinic.conn("box3")
     box3.subscribe("chairside/v1/#")
-    gateway = clinic.conn("gateway")
+    gateway = clinic.conn("gateway.publisher")  # the gateway's publishing connection
+    stored3, stored4 = f"chairside/v1/{SITE}/3/stored", f"chairside/v1/{SITE}/4/stored"
     gateway.publish(t("cmd", "4"))
     gateway.publish(t("vitals", "4"))
+    gateway.publish(stored4, b'{"v":1,"boot":1,"seq":5}', retain=True)
+    gateway.publish(stored3, b'{"v":1,"boot":1,"seq":5}', retain=True)
     gateway.publish(t("cmd", "3"))
-    assert box3.received(t("cmd", "3")) == [t("cmd", "3")]
+    assert box3.received(t("cmd", "3")) == [stored3, t("cmd", "3")]
+    box3.publish(stored3, b'{"v":1,"boot":1,"seq":99}', retain=True)  # denied: read only
+    late = clinic.conn("box3")
+    late.subscribe(stored3)
+    _, payload = late.messages.get(timeout=5)
+    assert payload == b'{"v":1,"boot":1,"seq":5}'
 
 
 def test_gateway_receives_everything(clinic: Clinic) -> None:
@@ -313,4 +330,142 @@ def test_real_gateway_and_firmware_box_through_the_shipped_broker(clinic: Clinic
             assert count == 10
         finally:
             box.close()
+            gw.stop()
+
+
+def test_every_connection_has_its_own_account(clinic: Clinic) -> None:
+    """Provisioning writes one account per broker connection (the broker makes
+    the user name the client id): the gateway's publisher and the flash
+    watcher have their own, and all log in at once without knocking each
+    other off."""
+    users = {}
+    for who in ("gateway", "gateway.publisher", "pager", "staff", "staff.flash"):
+        name, _, login = who.partition(".")
+        users[who] = clinic.state.service_credentials(name, login or None)[0]
+    assert len(set(users.values())) == len(users)
+    conns = [clinic.conn(who) for who in users]
+    conns += [clinic.conn("box3"), clinic.conn("box4")]
+    time.sleep(1.0)
+    assert [c.disconnects for c in conns] == [0] * len(conns)
+    passwd = (clinic.state.broker_dir / "passwd").read_text()
+    assert all(f"{user}:$7$" in passwd for user in users.values())
+
+
+def test_box_cannot_take_another_clients_id(clinic: Clinic) -> None:
+    """Box 3 asks for box 4's client id, then the gateway's: the broker gives
+    it its own account's id instead, so neither victim is knocked off and box
+    4's offline will never fires."""
+    watcher = clinic.conn("staff")
+    watcher.subscribe(t("status", "4"))
+    gateway = clinic.conn("gateway", client_id="chairside-gateway", clean_session=False)
+    gateway.subscribe(t("vitals", "4"))
+    box4 = clinic.conn("box4", client_id="box-clinic1-4", clean_session=False,
+                       will_topic=t("status", "4"))
+    for victim in ("box-clinic1-4", "chairside-gateway", "chairside-gateway-pub", "chairside-pager"):
+        clinic.conn("box3", client_id=victim)
+    time.sleep(1.5)
+    assert box4.disconnects == 0 and gateway.disconnects == 0
+    box4.publish(t("vitals", "4"))
+    assert gateway.received(t("vitals", "4")) == [t("vitals", "4")]
+    offline = [topic for topic, _ in list(watcher.messages.queue) if topic == t("status", "4")]
+    assert offline == []
+
+
+def _count(influx: Any, q: str) -> int:
+    result: Any = influx.query(q, "chairside")
+    series = result["results"][0].get("series")
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def test_gateway_session_survives_a_box_taking_its_ids(clinic: Clinic, tmp_path: Path) -> None:
+    """A real gateway and a real firmware box on the shipped broker; box 3's
+    account connects as `chairside-gateway` (clean session: on a broker that
+    lets it, this discards the gateway's persistent session), as the
+    publisher and as box 4, while box 4 keeps measuring.  The gateway's
+    ingest session is never dropped, box 4 is never offline (no box_offline
+    alarm), and every reading of box 4 is stored."""
+    from chairside.service import Gateway, GatewayConfig, default_alarm_stage
+    from chairside.sim.services import InfluxDB
+    from chairside.sim.simulator import make_box
+
+    user, password = clinic.box_creds("4")
+    watcher = clinic.conn("staff")
+    watcher.subscribe(t("status", "4"))
+    watcher.subscribe(t("alarms", "4"))
+    with InfluxDB(workdir=tmp_path / "influxd") as influx:
+        gw = Gateway(GatewayConfig(mqtt_port=clinic.broker.port, influx_url=influx.url,
+                                   state_dir=tmp_path / "gw"), default_alarm_stage())
+        gw.use_broker_login(clinic.state.service_path("gateway"), None)
+        states: list[str] = []
+        on_state = gw.ingest.on_state
+        gw.ingest.on_state = lambda state: (states.append(state), on_state(state))[-1]
+        gw.start()
+        box = make_box(SITE, "4", "normal", "127.0.0.1", clinic.broker.port, fs_dir=str(tmp_path / "box"),
+                       mqtt_user=user, mqtt_password=password)
+        steps = 0
+        try:
+            assert gw.wait_subscribed(10)
+            for _ in range(5):
+                box.step(1000)
+                steps += 1
+                time.sleep(0.05)
+            assert box.app.link.online
+            receiving = states.count("receiving")
+            for victim in ("chairside-gateway", "chairside-gateway-pub", "box-clinic1-4"):
+                attacker = clinic.conn("box3", client_id=victim)
+                for _ in range(5):  # box 4 measures while the attacker is connected
+                    box.step(1000)
+                    steps += 1
+                    time.sleep(0.1)
+                attacker.close()
+            end = time.monotonic() + 15
+            stored = 0
+            while time.monotonic() < end and stored < steps:
+                stored = _count(influx, "SELECT count(seq) FROM vitals WHERE chair = '4'")
+                time.sleep(0.2)
+            assert stored == steps
+            assert states.count("receiving") == receiving, states  # never reconnected
+            assert box.app.link.online
+            seen = [(topic, payload) for topic, payload in list(watcher.messages.queue)]
+            assert not [p for topic, p in seen if topic == t("status", "4") and b"offline" in p]
+            assert not [p for topic, p in seen if topic == t("alarms", "4") and b"box_offline" in p]
+            assert not [a for a in gw.alarm_stage.active(SITE, "4") if "box_offline" in str(a)]
+        finally:
+            box.close()
+            gw.stop()
+
+
+def test_staff_command_and_flash_account_beside_the_gateway(clinic: Clinic, tmp_path: Path) -> None:
+    """`chairside staff` logs in with the staff account (its client id becomes
+    chairside-staff) and gets the gateway's answer while the gateway, the
+    pager and the flash watcher are connected with their own accounts; no one
+    is knocked off."""
+    import argparse
+
+    from chairside.service import Gateway, GatewayConfig, default_alarm_stage
+    from chairside.sim.services import InfluxDB
+    from chairside.staff import commands
+
+    with InfluxDB(workdir=tmp_path / "influxd") as influx:
+        gw = Gateway(GatewayConfig(mqtt_port=clinic.broker.port, influx_url=influx.url,
+                                   state_dir=tmp_path / "gw"), default_alarm_stage())
+        gw.use_broker_login(clinic.state.service_path("gateway"), None)
+        states: list[str] = []
+        on_state = gw.ingest.on_state
+        gw.ingest.on_state = lambda state: (states.append(state), on_state(state))[-1]
+        gw.start()
+        try:
+            assert gw.wait_subscribed(10)
+            others = [clinic.conn("pager"), clinic.conn("staff.flash")]
+            parser = argparse.ArgumentParser()
+            commands.add_arguments(parser)
+            args = parser.parse_args([
+                "standby", "--site", SITE, "--chair", "3", "--by", "RN Lee",
+                "--mqtt-port", str(clinic.broker.port),
+                "--mqtt-credentials", str(clinic.state.service_path("staff"))])
+            assert commands.run(args) == 0
+            assert commands.run(args) == 0  # again: the previous session ended cleanly
+            assert [c.disconnects for c in others] == [0, 0]
+            assert states.count("receiving") == 1 and gw.outbound.connected
+        finally:
             gw.stop()
