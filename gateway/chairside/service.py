@@ -285,7 +285,7 @@ class Gateway:
             return
         if result.ignored:
             self.metrics.inc("unknown_fields_ignored")
-            log.info("ignored unknown fields %s on %s", ",".join(result.ignored), result.topic)
+            log.info("ignored unknown fields %r on %r", result.ignored, result.topic)
         if self.duplicates.seen_before(result.site, result.chair, result.fields.get("boot"),
                                        result.fields.get("seq")):
             # the first copy was evaluated and is stored (or will be, before its own ack)
