@@ -924,6 +924,10 @@ class Pager:
             log.error("%s: %s", item["key"], item["reason"])
             self.metrics.inc("threads_exhausted")
             site = item["thread"]["site"]
+            if item["thread"]["chair"] == TECH_CHAIR:
+                # the pager's own technical alarm: no alarm about the alarm
+                self._record(item, "exhausted", now, ok=False)
+                return
             with self._lock:
                 keys = self._exhausted.setdefault(site, [])
                 raise_it = not keys
