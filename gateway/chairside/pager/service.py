@@ -528,14 +528,18 @@ class Pager:
     def _route(self, event: EventIn) -> str:
         """The key of the thread an event belongs to: the thread of the alarm
         that inhibits it (``inhibited_by``, or an earlier merge) while that
-        thread is open; else its own.  Call with the lock held."""
+        thread is open; else its own.  A clear or acknowledgement of an alarm
+        that still has its own open thread goes to that thread.  Call with
+        the lock held."""
+        own = self._threads.get(event.key)
+        if own is not None and not own.closed and event.event not in ACTIVE_EVENTS:
+            return event.key
         if event.inhibited_by is not None:
             host = self._threads.get(f"{event.site}/{event.chair}/{event.inhibited_by}")
             if host is not None and host.state is State.MERGED and host.merged_into:
                 host = self._threads.get(host.merged_into)
             if host is not None and not host.closed:
                 return host.key
-        own = self._threads.get(event.key)
         if own is not None and own.state is State.MERGED and own.merged_into:
             host = self._threads.get(own.merged_into)
             if host is not None and not host.closed:

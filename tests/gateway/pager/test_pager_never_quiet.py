@@ -23,6 +23,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from test_pager_service import Receiver, Watcher, start_pager, wait_until
 
+from chairside.pager.policy import parse_policy
 from chairside.pager.service import Pager
 from chairside.sim.services import Mosquitto, free_port
 
@@ -277,7 +278,7 @@ def test_delivery_failure_keeps_paging_and_raises_technical_alarms(
     assert len(records) == 1 and "could not be delivered" in records[0]["reason"]
     assert "within the timeout" not in records[0]["reason"]
 
-    status, metrics = get(f"http://127.0.0.1:{pager.ack_port}/metrics")
+    _status, metrics = get(f"http://127.0.0.1:{pager.ack_port}/metrics")
     lines = metrics.splitlines()
     assert 'chairside_pager_technical_alarm{alarm="pager_undeliverable"} 1' in lines
     assert 'chairside_pager_technical_alarm{alarm="pager_exhausted"} 1' in lines
@@ -425,8 +426,44 @@ def test_healthz_reports_a_dead_network_loop(
     pagers.append(pager)
     assert get(f"http://127.0.0.1:{pager.ack_port}/healthz")[0] == 200
     pager.client.disconnect()  # ends the network loop while the pager keeps running
-    status, body = wait_until(
+    _status, body = wait_until(
         lambda: (s := get(f"http://127.0.0.1:{pager.ack_port}/healthz"))[0] == 503 and s, 5,
         "healthz 503",
     )
     assert "MQTT network loop not running" in body
+
+
+def test_routing_of_inhibited_events_without_a_broker(tmp_path: Path) -> None:
+    """The service's routing on an injected clock (no network: nothing is drained)."""
+    rx_url = "http://127.0.0.1:9/unused"
+    people = {n: {"channels": [{"type": "webhook", "url": rx_url, "routing_key": "k"}]}
+              for n in ("alice", "bob")}  # fmt: skip
+    now = [1_717_408_800.0]
+    pager = Pager(parse_policy(doc(people, ["alice", "bob"], free_port())), secret=b"x" * 20,
+                  state_path=tmp_path / "s.json", clock=lambda: now[0])  # fmt: skip
+    pager.handle_alarm(ALARMS, event("pulse_high"), now[0])
+    # an older gateway: the inhibitor says nothing about inhibits -> two threads
+    pager.handle_alarm(ALARMS, event("afib_rvr_suspected"), now[0])
+    # the clear of pulse_high names its inhibitor, but pulse_high has its own open thread
+    pager.handle_alarm(ALARMS, event("pulse_high", "cleared", inhibited_by="afib_rvr_suspected"),
+                       now[0])  # fmt: skip
+    threads = pager.threads()
+    assert threads[f"{SITE}/{CHAIR}/pulse_high"].cleared_at == now[0]
+    assert threads[f"{SITE}/{CHAIR}/afib_rvr_suspected"].active_alarms == ("afib_rvr_suspected",)
+    # a raise that names an inhibitor with an open thread joins it: no page of its own
+    pending = len(pager.pending())
+    pager.handle_alarm(ALARMS, event("pulse_high", inhibited_by="afib_rvr_suspected"), now[0])
+    threads = pager.threads()
+    assert "pulse_high" in threads[f"{SITE}/{CHAIR}/afib_rvr_suspected"].active_alarms
+    assert threads[f"{SITE}/{CHAIR}/pulse_high"].state == "merged"
+    assert [i["kind"] for i in pager.pending()[pending:]] == ["merge"]
+    # an ack for the merged alarm's key acknowledges the episode
+    ok, why = pager.handle_page_ack(SITE, {"v": 1, "key": f"{SITE}/{CHAIR}/pulse_high",
+                                           "by": "bob"}, now[0])  # fmt: skip
+    assert ok, why
+    assert pager.threads()[f"{SITE}/{CHAIR}/afib_rvr_suspected"].acked_by == "bob"
+    forward = [i for i in pager.pending() if i["kind"] == "forward_ack"]
+    assert forward[0]["alarms"] == ["afib_rvr_suspected"]
+    # an unknown inhibitor falls back to the alarm's own thread (today's behaviour)
+    pager.handle_alarm(ALARMS, event("spo2_low", inhibited_by="spo2_critical"), now[0])
+    assert pager.threads()[f"{SITE}/{CHAIR}/spo2_low"].state == "paged"
