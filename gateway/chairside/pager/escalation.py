@@ -208,7 +208,7 @@ def should_page(thread: Thread, policy: Policy, now: float) -> tuple[bool, str]:
         return False, f"waiting for {what} until {thread.next_at:.3f}"
     if thread.state is State.OPEN:
         if thread.reopened_from is not None:
-            return True, f"alarm active again after the acknowledgement of thread {thread.reopened_from}"
+            return True, f"alarm active again after thread {thread.reopened_from} was acknowledged or exhausted"
         return True, f"priority {thread.priority} alarm still active after its delay"
     if thread.level_unreached:
         return True, f"level {thread.level} could not be reached"
@@ -363,7 +363,8 @@ def on_event(
         step = decide(opened, policy, now)
         return Step(step.thread, merge_actions + step.actions, step.reason + note, closed)
     current = thread_or_none
-    if current.state is State.ACKED and not joining:
+    stopped = current.exhausted_at is not None and current.next_at is None
+    if (current.state is State.ACKED or stopped) and not joining:
         return _reopen(current, event, policy, now, next_n, closed, merge_actions,
                        absorbed, absorbed_active, absorbed_paged, reached, note)  # fmt: skip
     changes: dict[str, Any] = {
@@ -412,15 +413,15 @@ def _reopen(
     reached: tuple[int, int],
     note: str,
 ) -> Step:
-    """An acknowledged thread's alarm is raised again (after a clear) or
-    re-notified: a new thread at the level reached, paging the on-call person
-    there and whoever acknowledged (if they are in the policy)."""
-    round_, level = max((thread.round, thread.level), reached)
+    """An acknowledged (or exhausted, no longer paging) thread's alarm is
+    raised again, escalated or re-notified: a new thread at the level
+    reached (round 1), paging the on-call person there and whoever
+    acknowledged (if they are in the policy)."""
+    level = max(thread.level, reached[1])
     priority = _higher(thread.priority, event.priority)
-    why = (
-        f"alarm {event.event} after the acknowledgement by {thread.acked_by}: "
-        f"paging again from level {max(1, level)}"
-    )
+    after = (f"the acknowledgement by {thread.acked_by}" if thread.state is State.ACKED
+             else "escalation was exhausted")  # fmt: skip
+    why = f"alarm {event.event} after {after}: paging again from level {max(1, level)}"
     reopened = Thread(
         key=thread.key,
         n=next_n,
@@ -436,7 +437,7 @@ def _reopen(
         event_t=event.t,
         next_at=_first_page_at(policy, priority, now),
         level=max(1, level),
-        round=max(1, round_),
+        round=1,
         active_alarms=_union(thread.active_alarms, (event.alarm,), absorbed_active),
         members=_union(thread.members, absorbed),
         paged=absorbed_paged,

@@ -140,7 +140,7 @@ def _finite(text: str) -> float:
 
 
 def _no_constant(text: str) -> Any:
-    raise ValueError(f"{text} is not a number JSON allows")
+    raise ValueError(f"{text}: number out of range")
 
 
 def decode_payload(raw: bytes) -> dict[str, Any] | str:

@@ -387,3 +387,14 @@ def test_rate_limit_counts_suppresses_and_summarises() -> None:
     assert rl.summaries_due(T0 + 602) == []  # one summary, not one per suppressed page
     again = RateLimiter.from_json(rl.rule, rl.to_json())
     assert again.suppressed_total == {"alice": 200} and again.sent == rl.sent
+
+
+def test_exhausted_medium_thread_pages_again_when_raised_again() -> None:
+    sim = Sim(policy())
+    sim.event(0, ev("raised", "medium"))
+    sim.run(0, 800)  # exhausted at 750, nobody paged since
+    sim.event(801, ev("cleared", "medium"))
+    sim.event(810, ev("raised", "medium"))  # within the flap window
+    sim.run(810, 845)
+    assert sim.summary()[-2:] == [(750, "exhausted", None), (840, "page", "carol")]
+    assert sim.thread is not None and sim.thread.n == 2 and sim.thread.round == 1
