@@ -280,9 +280,9 @@ def test_delivery_failure_keeps_paging_and_raises_technical_alarms(
 
     _status, metrics = get(f"http://127.0.0.1:{pager.ack_port}/metrics")
     lines = metrics.splitlines()
-    assert 'chairside_pager_technical_alarm{alarm="pager_undeliverable"} 1' in lines
-    assert 'chairside_pager_technical_alarm{alarm="pager_exhausted"} 1' in lines
-    assert "chairside_pager_unreachable_people 2" in lines
+    assert 'chairside_pager_technical_alarm{alarm="pager_undeliverable"} 1.0' in lines
+    assert 'chairside_pager_technical_alarm{alarm="pager_exhausted"} 1.0' in lines
+    assert "chairside_pager_unreachable_people 2.0" in lines
     assert any(x.startswith("chairside_pager_threads_exhausted_total ") for x in lines)
     assert pager.metrics.get("threads_exhausted") >= 1
 
@@ -380,7 +380,7 @@ def test_blank_by_refused_and_unmatched_acks_answered_and_counted(
     assert pager.metrics.get("page_acks", result="refused") == 3
     assert pager.metrics.get("page_acks", result="unmatched") == 1
     _, metrics = get(f"http://127.0.0.1:{pager.ack_port}/metrics")
-    assert 'chairside_pager_page_acks_total{result="unmatched"} 1' in metrics.splitlines()
+    assert 'chairside_pager_page_acks_total{result="unmatched"} 1.0' in metrics.splitlines()
 
 
 # ------------------------------------------------------- issue 15.3 / 15.4
