@@ -125,7 +125,9 @@ def acl_text(accounts: Mapping[str, Any]) -> str:
                   f"topic write {_topic('pages')}",
                   f"topic read {_topic('page_ack')}",
                   # an on-call acknowledgement is forwarded to the alarm engine
-                  f"topic write {_topic('alarm_ack')}", ""]
+                  f"topic write {_topic('alarm_ack')}",
+                  # its own technical alarms (pager_undeliverable, pager_exhausted)
+                  f"topic write {_topic('alarms', chair='pager')}", ""]
     if "staff" in services:
         lines += [f"user {services['staff']['user']}", f"topic read {root}/#"]
         lines += [f"topic write {_topic(n)}" for n in sorted(topics)

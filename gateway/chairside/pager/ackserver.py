@@ -4,7 +4,9 @@
 one button; the button POSTs the token to ``/ack``, which records the
 acknowledgement and answers with an HTML confirmation.  The ack itself is
 a POST on purpose: mail scanners and SMS link previews fetch links with GET,
-and a preview must never silence an escalation.  ``GET /healthz`` → ``ok``;
+and a preview must never silence an escalation.  ``GET /healthz`` → 200
+``ok``, or 503 with the reason when the pager cannot do its job (its MQTT
+network loop or tick thread ended, or the broker is gone);
 ``GET /metrics`` → the pager's counters in Prometheus text format (counts
 only, no patient or staff names).
 """
@@ -23,6 +25,7 @@ log = logging.getLogger("chairside.pager.ack")
 MAX_BODY = 4096
 # check(token) -> (ok, text) without side effects; ack(token) -> (ok, text)
 Check = Callable[[str], tuple[bool, str]]
+Health = Callable[[], tuple[bool, str]]
 
 
 def _page(title: str, body_html: str) -> bytes:
@@ -38,7 +41,8 @@ class AckServer:
     """A small threaded HTTP server; ``port=0`` picks a free port."""
 
     def __init__(self, host: str, port: int, check: Check, ack: Check,
-                 metrics: Callable[[], str] | None = None) -> None:
+                 metrics: Callable[[], str] | None = None,
+                 health: Health | None = None) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -59,7 +63,8 @@ class AckServer:
             def do_GET(self) -> None:
                 url = urllib.parse.urlsplit(self.path)
                 if url.path == "/healthz":
-                    self._send(200, "ok", "")
+                    ok, why = outer.health() if outer.health is not None else (True, "ok")
+                    self._send(200 if ok else 503, why, "")
                     return
                 if url.path == "/metrics" and outer.metrics is not None:
                     data = outer.metrics().encode()
@@ -105,6 +110,7 @@ class AckServer:
         self.check = check
         self.ack = ack
         self.metrics = metrics
+        self.health = health
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None

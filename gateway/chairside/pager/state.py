@@ -30,6 +30,7 @@ def empty_state() -> dict[str, Any]:
         "seen": [],
         "ratelimit": {},
         "next_id": 1,
+        "tech": {"unreachable": {}, "exhausted": {}},
     }
 
 

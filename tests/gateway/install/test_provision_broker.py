@@ -222,6 +222,12 @@ def test_pager_reads_alarms_and_writes_pages_only(clinic: Clinic) -> None:
     pager.publish(t("cmd"))                       # denied
     pager.publish(provision._topic("pages", SITE))
     assert gateway.received(provision._topic("pages", SITE)) == [provision._topic("pages", SITE)]
+    # its own technical alarms, and no chair's alarms
+    tech = provision._topic("alarms", SITE, "pager")
+    gateway.subscribe("chairside/v1/+/+/alarms")
+    pager.publish(t("alarms"))                    # denied: only the engine speaks for a chair
+    pager.publish(tech)
+    assert gateway.received(tech) == [tech]
 
 
 def test_revoked_and_rotated_boxes_cannot_connect(clinic: Clinic) -> None:

@@ -88,18 +88,149 @@ class Sim:
 
 def test_primary_silent_secondary_paged_at_timeout_then_repeat_then_exhausted() -> None:
     sim = Sim(policy())
+    sim.event(0, ev("raised", "medium"))
+    sim.run(0, 1200)
+    assert sim.summary() == [
+        (30, "page", "alice"),
+        (150, "page", "bob"),
+        (270, "page", "carol"),
+        (390, "page", "alice"),  # round 2: repeat until acknowledged
+        (510, "page", "bob"),
+        (630, "page", "carol"),
+        (750, "exhausted", None),  # max_rounds=2: a medium alarm stops, reported
+    ]
+    assert [a.round for _, a in sim.log if a.kind == "page"] == [1, 1, 1, 2, 2, 2]
+    assert sim.thread is not None and sim.thread.next_at is None
+
+
+def test_high_priority_is_never_abandoned_last_level_paged_again() -> None:
+    sim = Sim(policy())
     sim.event(0, ev("raised"))
-    sim.run(0, 400)
+    sim.run(0, 600)
     assert sim.summary() == [
         (0, "page", "alice"),
         (60, "page", "bob"),
         (120, "page", "carol"),
-        (180, "page", "alice"),  # round 2: repeat until acknowledged
+        (180, "page", "alice"),
         (240, "page", "bob"),
         (300, "page", "carol"),
-        (360, "exhausted", None),  # max_rounds=2: a limit, reported
+        (360, "exhausted", None),  # reported once ...
+        (360, "page", "carol"),  # ... and the last level keeps being paged
+        (420, "page", "carol"),
+        (480, "page", "carol"),
+        (540, "page", "carol"),
+        (600, "page", "carol"),
     ]
-    assert [a.round for _, a in sim.log if a.kind == "page"] == [1, 1, 1, 2, 2, 2]
+    assert sim.thread is not None and sim.thread.exhausted_at == T0 + 360
+
+
+def test_raise_after_clear_after_ack_pages_again_and_escalates() -> None:
+    """Issue 14.1: the flap window never swallows a raise that follows an ack."""
+    sim = Sim(policy())
+    sim.event(0, ev("raised"))
+    sim.run(0, 61)  # alice at 0, bob at 60
+    sim.ack(70, "bob")
+    sim.event(80, ev("cleared"))
+    sim.event(95, ev("raised"))  # within the 60 s flap window
+    sim.run(95, 160)
+    assert sim.summary()[4:] == [
+        (95, "page", "bob"),  # the level reached (2) is paged again at once
+        (155, "page", "carol"),  # not acknowledged: escalates
+    ]
+    assert sim.thread is not None and sim.thread.n == 2 and sim.thread.reopened_from == 1
+
+
+def test_raise_after_ack_pages_whoever_acknowledged_too() -> None:
+    sim = Sim(policy())
+    sim.event(0, ev("raised"))
+    sim.ack(5, "alice")
+    sim.event(10, ev("cleared"))
+    sim.run(10, 20)
+    sim.event(21, ev("raised"))
+    assert sim.summary()[3:] == [(21, "page", "alice")]
+    sim.run(21, 82)
+    assert sim.summary()[-1] == (81, "page", "bob")
+
+
+def test_renotify_after_ack_pages_and_escalates_every_time() -> None:
+    """Issue 14.2: renotify pages like a new raise, again after each ack."""
+    sim = Sim(policy())
+    sim.event(0, ev("raised"))
+    sim.ack(10, "alice")
+    sim.event(130, ev("renotify"))
+    sim.run(130, 200)
+    assert sim.summary()[3:] == [(130, "page", "alice"), (190, "page", "bob")]
+    sim.ack(195, "bob")
+    sim.event(315, ev("renotify"))
+    sim.run(315, 316)
+    assert sim.summary()[7:] == [(315, "page", "bob")]  # level 2 reached, bob acknowledged
+    assert sim.thread is not None and sim.thread.n == 3 and sim.thread.state is State.PAGED
+
+
+def test_unacknowledged_flapping_is_still_one_thread() -> None:
+    sim = Sim(policy())
+    sim.event(0, ev("raised"))
+    sim.event(5, ev("cleared"))
+    sim.event(10, ev("raised"))
+    sim.run(0, 30)
+    assert sim.summary() == [(0, "page", "alice")]
+    assert sim.thread is not None and sim.thread.n == 1 and sim.thread.flaps == 1
+
+
+def _ev(alarm: str, event: str, priority: str = "high", **over: Any) -> EventIn:
+    return replace(ev(event, priority), key=f"clinic1/chair3/{alarm}", alarm=alarm,
+                   text=f"{alarm} text", **over)  # fmt: skip
+
+
+def test_inhibitor_takes_over_open_threads_at_the_level_reached() -> None:
+    pol = policy()
+    sys_high = on_event(None, _ev("sys_high", "raised", "medium"), pol, T0, 1).thread
+    assert sys_high is not None
+    sys_high = decide(sys_high, pol, T0 + 30).thread  # alice paged
+    assert sys_high is not None
+    sys_high = decide(sys_high, pol, T0 + 150).thread  # bob paged (level 2)
+    assert sys_high is not None and sys_high.level == 2
+    bp = _ev("bp_intervention", "raised", inhibits=("sys_high", "dia_high"))
+    step = on_event(None, bp, pol, T0 + 160, 1, merge=(sys_high,))
+    assert step.thread is not None
+    pages = [(a.kind, a.person, a.key) for a in step.actions]
+    assert pages == [("merge", None, "clinic1/chair3/sys_high"),
+                     ("page", "bob", "clinic1/chair3/bp_intervention")]  # fmt: skip
+    (merged,) = step.merged
+    assert merged.state is State.MERGED and merged.next_at is None
+    assert step.thread.members == ("sys_high",)
+    assert set(step.thread.active_alarms) == {"bp_intervention", "sys_high"}
+    # the inhibitor clears but sys_high is still active: the thread goes on
+    cleared = on_event(step.thread, _ev("bp_intervention", "cleared"), pol, T0 + 170, 2)
+    assert cleared.thread is not None and cleared.thread.cleared_at is None
+    after = decide(cleared.thread, pol, T0 + 220)
+    assert [(a.kind, a.person) for a in after.actions] == [("page", "carol")]
+    # an inhibited event joins without paging
+    joined = on_event(after.thread, _ev("dia_high", "raised", inhibited_by="bp_intervention"),
+                      pol, T0 + 221, 2)  # fmt: skip
+    assert joined.actions == () and joined.thread is not None
+    assert "dia_high" in joined.thread.active_alarms
+
+
+def test_undeliverable_level_moves_on_but_rounds_keep_their_spacing() -> None:
+    """Issue 14.3: nobody reachable must not run through every round in seconds."""
+    sim = Sim(policy())
+    sim.event(0, ev("raised"))
+    for t in range(0, 400):
+        for _ in range(3):  # each page fails at once; the next level is due the same second
+            assert sim.thread is not None
+            if sim.log and sim.log[-1][0] == t and not sim.thread.level_unreached:
+                sim.thread = undeliverable(sim.thread, sim.pol, T0 + t, "every channel failed")
+            step = decide(sim.thread, sim.pol, T0 + t)
+            sim._take(T0 + t, step.thread, step.actions)
+    pages = [(at, a.person) for at, a in sim.log if a.kind == "page"]
+    # levels 1-3 at once, then each new round only after the last level's ack timeout
+    assert pages[:9] == [(0, "alice"), (0, "bob"), (0, "carol"),
+                         (60, "alice"), (60, "bob"), (60, "carol"),
+                         (120, "carol"), (180, "carol"), (240, "carol")], pages  # fmt: skip
+    assert [at for at, a in sim.log if a.kind == "exhausted"] == [120]
+    assert sim.thread is not None and sim.thread.undelivered >= 8
+    assert "could not be delivered" in sim.log[6][1].reason
 
 
 def test_ack_stops_escalation_and_is_forwarded() -> None:
@@ -202,7 +333,7 @@ def test_undeliverable_level_escalates_at_once() -> None:
     sim = Sim(policy())
     sim.event(0, ev("raised"))
     assert sim.thread is not None
-    sim.thread = undeliverable(sim.thread, T0 + 2, "every channel failed")
+    sim.thread = undeliverable(sim.thread, sim.pol, T0 + 2, "every channel failed")
     sim.run(2, 2)
     assert sim.summary() == [(0, "page", "alice"), (2, "page", "bob")]
 
@@ -256,3 +387,14 @@ def test_rate_limit_counts_suppresses_and_summarises() -> None:
     assert rl.summaries_due(T0 + 602) == []  # one summary, not one per suppressed page
     again = RateLimiter.from_json(rl.rule, rl.to_json())
     assert again.suppressed_total == {"alice": 200} and again.sent == rl.sent
+
+
+def test_exhausted_medium_thread_pages_again_when_raised_again() -> None:
+    sim = Sim(policy())
+    sim.event(0, ev("raised", "medium"))
+    sim.run(0, 800)  # exhausted at 750, nobody paged since
+    sim.event(801, ev("cleared", "medium"))
+    sim.event(810, ev("raised", "medium"))  # within the flap window
+    sim.run(810, 845)
+    assert sim.summary()[-2:] == [(750, "exhausted", None), (840, "page", "carol")]
+    assert sim.thread is not None and sim.thread.n == 2 and sim.thread.round == 1
