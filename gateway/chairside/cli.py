@@ -18,7 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("chairside.gateway_command", "run the MQTT → InfluxDB gateway with the alarm engine"),
     "simulate": ("chairside.sim.simulator", "run simulated chair boxes (real firmware, host layer)"),
     "demo": ("chairside.sim.demo", "start services, simulated chairs, gateway and a live view"),
-    "pager": ("chairside.pager.service", "run the on-call pager"),
+    "pager": ("chairside.pager.command", "run the on-call pager"),
     "drill": ("chairside.staff.drill", "send a labelled emergency drill through the real chain"),
     "staff": ("chairside.staff.commands", "acknowledge an alarm or change a chair's limit (audited)"),
     "dashboards": ("chairside.install.grafana_push", "build or push the Grafana dashboards"),

@@ -1,5 +1,5 @@
 """``python -m chairside.pager --policy ...`` (same flags as ``chairside pager``)."""
 
-from .service import main
+from .command import main
 
 raise SystemExit(main())
