@@ -1,0 +1,188 @@
+"""Stored watermarks (chairside.store.watermark): the chain rule, start, gaps,
+rate limit, snapshot/restore and bounds, table-driven with an injected clock."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chairside.store.watermark import Watermarks
+
+S, C = "clinic-a", "3"
+
+# (name, steps, expected W of boot 1 after each step); a step is (seq, p, now_ms)
+CHAINS: list[tuple[str, list[tuple[int, int, int]], list[int | None]]] = [
+    ("in order from the start of a boot",
+     [(0, -1, 0), (1, 0, 1000), (3, 1, 2000)], [0, 1, 3]),
+    ("out of order: nothing confirmed past the hole until it fills",
+     [(0, -1, 0), (2, 1, 10), (3, 2, 20), (1, 0, 30)], [0, 0, 0, 3]),
+    ("resend after loss: the broker lost seq 6, the box re-sends it",
+     [(0, -1, 0), (5, 0, 1), (7, 6, 2), (8, 7, 3), (6, 5, 40_000)], [0, 5, 5, 5, 8]),
+    ("a re-send carries a new p (the box dropped seq 6): it replaces the old link",
+     [(0, -1, 0), (5, 0, 1), (7, 6, 2), (7, 5, 30_000)], [0, 5, 5, 7]),
+    ("a re-send of a confirmed reading changes nothing",
+     [(0, -1, 0), (1, 0, 1), (1, 0, 2), (0, -1, 3)], [0, 1, 1, 1]),
+    ("a chain whose start is unknown waits (a live reading after spooled ones)",
+     [(10, 9, 0), (11, 10, 1000), (0, -1, 1500), (4, 0, 1600), (9, 4, 1700)], [None, None, 0, 4, 11]),
+]
+
+
+@pytest.mark.parametrize(("name", "steps", "expect"), CHAINS, ids=[c[0] for c in CHAINS])
+def test_chain(name: str, steps: list[tuple[int, int, int]], expect: list[int | None]) -> None:
+    wm = Watermarks()
+    got = []
+    for seq, p, now in steps:
+        wm.durable(S, C, 1, seq, p, now)
+        got.append(wm.watermark(S, C, 1))
+    assert got == expect
+
+
+@pytest.mark.parametrize(("seq", "p"), [(5, 5), (5, 6), (5, -2), (0, -1 - 1), (2**31, 0)])
+def test_bad_links_are_counted_and_ignored(seq: int, p: int) -> None:
+    wm = Watermarks()
+    assert wm.durable(S, C, 1, seq, p, 0) is False
+    assert wm.counters.bad_p == 1 and wm.watermark(S, C, 1) is None and wm.pending(S, C) == 0
+
+
+def test_unknown_start_waits_start_delay_then_takes_smallest_p() -> None:
+    # the gateway restarted without its snapshot: the box's oldest held
+    # reading (p = the last confirmation it saw, 19) arrives with its re-send
+    wm = Watermarks(start_delay_ms=45_000)
+    wm.durable(S, C, 1, 25, 24, 0)
+    wm.durable(S, C, 1, 26, 25, 1_000)
+    assert wm.expire_gaps(44_999) == [] and wm.watermark(S, C, 1) is None
+    wm.durable(S, C, 1, 20, 19, 31_000)  # re-sent oldest first after 30 s
+    for seq in range(21, 25):
+        wm.durable(S, C, 1, seq, seq - 1, 31_000)
+    assert wm.expire_gaps(45_000) == []
+    assert wm.watermark(S, C, 1) == 26 and wm.due(45_000) == [(S, C, 1, 26)]
+
+
+def test_start_delay_zero_is_the_first_records_p() -> None:
+    wm = Watermarks(start_delay_ms=0)
+    assert wm.durable(S, C, 1, 25, 24, 0) is True
+    assert wm.watermark(S, C, 1) == 25
+
+
+def test_gap_timeout_jumps_to_smallest_pending_p_and_says_why() -> None:
+    wm = Watermarks(gap_timeout_ms=600_000)
+    wm.durable(S, C, 1, 0, -1, 0)
+    wm.durable(S, C, 1, 5, 0, 0)
+    wm.mark_published(S, C, 1, 5, 0)
+    # seq 7 never arrives; the box holds it no longer (its flash spool overflowed)
+    wm.durable(S, C, 1, 8, 7, 100_000)  # the gap clock starts with the first record that waits
+    wm.durable(S, C, 1, 9, 8, 101_000)
+    assert wm.expire_gaps(699_999) == [] and wm.watermark(S, C, 1) == 5
+    gaps = wm.expire_gaps(700_000)
+    assert len(gaps) == 1 and (gaps[0].boot, gaps[0].from_w, gaps[0].to_w) == (1, 5, 7)
+    assert "6..7" in gaps[0].reason and "lost" in gaps[0].reason
+    assert wm.watermark(S, C, 1) == 9 and wm.counters.watermark_gaps == 1
+    assert wm.due(700_000) == [(S, C, 1, 9)]
+    assert wm.expire_gaps(2_000_000) == []  # nothing pending: no more gaps
+
+
+def test_no_gap_while_the_chain_advances() -> None:
+    wm = Watermarks(gap_timeout_ms=10_000)
+    wm.durable(S, C, 1, 0, -1, 0)
+    for i in range(1, 30):
+        wm.durable(S, C, 1, i + 1, i, i * 1000)  # one reading always waits for the next
+        wm.durable(S, C, 1, i, i - 1, i * 1000 + 500)
+        assert wm.expire_gaps(i * 1000 + 600) == []
+    assert wm.counters.watermark_gaps == 0
+
+
+def test_two_boots_are_independent_and_only_the_newest_two_are_kept() -> None:
+    wm = Watermarks()
+    wm.durable(S, C, 7, 0, -1, 0)  # the box's old boot, replayed from flash
+    wm.durable(S, C, 8, 0, -1, 0)  # its live boot
+    wm.durable(S, C, 8, 1, 0, 1)
+    assert (wm.watermark(S, C, 7), wm.watermark(S, C, 8)) == (0, 1)
+    assert sorted(wm.due(10)) == [(S, C, 7, 0), (S, C, 8, 1)]
+    wm.durable(S, C, 9, 0, -1, 2)
+    assert wm.watermark(S, C, 7) is None and wm.watermark(S, C, 9) == 0
+    assert wm.durable(S, C, 6, 3, -1, 3) is False and wm.counters.old_boot == 1
+    assert wm.watermark("other", C, 8) is None  # chairs are separate too
+
+
+def test_due_is_rate_limited_per_chair() -> None:
+    wm = Watermarks(min_interval_ms=1000)
+    wm.durable(S, C, 1, 0, -1, 0)
+    assert wm.due(0) == [(S, C, 1, 0)]
+    wm.mark_published(S, C, 1, 0, 0)
+    assert wm.due(0) == []
+    wm.durable(S, C, 1, 1, 0, 200)
+    wm.durable(S, C, 1, 2, 1, 400)
+    assert wm.due(999) == []
+    assert wm.due(1000) == [(S, C, 1, 2)]
+    wm.mark_published(S, C, 1, 2, 1000)
+    assert wm.due(5000) == []  # nothing new: nothing to publish
+
+
+def test_rate_limit_costs_one_message_per_chair_per_interval_at_1000_chairs() -> None:
+    wm = Watermarks(min_interval_ms=1000)
+    published = 0
+    for ms in range(0, 10_000, 100):  # 10 s, 10 readings/s per chair, publish tick every 100 ms
+        for chair in range(1000):
+            seq = ms // 100
+            wm.durable(S, str(chair), 1, seq, seq - 1, ms)
+        for site, chair, boot, w in wm.due(ms):
+            wm.mark_published(site, chair, boot, w, ms)
+            published += 1
+    assert published == 1000 * 10
+
+
+def test_snapshot_restore_round_trip_through_json() -> None:
+    wm = Watermarks()
+    wm.durable(S, C, 4, 0, -1, 0)
+    wm.durable(S, C, 4, 1, 0, 0)
+    wm.durable(S, C, 5, 0, -1, 0)
+    wm.durable(S, "9", 2, 3, 5 - 5 - 1, 0)
+    wm.durable(S, C, 5, 3, 2, 0)  # pending: not in the snapshot (the box re-sends it)
+    data = json.loads(json.dumps(wm.snapshot()))
+    fresh = Watermarks()
+    assert fresh.restore(data, 50_000) == 3
+    assert (fresh.watermark(S, C, 4), fresh.watermark(S, C, 5), fresh.watermark(S, "9", 2)) == (1, 0, 3)
+    assert fresh.due(50_000) == []  # the retained messages already say so
+    assert fresh.durable(S, C, 5, 1, 0, 50_001) is True  # the chain goes on at once
+    assert fresh.due(50_001) == [(S, C, 5, 1)]
+
+
+@pytest.mark.parametrize("bad", [
+    {}, {"v": 2, "chairs": []}, {"v": 1, "chairs": "x"},
+    {"v": 1, "chairs": [{"site": S, "chair": C, "boots": [[1, "x"], [1], [-1, 3], [2, -2]]}]},
+    {"v": 1, "chairs": [{"site": 1, "chair": C, "boots": []}, "junk"]},
+])
+def test_restore_skips_and_counts_what_it_does_not_understand(bad: dict[str, object]) -> None:
+    wm = Watermarks()
+    assert wm.restore(bad, 0) == 0
+    assert wm.counters.restore_skipped >= 1 and wm.snapshot() == {"v": 1, "chairs": []}
+
+
+def test_restore_keeps_only_the_newest_two_boots_and_the_higher_w() -> None:
+    wm = Watermarks()
+    wm.durable(S, C, 3, 0, -1, 0)
+    wm.durable(S, C, 3, 1, 0, 0)
+    data = {"v": 1, "chairs": [{"site": S, "chair": C, "boots": [[1, 10], [2, 20], [3, 0]]}]}
+    wm.restore(data, 0)  # boot 1 is older than the newest two
+    assert (wm.watermark(S, C, 1), wm.watermark(S, C, 2), wm.watermark(S, C, 3)) == (None, 20, 1)
+
+
+def test_pending_is_bounded_per_chair_furthest_ahead_dropped_and_counted() -> None:
+    wm = Watermarks(max_pending=3)
+    wm.durable(S, C, 1, 0, -1, 0)
+    for seq in (2, 3, 4, 5):  # 1 missing: all wait
+        wm.durable(S, C, 1, seq, seq - 1, 0)
+    assert wm.pending(S, C) == 3 and wm.counters.pending_dropped == 1
+    wm.durable(S, C, 1, 1, 0, 10)  # the hole's filler is kept (4 dropped instead)
+    assert wm.watermark(S, C, 1) == 3 and wm.counters.pending_dropped == 2
+    wm.durable(S, C, 1, 4, 3, 30_000)  # the box re-sends what was forgotten
+    wm.durable(S, C, 1, 5, 4, 30_000)
+    assert wm.watermark(S, C, 1) == 5
+
+
+def test_timing_arguments_are_validated() -> None:
+    with pytest.raises(ValueError):
+        Watermarks(gap_timeout_ms=0)
+    with pytest.raises(ValueError):
+        Watermarks(max_pending=0)
