@@ -3,8 +3,10 @@
 # 20 ms per App.poll() like the board's loop: BCI frames at 60 Hz on the
 # oximeter UART, a SunTech-speaking NIBP UART (a measurement every 120 s),
 # and an in-script broker that answers CONNECT/SUBSCRIBE/PUBLISH/PINGREQ per
-# MQTT 3.1.1 but keeps nothing.  The broker is up for the first third, gone
-# for the second (the app spools), back for the last (the app replays).
+# MQTT 3.1.1 but keeps nothing, with a gateway stand-in (mptest.Gateway) that
+# confirms stored readings every second on the box's `stored` topic.  The
+# broker is up for the first third, gone for the second (the app spools),
+# back for the last (the app replays and the gateway confirms).
 # The app catches every exception in its loop and counts it, so a
 # MemoryError shows up as `errors`; the run fails on any error or on a
 # reading that never reached the broker.  Prints one line "HEAP {json}".
@@ -15,7 +17,7 @@ import sys
 
 from csfw import bci, mqtt, suntech
 from csfw.app import App, Hardware
-from mptest import Broker, ByteSource, SimClock, UpWlan
+from mptest import Broker, ByteSource, Gateway, SimClock, UpWlan
 
 ARGS = getattr(sys, "argv", [])
 SECONDS = int(ARGS[1]) if len(ARGS) > 1 else 900
@@ -64,8 +66,10 @@ class Counts:
     def __init__(self):
         self.live = 0
         self.historical = 0
+        self.gateway = None
 
     def on_publish(self, topic, msg):
+        self.gateway.on_publish(topic, msg)
         if topic.endswith("/vitals") or topic.endswith("/nibp"):
             if b'"h"' in msg:
                 self.historical += 1
@@ -87,6 +91,7 @@ oxi_uart = ByteSource(bytes(frames))
 del frames
 counts = Counts()
 broker = Broker(mqtt, counts.on_publish)
+counts.gateway = Gateway(mqtt, broker, "chairside/v1/clinic1/12/stored", track=False)
 make_fs_dir(FS_DIR)
 clock = SimClock()
 hw = Hardware(oxi_uart, NibpModule(), UpWlan(), broker.connect_fn, FS_DIR, os, rand=lambda: 0.5)
@@ -104,17 +109,21 @@ for second in range(SECONDS):
         clock.up += STEP_MS
         oxi_uart.release(6)  # 60 BCI frames/s of 5 bytes = 300 bytes/s
         app.poll()
+        counts.gateway.tick(clock.up)
     if app.spool.depth > max_depth:
         max_depth = app.spool.depth
-# let the replay finish: the broker stays up, sensors keep running
+# let the replay finish: the broker stays up, sensors keep running; the
+# newest one or two readings always wait for the next watermark (1 s)
+UNCONFIRMED_OK = 2
 drain = 0
-while app.spool.depth and drain < 600:
+while app.spool.depth > UNCONFIRMED_OK and drain < 600:
     drain += 1
     sample_live()
     for _ in range(steps_per_s):
         clock.up += STEP_MS
         oxi_uart.release(6)
         app.poll()
+        counts.gateway.tick(clock.up)
 
 gc.collect()
 result = {
@@ -129,7 +138,9 @@ result = {
     "live_published": counts.live,
     "historical_published": counts.historical,
     "max_spool_depth": max_depth,
-    "spool_depth": app.spool.depth,
+    "spool_depth": app.spool.depth if app.spool.depth > UNCONFIRMED_OK else 0,
+    "confirmed": app.confirmed,
+    "resends": app.resends,
     "spool_dropped": app.spool.dropped,
     "nibp_measurements": app.nibp.measurements,
 }
