@@ -36,7 +36,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from chairside import contract
 from chairside.paths import REPO
@@ -89,6 +89,9 @@ def _topic(name: str, site: str = "+", chair: str = "+") -> str:
     return pattern.replace("{site}", site).replace("{chair}", chair)
 
 
+BOX_READS: Final[tuple[str, ...]] = ("cmd", "stored")
+
+
 def acl_text(accounts: Mapping[str, Any]) -> str:
     """The Mosquitto ACL for every account in ``accounts`` (deterministic)."""
     topics: Mapping[str, Any] = contract.load()["topics"]
@@ -118,7 +121,9 @@ def acl_text(accounts: Mapping[str, Any]) -> str:
         lines.append(f"user {box['user']}")
         lines += [f"topic write {_topic(n, site, chair)}" for n in sorted(topics)
                   if topics[n]["from"] == "box"]
-        lines += [f"topic read {_topic('cmd', site, chair)}", ""]
+        # a box reads only what the gateway addresses to it: commands and
+        # its stored watermark (end-to-end delivery, docs/contract.md)
+        lines += [f"topic read {_topic(n, site, chair)}" for n in BOX_READS] + [""]
     return "\n".join(lines) + "\n"
 
 

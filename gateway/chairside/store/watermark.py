@@ -46,6 +46,7 @@ dropped and counted, the box re-sends it).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -55,6 +56,12 @@ MAX_SEQ: Final = 0x7FFFFFFF
 BOOTS_PER_CHAIR: Final = 2
 
 ChairKey = tuple[str, str]
+
+
+def stored_payload(boot: int, seq: int, now_ms: int) -> bytes:
+    """The ``stored`` message for one watermark (contract.json
+    ``gateway_messages.stored``); publish it QoS 1, retained."""
+    return json.dumps({"v": 1, "boot": boot, "seq": seq, "t": now_ms}, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True, slots=True)
