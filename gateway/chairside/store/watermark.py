@@ -18,19 +18,25 @@ watermark W only along it:
   names, so a reading the broker lost holds W back until the box re-sends it.
 * Start of a chain: with no W known for a boot (a new boot, or a gateway that
   restarted without its snapshot), a record with ``p = -1`` starts W at -1 at
-  once.  Otherwise W starts at the smallest pending ``p`` once the first
-  pending record has waited ``start_delay_ms`` (default 45 s, longer than the
-  box's 30 s re-send timer, so the box's oldest held reading - whose ``p`` is
-  the last confirmation it saw - has arrived by then).  ``start_delay_ms=0``
-  starts W at the first record's ``p`` at once; that is unsafe for a box that
-  spooled readings before its first live one (the live one's ``p`` names a
-  spooled reading the gateway has not seen yet, and confirming it would let the
-  box forget the spooled ones).
+  once.  Otherwise W starts at the smallest pending ``p`` once records have
+  waited ``start_delay_ms`` (default 45 s) of *heard* time (below), longer
+  than the box's 30 s re-send timer, so the box's oldest held reading - whose
+  ``p`` is the last confirmation it saw - has arrived by then.
+  ``start_delay_ms=0`` starts W at the first record's ``p`` at once; that is
+  unsafe for a box that spooled readings before its first live one (the live
+  one's ``p`` names a spooled reading the gateway has not seen yet, and
+  confirming it would let the box forget the spooled ones).
 * Gap rule (:meth:`Watermarks.expire_gaps`): if W has not advanced for
-  ``gap_timeout_ms`` (default 10 min) while records are pending, W jumps to the
-  smallest pending ``p`` and the readings between are declared lost: the box
-  re-sends what it holds after 30 s without progress, so a reading still
-  missing after 10 min is one the box no longer has.
+  ``gap_timeout_ms`` (default 10 min) of heard time while records are
+  pending, W jumps to the smallest pending ``p`` and the readings between are
+  declared lost: an online box re-sends what it holds after 30 s without
+  progress (at most every 240 s), so a reading still missing after 10 min is
+  one the box no longer has.
+* Heard time: the start delay and the gap clock advance only while the box's
+  readings of that boot keep arriving (gaps up to ``heard_idle_ms``, default
+  60 s).  A box that is offline cannot re-send; without this rule the
+  gateway would give up on a reading the box still holds and, when the box
+  comes back, the retained watermark would tell it to forget that reading.
 * :meth:`Watermarks.due` returns the watermarks to publish, at most once per
   ``min_interval_ms`` per chair, so 1,000 chairs cost about 1,000 small
   messages a second at most; :meth:`Watermarks.mark_published` records a
@@ -80,7 +86,8 @@ class Gap:
 class _Boot:
     w: int | None  # None: the chain's start is not known yet
     pending: dict[int, int] = field(default_factory=dict)  # seq -> p
-    since_ms: int = 0  # when W last advanced (or was started / first waited)
+    heard_ms: int = 0  # when the last reading of this boot arrived
+    waited_ms: int = 0  # time the box was heard while W stood still with records pending
     published: int = -2  # last W published for this boot (-2: never)
 
 
@@ -110,13 +117,17 @@ class Watermarks:
         gap_timeout_ms: int = 600_000,
         min_interval_ms: int = 1_000,
         start_delay_ms: int = 45_000,
+        heard_idle_ms: int = 60_000,
         max_pending: int = 4_096,
     ) -> None:
-        if gap_timeout_ms <= 0 or min_interval_ms < 0 or start_delay_ms < 0 or max_pending < 1:
-            raise ValueError("watermark timings must be >= 0 (gap timeout > 0) and max_pending >= 1")
+        if (gap_timeout_ms <= 0 or min_interval_ms < 0 or start_delay_ms < 0 or heard_idle_ms <= 0
+                or max_pending < 1):
+            raise ValueError("watermark timings must be >= 0 (gap timeout and heard idle > 0), "
+                             "max_pending >= 1")
         self.gap_timeout_ms = gap_timeout_ms
         self.min_interval_ms = min_interval_ms
         self.start_delay_ms = start_delay_ms
+        self.heard_idle_ms = heard_idle_ms
         self.max_pending = max_pending
         self.counters = Counters()
         self._chairs: dict[ChairKey, _Chair] = {}
@@ -140,21 +151,20 @@ class Watermarks:
             if len(ch.boots) >= BOOTS_PER_CHAIR and boot < min(ch.boots):
                 self.counters.old_boot += 1
                 return False
-            b = ch.boots[boot] = _Boot(w=None, since_ms=now_ms)
+            b = ch.boots[boot] = _Boot(w=None, heard_ms=now_ms)
             while len(ch.boots) > BOOTS_PER_CHAIR:
                 del ch.boots[min(ch.boots)]
+        self._hear(b, now_ms)
         if b.w is not None and seq <= b.w:
             self.counters.stale += 1
             return False
-        if not b.pending and b.w is not None:
-            b.since_ms = now_ms  # the gap clock runs from the first record that waits
         b.pending[seq] = p  # a re-send replaces p: the box recomputes it at send time
         self._bound(ch)
         if b.w is None:
             if p == -1:
-                self._start(b, -1, now_ms)
+                b.w = -1
             elif self.start_delay_ms == 0:
-                self._start(b, p, now_ms)
+                b.w = p
             else:
                 self._track_waiting(key, ch)
                 return False
@@ -177,10 +187,10 @@ class Watermarks:
                     continue
                 smallest_p = min(b.pending.values())
                 if b.w is None:
-                    if now_ms - b.since_ms >= self.start_delay_ms:
-                        self._start(b, smallest_p, now_ms)
-                        self._advance(key, ch, b, now_ms)
-                elif now_ms - b.since_ms >= self.gap_timeout_ms:
+                    if b.waited_ms >= self.start_delay_ms:
+                        b.w = smallest_p
+                        self._advance(key, ch, b, now_ms, force=True)
+                elif b.waited_ms >= self.gap_timeout_ms:
                     old = b.w
                     self.counters.watermark_gaps += 1
                     b.w = jump = max(old, smallest_p)
@@ -280,21 +290,27 @@ class Watermarks:
                     if len(ch.boots) >= BOOTS_PER_CHAIR and boot < min(ch.boots):
                         self.counters.restore_skipped += 1
                         continue
-                    b = ch.boots[boot] = _Boot(w=w, since_ms=now_ms, published=w)
+                    b = ch.boots[boot] = _Boot(w=w, heard_ms=now_ms, published=w)
                     while len(ch.boots) > BOOTS_PER_CHAIR:
                         del ch.boots[min(ch.boots)]
                 elif b.w is None or w > b.w:
                     b.w = w
                     b.published = max(b.published, w)
-                    b.since_ms = now_ms
-                    self._advance(key, ch, b, now_ms)
+                    self._advance(key, ch, b, now_ms, force=True)
                 restored += 1
         return restored
 
     # ---- internals -----------------------------------------------------------------------
-    def _start(self, b: _Boot, w: int, now_ms: int) -> None:
-        b.w = w
-        b.since_ms = now_ms
+    def _hear(self, b: _Boot, now_ms: int) -> None:
+        # The start delay and the gap clock count only time in which the box
+        # is heard (a reading at least every heard_idle_ms): a box that is
+        # offline cannot re-send, and must not lose a reading it still holds
+        # because the gateway gave up on it meanwhile.
+        if b.pending or b.w is None:
+            gap = now_ms - b.heard_ms
+            if 0 < gap <= self.heard_idle_ms:
+                b.waited_ms += gap
+        b.heard_ms = now_ms
 
     def _advance(self, key: ChairKey, ch: _Chair, b: _Boot, now_ms: int, force: bool = False) -> bool:
         assert b.w is not None
@@ -310,7 +326,7 @@ class Watermarks:
                     w = seq
         b.w = w
         if w > start or force:
-            b.since_ms = now_ms
+            b.waited_ms = 0
         if w > start:
             self.counters.advanced += 1
             self._dirty.add(key)

@@ -45,18 +45,40 @@ def test_bad_links_are_counted_and_ignored(seq: int, p: int) -> None:
     assert wm.counters.bad_p == 1 and wm.watermark(S, C, 1) is None and wm.pending(S, C) == 0
 
 
+def live(wm: Watermarks, first_seq: int, start_ms: int, seconds: int, boot: int = 1) -> int:
+    """The box sends one live reading a second, each linked to the one before
+    (the chain stays stuck behind whatever is missing); returns the last seq."""
+    seq = first_seq
+    for i in range(seconds):
+        wm.durable(S, C, boot, seq, seq - 1, start_ms + i * 1000)
+        seq += 1
+    return seq - 1
+
+
 def test_unknown_start_waits_start_delay_then_takes_smallest_p() -> None:
     # the gateway restarted without its snapshot: the box's oldest held
     # reading (p = the last confirmation it saw, 19) arrives with its re-send
     wm = Watermarks(start_delay_ms=45_000)
-    wm.durable(S, C, 1, 25, 24, 0)
-    wm.durable(S, C, 1, 26, 25, 1_000)
-    assert wm.expire_gaps(44_999) == [] and wm.watermark(S, C, 1) is None
-    wm.durable(S, C, 1, 20, 19, 31_000)  # re-sent oldest first after 30 s
-    for seq in range(21, 25):
-        wm.durable(S, C, 1, seq, seq - 1, 31_000)
+    live(wm, 25, 0, 31)  # 25..55, all waiting
+    assert wm.expire_gaps(30_000) == [] and wm.watermark(S, C, 1) is None
+    for seq in range(20, 25):  # re-sent oldest first after 30 s without progress
+        wm.durable(S, C, 1, seq, 19 if seq == 20 else seq - 1, 31_000)
+    last = live(wm, 56, 31_000, 14)
+    assert wm.expire_gaps(44_000) == [] and wm.watermark(S, C, 1) is None
+    wm.durable(S, C, 1, last + 1, last, 45_000)
     assert wm.expire_gaps(45_000) == []
-    assert wm.watermark(S, C, 1) == 26 and wm.due(45_000) == [(S, C, 1, 26)]
+    assert wm.watermark(S, C, 1) == last + 1 and wm.due(45_000) == [(S, C, 1, last + 1)]
+
+
+def test_start_delay_counts_only_while_the_box_is_heard() -> None:
+    # a new boot: one live reading (p=9 names a spooled one), then the link drops
+    wm = Watermarks(start_delay_ms=45_000)
+    wm.durable(S, C, 1, 10, 9, 0)
+    assert wm.expire_gaps(3_600_000) == [] and wm.watermark(S, C, 1) is None
+    # an hour later the box is back: its replay starts at the boot's first reading
+    for seq in range(0, 10):
+        wm.durable(S, C, 1, seq, seq - 1, 3_600_000)
+    assert wm.watermark(S, C, 1) == 10
 
 
 def test_start_delay_zero_is_the_first_records_p() -> None:
@@ -70,16 +92,29 @@ def test_gap_timeout_jumps_to_smallest_pending_p_and_says_why() -> None:
     wm.durable(S, C, 1, 0, -1, 0)
     wm.durable(S, C, 1, 5, 0, 0)
     wm.mark_published(S, C, 1, 5, 0)
-    # seq 7 never arrives; the box holds it no longer (its flash spool overflowed)
-    wm.durable(S, C, 1, 8, 7, 100_000)  # the gap clock starts with the first record that waits
-    wm.durable(S, C, 1, 9, 8, 101_000)
-    assert wm.expire_gaps(699_999) == [] and wm.watermark(S, C, 1) == 5
+    # seq 7 never arrives, and the box, although online, never re-sends it
+    # (it no longer holds it): readings keep coming, linked to 7 and on
+    last = live(wm, 8, 100_000, 600)
+    assert wm.expire_gaps(699_000) == [] and wm.watermark(S, C, 1) == 5
+    wm.durable(S, C, 1, last + 1, last, 700_000)
     gaps = wm.expire_gaps(700_000)
     assert len(gaps) == 1 and (gaps[0].boot, gaps[0].from_w, gaps[0].to_w) == (1, 5, 7)
     assert "6..7" in gaps[0].reason and "lost" in gaps[0].reason
-    assert wm.watermark(S, C, 1) == 9 and wm.counters.watermark_gaps == 1
-    assert wm.due(700_000) == [(S, C, 1, 9)]
+    assert wm.watermark(S, C, 1) == last + 1 and wm.counters.watermark_gaps == 1
+    assert wm.due(700_000) == [(S, C, 1, last + 1)]
     assert wm.expire_gaps(2_000_000) == []  # nothing pending: no more gaps
+
+
+def test_no_gap_while_the_box_is_offline() -> None:
+    # the broker lost seq 7; the box went offline before its 30 s re-send timer
+    wm = Watermarks(gap_timeout_ms=600_000)
+    wm.durable(S, C, 1, 6, -1, 0)
+    wm.durable(S, C, 1, 8, 7, 1_000)
+    wm.durable(S, C, 1, 9, 8, 2_000)
+    assert wm.expire_gaps(7_200_000) == [] and wm.watermark(S, C, 1) == 6
+    # two hours later it is back and re-sends what it holds, oldest first
+    wm.durable(S, C, 1, 7, 6, 7_200_000)
+    assert wm.watermark(S, C, 1) == 9 and wm.counters.watermark_gaps == 0
 
 
 def test_no_gap_while_the_chain_advances() -> None:
