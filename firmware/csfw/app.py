@@ -47,7 +47,7 @@ LIVE_RESERVE = 2  # inflight slots kept free for live readings during a replay
 FLUSH_PERIOD_MS = 10000  # while offline, RAM ring -> flash at least this often
 RESEND_AFTER_MS = 30000  # online, records sent, no watermark progress: re-send them
 RESEND_MAX_MS = 240000  # ... doubling up to this (below the gateway's 600 s gap rule)
-CONFIRM_PER_POLL = 32  # spool records checked against the watermark per poll
+CONFIRM_PER_POLL = 16  # spool records checked against the watermark per poll
 MAX_LIVE_SENT = 64  # live-sent seqs remembered beyond the pass (more: re-sent, harmless)
 MAX_CONF_BOOTS = 3  # boots whose watermark the box remembers
 NTP_RETRY_MS = 600000
@@ -357,7 +357,10 @@ class App:
             if rec is None:
                 return
             boot, seq = rec[1], rec[2]
-            if boot == self.boot and seq in self._live_sent:
+            conf = self._conf.get(boot, -1)
+            if seq <= conf:
+                pass  # confirmed already, waiting behind an older boot's reading
+            elif boot == self.boot and seq in self._live_sent:
                 self._live_sent.remove(seq)  # sent live already: now part of the pass
             else:
                 prev = self._prev_seq if self._prev_boot == boot else -1
@@ -415,13 +418,16 @@ class App:
             return
         self._sync_drops()
         n = 0
-        while n < CONFIRM_PER_POLL:
-            rec = self.spool.peek(n)
-            conf = None if rec is None else self._conf.get(rec[1])
+        # next_batch reads from the head without moving peek's read position
+        for rec in self.spool.next_batch(CONFIRM_PER_POLL):
+            conf = self._conf.get(rec[1])
             if conf is None or rec[2] > conf:
                 self._check_conf = False
                 break
             n += 1
+        else:
+            if n < CONFIRM_PER_POLL:
+                self._check_conf = False  # all covered, nothing more held
         if not n:
             return
         done = self.spool.commit(n)

@@ -43,7 +43,12 @@ watermark W only along it:
   publish.
 * :meth:`Watermarks.snapshot` / :meth:`Watermarks.restore` carry W (not the
   pending records: boxes re-send those) across a gateway restart as JSON-able
-  data.  Only the newest two boots of a chair are kept.
+  data.
+* Boots: a chair's watermarks are kept for at most three boots; a new boot
+  forgets the one heard least recently (a box replays an older boot's
+  readings from flash while its current boot is live, so both are heard).
+  A forgotten boot that is heard again starts a new chain by the start rule,
+  so the box's re-sends are confirmed again (only later, never wrongly).
 
 Pure: no I/O, no clock of its own (every method takes ``now_ms``), bounded
 (``max_pending`` records per chair; the one furthest ahead of W is
@@ -59,7 +64,7 @@ from typing import Any, Final
 
 SNAPSHOT_VERSION: Final = 1
 MAX_SEQ: Final = 0x7FFFFFFF
-BOOTS_PER_CHAIR: Final = 2
+BOOTS_PER_CHAIR: Final = 3
 
 ChairKey = tuple[str, str]
 
@@ -102,7 +107,7 @@ class Counters:
     advanced: int = 0  # durable() calls that moved a watermark
     stale: int = 0  # durable readings at or below W (re-sends of confirmed ones)
     bad_p: int = 0  # p outside -1..seq-1: ignored
-    old_boot: int = 0  # readings of a boot older than the chair's newest two
+    boots_forgotten: int = 0  # boots dropped for a newer one (least recently heard)
     pending_dropped: int = 0  # pending records dropped (bound per chair)
     watermark_gaps: int = 0  # gap-rule jumps (readings declared lost)
     restore_skipped: int = 0  # snapshot entries that were not understood
@@ -148,12 +153,8 @@ class Watermarks:
             ch = self._chairs[key] = _Chair()
         b = ch.boots.get(boot)
         if b is None:
-            if len(ch.boots) >= BOOTS_PER_CHAIR and boot < min(ch.boots):
-                self.counters.old_boot += 1
-                return False
+            self._make_room(ch)
             b = ch.boots[boot] = _Boot(w=None, heard_ms=now_ms)
-            while len(ch.boots) > BOOTS_PER_CHAIR:
-                del ch.boots[min(ch.boots)]
         self._hear(b, now_ms)
         if b.w is not None and seq <= b.w:
             self.counters.stale += 1
@@ -287,12 +288,10 @@ class Watermarks:
                 ch = self._chairs.setdefault(key, _Chair())
                 b = ch.boots.get(boot)
                 if b is None:
-                    if len(ch.boots) >= BOOTS_PER_CHAIR and boot < min(ch.boots):
+                    if len(ch.boots) >= BOOTS_PER_CHAIR:
                         self.counters.restore_skipped += 1
                         continue
                     b = ch.boots[boot] = _Boot(w=w, heard_ms=now_ms, published=w)
-                    while len(ch.boots) > BOOTS_PER_CHAIR:
-                        del ch.boots[min(ch.boots)]
                 elif b.w is None or w > b.w:
                     b.w = w
                     b.published = max(b.published, w)
@@ -301,6 +300,11 @@ class Watermarks:
         return restored
 
     # ---- internals -----------------------------------------------------------------------
+    def _make_room(self, ch: _Chair) -> None:
+        while len(ch.boots) >= BOOTS_PER_CHAIR:
+            del ch.boots[min(ch.boots, key=lambda bt: (ch.boots[bt].heard_ms, bt))]
+            self.counters.boots_forgotten += 1
+
     def _hear(self, b: _Boot, now_ms: int) -> None:
         # The start delay and the gap clock count only time in which the box
         # is heard (a reading at least every heard_idle_ms): a box that is

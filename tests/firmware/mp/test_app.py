@@ -263,3 +263,30 @@ def test_unreadable_watermarks_are_counted_and_change_nothing():
                                                     False, 9))
     _run(app, clock, oxi, 100)
     assert app.spool.depth == 4  # another boot's watermark covers none of this boot's readings
+
+
+def test_a_previous_boots_readings_in_flash_are_replayed_and_confirmed_after_a_reboot():
+    app, clock, broker, oxi = _make()
+    broker.broker.up = False
+    _run(app, clock, oxi, 25000)  # offline from the start: flushed to flash every 10 s
+    held = app.spool.depth
+    assert held >= 20 and _segments(app)
+    # power cut (the RAM ring since the last flush is lost), reboot as boot 5
+    fs_dir = app.hw.fs_dir
+    hw = Hardware(TinyUart(), TinyUart(), UpWlan(), broker.broker.connect_fn, fs_dir, os,
+                  rand=lambda: 0.5)
+    cfg = {"site": "s1", "chair": "7", "mqtt": {"keepalive_s": 60}, "nibp_interval_s": 0}
+    app2 = App(cfg, hw, clock, boot=5, fw_version="t", cfg_hash="abcd1234")
+    app2.recorder = broker
+    in_flash = app2.spool.depth
+    assert 10 <= in_flash <= held
+    broker.broker.up = True
+    _run(app2, clock, hw.oxi_uart, 30000)
+    old = [m for t, m in broker.published if t.endswith("/vitals") and m["boot"] == 4]
+    assert len(old) == in_flash and all(m["h"] == 1 for m in old)
+    assert old[0]["p"] == -1 and all(old[i]["p"] == old[i - 1]["seq"] for i in range(1, len(old)))
+    assert broker.gateway.w[4] == old[-1]["seq"] and broker.gateway.w[5] >= 25
+    assert app2.spool.depth <= 1 and app2.errors == 0
+    # the new boot's live readings were sent once: none re-sent while boot 4 replayed
+    new = [m["seq"] for t, m in broker.published if t.endswith("/vitals") and m["boot"] == 5]
+    assert len(new) == len(set(new))

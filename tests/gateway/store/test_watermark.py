@@ -127,16 +127,22 @@ def test_no_gap_while_the_chain_advances() -> None:
     assert wm.counters.watermark_gaps == 0
 
 
-def test_two_boots_are_independent_and_only_the_newest_two_are_kept() -> None:
+def test_two_boots_are_independent_and_the_least_recently_heard_is_forgotten() -> None:
     wm = Watermarks()
     wm.durable(S, C, 7, 0, -1, 0)  # the box's old boot, replayed from flash
     wm.durable(S, C, 8, 0, -1, 0)  # its live boot
     wm.durable(S, C, 8, 1, 0, 1)
     assert (wm.watermark(S, C, 7), wm.watermark(S, C, 8)) == (0, 1)
     assert sorted(wm.due(10)) == [(S, C, 7, 0), (S, C, 8, 1)]
-    wm.durable(S, C, 9, 0, -1, 2)
-    assert wm.watermark(S, C, 7) is None and wm.watermark(S, C, 9) == 0
-    assert wm.durable(S, C, 6, 3, -1, 3) is False and wm.counters.old_boot == 1
+    wm.durable(S, C, 5, 4, -1, 20)  # an even older boot still in the box's flash
+    wm.durable(S, C, 8, 2, 1, 30)
+    wm.durable(S, C, 9, 0, -1, 40)  # a new boot: boot 7 was heard least recently
+    assert wm.watermark(S, C, 7) is None and wm.counters.boots_forgotten == 1
+    assert (wm.watermark(S, C, 5), wm.watermark(S, C, 8), wm.watermark(S, C, 9)) == (4, 2, 0)
+    # boot 7 heard again: a new chain (the box's oldest held reading links to
+    # what it saw confirmed, or -1 after a reboot)
+    wm.durable(S, C, 7, 3, -1, 50)
+    assert wm.watermark(S, C, 7) == 3 and wm.watermark(S, C, 5) is None
     assert wm.watermark("other", C, 8) is None  # chairs are separate too
 
 
@@ -194,13 +200,14 @@ def test_restore_skips_and_counts_what_it_does_not_understand(bad: dict[str, obj
     assert wm.counters.restore_skipped >= 1 and wm.snapshot() == {"v": 1, "chairs": []}
 
 
-def test_restore_keeps_only_the_newest_two_boots_and_the_higher_w() -> None:
+def test_restore_keeps_at_most_three_boots_and_the_higher_w() -> None:
     wm = Watermarks()
     wm.durable(S, C, 3, 0, -1, 0)
     wm.durable(S, C, 3, 1, 0, 0)
-    data = {"v": 1, "chairs": [{"site": S, "chair": C, "boots": [[1, 10], [2, 20], [3, 0]]}]}
-    wm.restore(data, 0)  # boot 1 is older than the newest two
-    assert (wm.watermark(S, C, 1), wm.watermark(S, C, 2), wm.watermark(S, C, 3)) == (None, 20, 1)
+    data = {"v": 1, "chairs": [{"site": S, "chair": C, "boots": [[1, 10], [2, 20], [3, 0], [4, 5]]}]}
+    wm.restore(data, 0)
+    assert [wm.watermark(S, C, b) for b in (1, 2, 3, 4)] == [10, 20, 1, None]
+    assert wm.counters.restore_skipped == 1
 
 
 def test_pending_is_bounded_per_chair_furthest_ahead_dropped_and_counted() -> None:
