@@ -37,7 +37,8 @@ watermark W only along it:
   60 s).  A box that is offline cannot re-send; without this rule the
   gateway would give up on a reading the box still holds and, when the box
   comes back, the retained watermark would tell it to forget that reading.
-* :meth:`Watermarks.due` returns the watermarks to publish, at most once per
+* :meth:`Watermarks.due` (which also applies the start and gap rules)
+  returns the watermarks to publish, at most once per
   ``min_interval_ms`` per chair, so 1,000 chairs cost about 1,000 small
   messages a second at most; :meth:`Watermarks.mark_published` records a
   publish.
@@ -65,6 +66,7 @@ from typing import Any, Final
 SNAPSHOT_VERSION: Final = 1
 MAX_SEQ: Final = 0x7FFFFFFF
 BOOTS_PER_CHAIR: Final = 3
+MAX_UNREAD_GAPS: Final = 1_000
 
 ChairKey = tuple[str, str]
 
@@ -111,6 +113,7 @@ class Counters:
     pending_dropped: int = 0  # pending records dropped (bound per chair)
     watermark_gaps: int = 0  # gap-rule jumps (readings declared lost)
     restore_skipped: int = 0  # snapshot entries that were not understood
+    gaps_unread: int = 0  # gaps found by due() beyond what take_gaps() holds
 
 
 class Watermarks:
@@ -138,6 +141,7 @@ class Watermarks:
         self._chairs: dict[ChairKey, _Chair] = {}
         self._dirty: set[ChairKey] = set()  # chairs with an unpublished advance
         self._waiting: set[ChairKey] = set()  # chairs with pending records or an unstarted chain
+        self._gaps: list[Gap] = []  # found by due(), for take_gaps()
 
     # ---- input ---------------------------------------------------------------------------
     def durable(self, site: str, chair: str, boot: int, seq: int, p: int, now_ms: int) -> bool:
@@ -175,8 +179,9 @@ class Watermarks:
     def expire_gaps(self, now_ms: int) -> list[Gap]:
         """Start chains whose start delay is over and apply the gap rule.
 
-        Call it before :meth:`due` on every publish tick; log each returned
-        :class:`Gap` (its ``reason``) at WARNING."""
+        :meth:`due` calls it too; call it yourself first on each publish tick
+        to get the gaps at once, and log each :class:`Gap` (its ``reason``) at
+        WARNING."""
         gaps: list[Gap] = []
         for key in list(self._waiting):
             ch = self._chairs.get(key)
@@ -204,9 +209,23 @@ class Watermarks:
             self._track_waiting(key, ch)
         return gaps
 
+    def take_gaps(self) -> list[Gap]:
+        """Gaps found by :meth:`due` since the last call (log each at WARNING)."""
+        gaps, self._gaps = self._gaps, []
+        return gaps
+
     def due(self, now_ms: int) -> list[tuple[str, str, int, int]]:
         """(site, chair, boot, W) to publish: watermarks that advanced since
-        their last publish, on chairs last published >= min_interval_ms ago."""
+        their last publish, on chairs last published >= min_interval_ms ago.
+
+        Runs :meth:`expire_gaps` first, so chains start and gaps are applied
+        even if the caller never calls it; the gaps found that way wait in
+        :meth:`take_gaps` (at most 1,000; more are counted in ``gaps_unread``)."""
+        for gap in self.expire_gaps(now_ms):
+            if len(self._gaps) < MAX_UNREAD_GAPS:
+                self._gaps.append(gap)
+            else:
+                self.counters.gaps_unread += 1
         out: list[tuple[str, str, int, int]] = []
         for key in list(self._dirty):
             ch = self._chairs.get(key)

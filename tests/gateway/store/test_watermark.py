@@ -105,6 +105,17 @@ def test_gap_timeout_jumps_to_smallest_pending_p_and_says_why() -> None:
     assert wm.expire_gaps(2_000_000) == []  # nothing pending: no more gaps
 
 
+def test_due_applies_the_gap_rule_itself_and_keeps_the_gaps_for_the_caller() -> None:
+    wm = Watermarks(gap_timeout_ms=10_000)
+    wm.durable(S, C, 1, 0, -1, 0)
+    live(wm, 2, 1_000, 10)  # seq 1 never comes; 9 s heard while waiting
+    assert wm.due(10_000) == [(S, C, 1, 0)] and wm.take_gaps() == []
+    wm.durable(S, C, 1, 12, 11, 11_000)  # 10 s heard
+    assert wm.due(11_000) == [(S, C, 1, 12)]
+    gaps = wm.take_gaps()
+    assert [(g.from_w, g.to_w) for g in gaps] == [(0, 1)] and wm.take_gaps() == []
+
+
 def test_no_gap_while_the_box_is_offline() -> None:
     # the broker lost seq 7; the box went offline before its 30 s re-send timer
     wm = Watermarks(gap_timeout_ms=600_000)
