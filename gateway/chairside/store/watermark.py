@@ -160,11 +160,24 @@ class Watermarks:
             self._make_room(ch)
             b = ch.boots[boot] = _Boot(w=None, heard_ms=now_ms)
         self._hear(b, now_ms)
-        if b.w is not None and seq <= b.w:
-            self.counters.stale += 1
-            return False
+        w = b.w
+        if w is not None:
+            if seq <= w:
+                self.counters.stale += 1
+                return False
+            if p <= w and not b.pending:  # the common case: the chain's next link
+                b.w = seq
+                b.waited_ms = 0
+                self.counters.advanced += 1
+                self._dirty.add(key)
+                return True
         b.pending[seq] = p  # a re-send replaces p: the box recomputes it at send time
         self._bound(ch)
+        if w is not None and p > w:
+            # nothing pending links to W (invariant), nor does this record: no
+            # advance possible, so no pass over the pending records
+            self._waiting.add(key)
+            return False
         if b.w is None:
             if p == -1:
                 b.w = -1
