@@ -3,8 +3,9 @@
 # 20 ms per App.poll() like the board's loop: BCI frames at 60 Hz on the
 # oximeter UART, a SunTech-speaking NIBP UART (a measurement every 120 s),
 # and an in-script broker that answers CONNECT/SUBSCRIBE/PUBLISH/PINGREQ per
-# MQTT 3.1.1 but keeps nothing, with a gateway stand-in (mptest.Gateway) that
-# confirms stored readings every second on the box's `stored` topic.  The
+# MQTT 3.1.1 but keeps nothing, with a minimal gateway stand-in (Confirm) that
+# follows the readings' p links and confirms them every second on the box's
+# `stored` topic.  The
 # broker is up for the first third, gone for the second (the app spools),
 # back for the last (the app replays and the gateway confirms).
 # The app catches every exception in its loop and counts it, so a
@@ -17,7 +18,7 @@ import sys
 
 from csfw import bci, mqtt, suntech
 from csfw.app import App, Hardware
-from mptest import Broker, ByteSource, Gateway, SimClock, UpWlan
+from mptest import Broker, ByteSource, SimClock, UpWlan
 
 ARGS = getattr(sys, "argv", [])
 SECONDS = int(ARGS[1]) if len(ARGS) > 1 else 900
@@ -60,6 +61,45 @@ class NibpModule(ByteSource):
         return len(data)
 
 
+class Confirm:
+    """The gateway's watermark in miniature (gateway/chairside/store/watermark.py):
+    a reading joins when its p <= W, readings that arrive before their link wait."""
+
+    def __init__(self, broker, topic):
+        self.broker = broker
+        self.topic = topic
+        self.w = {}
+        self.waiting = {}  # (boot, seq) -> p
+        self.sent = {}
+        self.next_ms = 0
+
+    def on_publish(self, topic, msg):
+        if topic.endswith("/vitals") or topic.endswith("/nibp"):
+            m = json.loads(msg)
+            boot = m["boot"]
+            self.waiting[(boot, m["seq"])] = m["p"]
+            w = self.w.get(boot, -1)
+            moved = True
+            while moved:
+                moved = False
+                for key in list(self.waiting):
+                    if key[0] == boot and self.waiting[key] <= w:
+                        del self.waiting[key]
+                        w = max(w, key[1])
+                        moved = True
+            self.w[boot] = w
+
+    def tick(self, now):
+        if now < self.next_ms or not self.broker.up:
+            return
+        self.next_ms = now + 1000
+        for boot in self.w:
+            if self.w[boot] > self.sent.get(boot, -1):
+                self.sent[boot] = self.w[boot]
+                payload = json.dumps({"v": 1, "boot": boot, "seq": self.w[boot], "t": now})
+                self.broker.to_box.extend(mqtt.publish_packet(self.topic, payload, 1, True, False, 1))
+
+
 class Counts:
     """Readings that reached the broker, live and replayed (kept: nothing)."""
 
@@ -91,7 +131,7 @@ oxi_uart = ByteSource(bytes(frames))
 del frames
 counts = Counts()
 broker = Broker(mqtt, counts.on_publish)
-counts.gateway = Gateway(mqtt, broker, "chairside/v1/clinic1/12/stored", track=False)
+counts.gateway = Confirm(broker, "chairside/v1/clinic1/12/stored")
 make_fs_dir(FS_DIR)
 clock = SimClock()
 hw = Hardware(oxi_uart, NibpModule(), UpWlan(), broker.connect_fn, FS_DIR, os, rand=lambda: 0.5)

@@ -6,10 +6,12 @@
 import json
 import os
 
+from mpgateway import Gateway
+
 from csfw import bci, mqtt
 from csfw.app import App, Hardware
 from csfw.supervisor import Supervisor
-from mptest import Broker, Gateway, SimClock, TinyUart, UpWlan, fresh_dir
+from mptest import Broker, SimClock, TinyUart, UpWlan, fresh_dir
 
 STORED = "chairside/v1/s1/7/stored"
 
