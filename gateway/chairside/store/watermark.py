@@ -163,7 +163,13 @@ class Watermarks:
         w = b.w
         if w is not None:
             if seq <= w:
+                # the box still holds a reading we confirmed: it missed the
+                # watermark (e.g. it rebooted; the retained one is another
+                # boot's), so publish this boot's W again
                 self.counters.stale += 1
+                if b.published >= seq:
+                    b.published = seq - 1
+                    self._dirty.add(key)
                 return False
             if p <= w and not b.pending:  # the common case: the chain's next link
                 b.w = seq

@@ -43,7 +43,9 @@ class Gateway:
             self.stored[(boot, seq)] = self.stored.get((boot, seq), 0) + 1
             self.links.append((boot, seq, p, m.get("h", 0)))
         w = self.w.get(boot, -1)
-        if seq <= w:
+        if seq <= w:  # the box missed the watermark: publish it again
+            if self.published.get(boot, -1) >= seq:
+                self.published[boot] = seq - 1
             return
         pend = self.pending.get(boot)
         if pend is None:

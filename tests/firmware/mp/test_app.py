@@ -292,3 +292,24 @@ def test_a_previous_boots_readings_in_flash_are_replayed_and_confirmed_after_a_r
     # the new boot's live readings were sent once: none re-sent while boot 4 replayed
     new = [m["seq"] for t, m in broker.published if t.endswith("/vitals") and m["boot"] == 5]
     assert len(new) == len(set(new))
+
+
+def test_readings_confirmed_before_a_reboot_but_still_in_flash_are_forgotten_after_it():
+    app, clock, broker, oxi = _make(hist_ram_records=8)
+    gw = broker.gateway
+    gw.confirming = False
+    _run(app, clock, oxi, 20000)  # stored by the gateway, watermark not sent: spilled to flash
+    assert _segments(app)
+    gw.confirming = True
+    gw.published[4] = gw.w[4]  # ... then sent, but the box lost it in a power cut
+    broker.broker.up = False
+    hw = Hardware(TinyUart(), TinyUart(), UpWlan(), broker.broker.connect_fn, app.hw.fs_dir, os,
+                  rand=lambda: 0.5)
+    cfg = {"site": "s1", "chair": "7", "mqtt": {"keepalive_s": 60}, "nibp_interval_s": 0}
+    app2 = App(cfg, hw, clock, boot=5, fw_version="t", cfg_hash="abcd1234")
+    app2.recorder = broker
+    assert app2.spool.depth >= 8
+    broker.broker.up = True
+    _run(app2, clock, hw.oxi_uart, 20000)
+    # the re-sent boot-4 readings tell the gateway the box missed the watermark
+    assert app2.spool.depth <= 1 and app2.errors == 0 and app2.resends == 0

@@ -81,6 +81,20 @@ def test_start_delay_counts_only_while_the_box_is_heard() -> None:
     assert wm.watermark(S, C, 1) == 10
 
 
+def test_a_reading_sent_again_after_its_confirmation_makes_the_watermark_due_again() -> None:
+    # the box rebooted before it saw the watermark of its old boot; the
+    # retained message now belongs to the new boot, so it re-sends from flash
+    wm = Watermarks()
+    for seq in range(5):
+        wm.durable(S, C, 7, seq, seq - 1, 0)
+    wm.mark_published(S, C, 7, 4, 0)
+    wm.durable(S, C, 8, 0, -1, 10)
+    wm.mark_published(S, C, 8, 0, 10)
+    assert wm.due(5_000) == []
+    assert wm.durable(S, C, 7, 2, -1, 6_000) is False and wm.counters.stale == 1
+    assert wm.due(6_000) == [(S, C, 7, 4)]
+
+
 def test_start_delay_zero_is_the_first_records_p() -> None:
     wm = Watermarks(start_delay_ms=0)
     assert wm.durable(S, C, 1, 25, 24, 0) is True
