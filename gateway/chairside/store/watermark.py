@@ -42,6 +42,9 @@ watermark W only along it:
   ``min_interval_ms`` per chair, so 1,000 chairs cost about 1,000 small
   messages a second at most; :meth:`Watermarks.mark_published` records a
   publish.
+* A durable reading at or below W means the box missed the watermark (it
+  rebooted, and the retained message is its new boot's): that boot's W is due
+  again.
 * :meth:`Watermarks.snapshot` / :meth:`Watermarks.restore` carry W (not the
   pending records: boxes re-send those) across a gateway restart as JSON-able
   data.
