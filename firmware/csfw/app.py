@@ -5,18 +5,28 @@
 # the clock are injected (`hw`, `clock`), so the same code runs on the Pico W
 # (firmware/main.py) and on CPython against firmware/host.
 #
-# Delivery rule (nothing lost, live first):
-# - a new reading is published at once, live (no `h`), when the link is up and
-#   the QoS 1 window has room; otherwise it goes to the spool (RAM ring, then
-#   flash);
-# - while online, the spool is replayed oldest first with h=1 in the window's
-#   spare slots; a spooled record is committed (deleted) only after its PUBACK;
-# - when the MQTT link drops, QoS 1 messages still awaiting PUBACK stay with
-#   the MQTT client and are resent (DUP) after the reconnect; the gateway
-#   treats any reading measured more than 30 s before it arrives as history
-#   (no alarm).  Over USB serial the bridge forgets unacknowledged lines, so
-#   those readings go back to the spool.  The gateway writes idempotently,
-#   so a duplicate is harmless.
+# Delivery rule (nothing lost, live first; docs/contract.md, "End-to-end
+# delivery"):
+# - every kept reading (vitals, nibp) goes into the spool (RAM ring, then
+#   flash) and stays there until the gateway's `stored` watermark covers it:
+#   the gateway has it in InfluxDB or in its disk spool.  A PUBACK only means
+#   the broker has it, and a broker can lose it (crash, lost session);
+# - a new reading is also published at once, live (no `h`), when the link is
+#   up and the QoS 1 window has room; otherwise it waits in the spool;
+# - while online, what the spool holds and was not sent in the current pass
+#   is replayed oldest first with h=1 in the window's spare slots;
+# - a new pass (every record held is re-sent, oldest first, h=1) starts after
+#   each (re)connect and when the watermark has not moved for RESEND_AFTER_MS
+#   while records wait (doubling up to RESEND_MAX_MS while nothing moves);
+# - each kept reading carries p (contract.link), computed when it is sent: the
+#   seq of the previous reading of its boot the box still holds, or the
+#   highest confirmed seq of that boot (-1: none), so the gateway confirms
+#   nothing past a reading it has not stored, and a reading the spool dropped
+#   (flash full, counted in `dropped`) never blocks the chain;
+# - in normal operation the gateway confirms about every second: the records
+#   stay in the RAM ring and nothing is written to flash.  The gateway writes
+#   idempotently, so a re-sent reading is stored once; the gateway treats any
+#   reading measured more than 30 s before it arrives as history (no alarm).
 #
 # Transport: Wi-Fi + MQTT (csfw.link + csfw.mqtt), or, when the board gives
 # `hw.serial_link` (a csfw.serial_link.SerialLink on the USB CDC port), the
@@ -35,6 +45,11 @@ STATUS_PERIOD_MS = 60000
 REPLAY_PER_POLL = 4  # bound the work one loop iteration does for the replay
 LIVE_RESERVE = 2  # inflight slots kept free for live readings during a replay
 FLUSH_PERIOD_MS = 10000  # while offline, RAM ring -> flash at least this often
+RESEND_AFTER_MS = 30000  # online, records sent, no watermark progress: re-send them
+RESEND_MAX_MS = 240000  # ... doubling up to this (below the gateway's 600 s gap rule)
+CONFIRM_PER_POLL = 16  # spool records checked against the watermark per poll
+MAX_LIVE_SENT = 64  # live-sent seqs remembered beyond the pass (more: re-sent, harmless)
+MAX_CONF_BOOTS = 3  # boots whose watermark the box remembers
 NTP_RETRY_MS = 600000
 MAX_PENDING = 8
 CONNECT_TIMEOUT_MS = 3000  # CONNACK wait; see firmware/main.py for the TCP part
@@ -91,7 +106,7 @@ class SerialTransport:
         return self.serial.publish(topic, msg, qos, retain, now)
 
     def subscribe(self, topic, qos=1, now=0):
-        return 0  # the bridge forwards this chair's command topic by itself
+        return 0  # the bridge forwards this chair's cmd and stored topics by itself
 
     def poll(self, now):
         self.serial.poll(now)
@@ -170,7 +185,6 @@ class App:
             self.mqtt = self.link = SerialTransport(hw.serial_link, self._on_online,
                                                     self._on_offline)
             hw.serial_link.on_message = self._on_message
-            hw.serial_link.on_puback = self._on_puback
             hw.serial_link.on_time = self._on_host_time
         else:
             self._init_mqtt(cfg, hw)
@@ -179,8 +193,20 @@ class App:
         self._task_link = self.sup.register("link", 0)
         self.led = StatusLed(hw.led_pin)
         self.seq = 0
-        self._live = {}  # pid -> True for live readings awaiting PUBACK
-        self._replay = []  # [pid, acked] for spooled records in flight, oldest first
+        # end-to-end delivery state (see the top of this file)
+        self._conf = {}  # boot -> highest seq the gateway confirmed as stored
+        self._k = 0  # spool records [0, k) were sent in the current pass
+        self._prev_boot = -1  # boot and seq of spool record k-1 (-1: none)
+        self._prev_seq = -1
+        self._live_sent = []  # seqs of this boot sent live past the pass
+        self._tail = -1  # seq of the newest kept reading of this boot in the spool
+        self._check_conf = False  # a watermark arrived: commit what it covers
+        self._seen_dropped = 0  # spool.dropped already accounted for in k
+        self._resend_ms = RESEND_AFTER_MS
+        self._progress_at = clock.now_ms()
+        self.resends = 0  # passes restarted for lack of watermark progress
+        self.confirmed = 0  # records committed because the watermark covered them
+        self.stored_bad = 0  # `stored` messages that could not be read
         self._pending = []  # (topic, payload, retain) that could not be sent yet
         now = clock.now_ms()
         self._next_vitals = now + VITALS_PERIOD_MS
@@ -203,7 +229,7 @@ class App:
             keepalive_s=mq.get("keepalive_s", 30), user=mq.get("user"), password=mq.get("password"),
             will_topic=self.topics.status, will_msg=contract.OFFLINE_PAYLOAD, will_qos=1,
             will_retain=True, clean_session=False, max_inflight=8,
-            on_message=self._on_message, on_puback=self._on_puback)
+            on_message=self._on_message)
         wifi = cfg.get("wifi") or {}
         # a connect attempt blocks the loop: with main.py's 3 s TCP timeout it
         # stays well under the 8 s watchdog
@@ -229,8 +255,10 @@ class App:
             self._fault("sensors", exc)
         try:
             self.link.poll(now)
+            self._commit_confirmed()
             if self.link.online:
                 self._send_pending(now)
+                self._maybe_resend(now)
                 self._replay_some(now)
                 if now >= self._next_status:
                     self._next_status = now + STATUS_PERIOD_MS
@@ -271,7 +299,7 @@ class App:
                1 if ok else 0, sys_, dia, map_, pr, err or 0)
         self._deliver(rec, now)
 
-    def _payload(self, rec, hist):
+    def _payload(self, rec, hist, p):
         """Record tuple -> (topic, JSON).  Device time t = boot epoch + up:
         exact for this boot while the clock is synced; otherwise sync=0 and
         the gateway derives the time from the boot time it learned."""
@@ -282,7 +310,7 @@ class App:
             t = 0
         if not (this_boot and self.clock.synced):
             sync = 0
-        env = contract.envelope(seq, boot, up, t, sync, hist)
+        env = contract.link(contract.envelope(seq, boot, up, t, sync, hist), p)
         if kind == KIND_VITALS:
             return self.topics.vitals, contract.vitals_payload(env, rec[5], rec[6], rec[7], rec[8],
                                                                rec[9], self.src)
@@ -291,69 +319,145 @@ class App:
         return self.topics.nibp, contract.nibp_payload(env, ok, rec[6], rec[7], rec[8], rec[9], err)
 
     def _deliver(self, rec, now):
-        """Publish live if the link and the QoS 1 window allow, else spool."""
+        """Keep the record until confirmed; publish it live if the link and
+        the QoS 1 window allow."""
+        self._sync_drops()
+        sent = False
         if self.link.online and len(self.mqtt.inflight) < self.mqtt.max_inflight:
-            topic, payload = self._payload(rec, False)
+            topic, payload = self._payload(rec, False, self._link_of(rec[1], self._tail))
             try:
-                pid = self.mqtt.publish(topic, payload, 1, False, now)
+                sent = self.mqtt.publish(topic, payload, 1, False, now) != 0
             except InflightFull:
-                pid = 0
+                pass
             except OSError as exc:
                 self.link.lost(now, error=exc)
-                pid = 0
-            if pid:
-                self._live[pid] = rec
+            if sent:
                 self.published_live += 1
-                return
+        in_pass = sent and self._k >= self.spool.depth
         self.spool.push(rec)
+        self._tail = rec[2]
+        if in_pass:  # nothing older waits to be sent: the pass covers it
+            self._k = self.spool.depth
+            self._prev_boot, self._prev_seq = rec[1], rec[2]
+        elif sent:
+            if len(self._live_sent) >= MAX_LIVE_SENT:
+                self._live_sent.pop(0)  # forgotten: the pass re-sends it (a duplicate)
+            self._live_sent.append(rec[2])
+
+    def _link_of(self, boot, prev_seq):
+        """p for a reading of `boot` whose predecessor held is prev_seq (-1: none)."""
+        conf = self._conf.get(boot, -1)
+        return prev_seq if prev_seq > conf else conf
 
     def _replay_some(self, now):
-        """Replay spooled records (h=1) in the window's spare slots."""
+        """Send held records not sent in this pass, oldest first, h=1, in the
+        window's spare slots."""
         for _ in range(REPLAY_PER_POLL):
             if self.mqtt.max_inflight - len(self.mqtt.inflight) <= LIVE_RESERVE:
                 return
-            rec = self.spool.peek(len(self._replay))
+            rec = self.spool.peek(self._k)
             if rec is None:
                 return
-            topic, payload = self._payload(rec, True)
-            pid = self.mqtt.publish(topic, payload, 1, False, now)
-            self._replay.append([pid, False])
-            self.published_hist += 1
+            boot, seq = rec[1], rec[2]
+            conf = self._conf.get(boot, -1)
+            if seq <= conf:
+                pass  # confirmed already, waiting behind an older boot's reading
+            elif boot == self.boot and seq in self._live_sent:
+                self._live_sent.remove(seq)  # sent live already: now part of the pass
+            else:
+                prev = self._prev_seq if self._prev_boot == boot else -1
+                topic, payload = self._payload(rec, True, self._link_of(boot, prev))
+                self.mqtt.publish(topic, payload, 1, False, now)
+                self.published_hist += 1
+            self._k += 1
+            self._prev_boot, self._prev_seq = boot, seq
 
-    def _on_puback(self, pid):
-        if self._live.pop(pid, None) is not None:
+    def _restart_pass(self, now):
+        self._k = 0
+        self._prev_boot = self._prev_seq = -1
+        self._live_sent = []
+        self._progress_at = now
+
+    def _maybe_resend(self, now):
+        """No watermark progress for a while although records were sent: the
+        broker or the gateway may have lost them; send everything again."""
+        if (self.spool.depth and (self._k or self._live_sent)
+                and now - self._progress_at >= self._resend_ms):
+            self.resends += 1
+            self._restart_pass(now)
+            self._resend_ms = min(self._resend_ms * 2, RESEND_MAX_MS)
+
+    def _sync_drops(self):
+        # the spool dropped its oldest records (flash full): the pass's
+        # prefix shrinks with them
+        dropped = self.spool.dropped
+        if dropped != self._seen_dropped:
+            self._k = max(0, self._k - (dropped - self._seen_dropped))
+            self._seen_dropped = dropped
+            if not self._k:
+                self._prev_boot = self._prev_seq = -1
+
+    def _on_stored(self, msg, now):
+        try:
+            boot, seq = contract.parse_stored(msg)
+        except ValueError as exc:
+            self.stored_bad += 1
+            self.last_error = "stored: " + str(exc)
             return
-        for entry in self._replay:
-            if entry[0] == pid:
-                entry[1] = True
+        if seq <= self._conf.get(boot, -1):
+            return
+        self._conf[boot] = seq
+        if len(self._conf) > MAX_CONF_BOOTS:
+            oldest = min(b for b in self._conf if b != self.boot)
+            del self._conf[oldest]
+        self._check_conf = True
+        self._progress_at = now
+        self._resend_ms = RESEND_AFTER_MS
+
+    def _commit_confirmed(self):
+        """Forget the oldest held records the watermark covers (bounded per poll)."""
+        if not self._check_conf:
+            return
+        self._sync_drops()
+        n = 0
+        # next_batch reads from the head without moving peek's read position
+        for rec in self.spool.next_batch(CONFIRM_PER_POLL):
+            conf = self._conf.get(rec[1])
+            if conf is None or rec[2] > conf:
+                self._check_conf = False
                 break
-        done = 0
-        while done < len(self._replay) and self._replay[done][1]:
-            done += 1
-        if done:
-            self.spool.commit(done)
-            self._replay = self._replay[done:]
+            n += 1
+        else:
+            if n < CONFIRM_PER_POLL:
+                self._check_conf = False  # all covered, nothing more held
+        if not n:
+            return
+        done = self.spool.commit(n)
+        self.confirmed += done
+        self._k = max(0, self._k - done)
+        if not self._k:
+            self._prev_boot = self._prev_seq = -1
+        conf = self._conf.get(self.boot, -1)
+        if self._live_sent and self._live_sent[0] <= conf:
+            self._live_sent = [q for q in self._live_sent if q > conf]
 
     # -- link events -----------------------------------------------------
     def _on_online(self, session_present, now):
+        # `stored` on every connect: a session from older firmware lacks it,
+        # and subscribing again brings the retained watermark
+        self.mqtt.subscribe(self.topics.stored, 1, now)
         if not session_present:
             self.mqtt.subscribe(self.topics.cmd, 1, now)
         self._publish_status(now)
         self._next_status = now + STATUS_PERIOD_MS
+        self._restart_pass(now)  # whatever is unconfirmed is sent again
+        self._resend_ms = RESEND_AFTER_MS
 
     def _on_offline(self, cause, now):
-        # MQTT: QoS 1 messages stay with the MQTT client and are resent (DUP)
-        # on reconnect; nothing to move here.  Serial: the bridge forgets
-        # unacknowledged lines, so live readings go back to the spool and the
-        # replay restarts from the oldest uncommitted record.
-        if self.hw.serial_link is None:
-            return
-        recs = list(self._live.values())
-        recs.sort(key=lambda r: r[3])
-        for rec in recs:
-            self.spool.push(rec)
-        self._live = {}
-        self._replay = []
+        # Every kept reading is still in the spool until confirmed, so nothing
+        # moves here: the next connect starts a new pass.  (MQTT also resends
+        # what awaited a PUBACK, with DUP; a duplicate is harmless.)
+        pass
 
     def _on_host_time(self, epoch_ms):
         # the bridge's heartbeat carries the host wall time: set an unsynced
@@ -412,6 +516,9 @@ class App:
     # -- commands --------------------------------------------------------
     def _on_message(self, topic, msg):
         now = self.clock.now_ms()
+        if topic == self.topics.stored:
+            self._on_stored(msg, now)
+            return
         cmd_id = "?"
         cmd = "?"
         try:

@@ -29,6 +29,7 @@ class Topics:
         self.status = base + "status"
         self.resp = base + "resp"
         self.cmd = base + "cmd"
+        self.stored = base + "stored"
 
 
 def envelope(seq, boot, up, t, sync, hist):
@@ -38,6 +39,14 @@ def envelope(seq, boot, up, t, sync, hist):
     if hist:
         msg["h"] = 1
     return msg
+
+
+def link(env, p):
+    """Kept readings (vitals, nibp) carry p, their link in the chain of
+    readings the box holds unconfirmed (docs/contract.md, "End-to-end
+    delivery")."""
+    env["p"] = p
+    return env
 
 
 def vitals_payload(env, spo2, pr, sig, st, cuff=0, src=None):
@@ -126,3 +135,23 @@ def parse_command(payload):
             raise CommandError("bad_arg:t", cmd_id, cmd)
         args["t"] = t
     return cmd, cmd_id, args
+
+
+def parse_stored(payload):
+    """Decode the gateway's `stored` watermark -> (boot, seq).
+
+    Raises ValueError (a short reason) for anything else; the box counts it
+    and keeps every reading it holds."""
+    try:
+        msg = json.loads(payload)
+    except ValueError:
+        raise ValueError("not_json")
+    if not isinstance(msg, dict) or msg.get("v") != SCHEMA_VERSION:
+        raise ValueError("schema_version")
+    boot = msg.get("boot")
+    seq = msg.get("seq")
+    if not _is_int(boot) or boot < 0 or boot > 0x7FFFFFFF:
+        raise ValueError("bad_boot")
+    if not _is_int(seq) or seq < -1 or seq > 0x7FFFFFFF:
+        raise ValueError("bad_seq")
+    return boot, seq

@@ -1,7 +1,11 @@
 # Store-and-forward spool: a bounded RAM ring in front of segment files on
-# flash.  While the broker is unreachable the app pushes readings here; after
-# reconnect it replays them oldest first (next_batch), publishes them with
-# h=1, and commits only what the broker acknowledged (PUBACK).
+# flash.  It holds every kept reading the gateway has not yet confirmed as
+# stored (csfw.app: sent live or not, the `stored` watermark covers it); the
+# app re-sends from it oldest first (peek, sequential reads are O(1)) and
+# commits (forgets) only the oldest records the watermark covers.  In normal
+# operation the gateway confirms about every second, so the records stay in
+# the RAM ring and nothing is written to flash; the ring spills to flash when
+# it is full (an outage, or a gateway that does not confirm).
 #
 # Records are compact fixed-layout binary (vitals 16 bytes, NIBP 21 bytes),
 # each ending in a 16-bit CRC (low half of binascii.crc32), so a torn or
@@ -171,6 +175,8 @@ class Spool:
         self._max_segs = max(2, max_bytes // seg_bytes)
         self.dropped = 0  # records dropped since this object was made (boot)
         self.write_errors = 0
+        self._base = 0  # records removed from the head so far (commit, drops): index origin
+        self._rd = None  # (index, seg, off): where flash record `index` starts (peek cache)
         self._ensure_dir()
         self._segs = self._list_segments()
         self._cur_seg, self._cur_off = self._load_cursor()
@@ -209,6 +215,7 @@ class Spool:
             if self._ram_n == len(self._ram):  # flash failed: drop the oldest
                 self._ram_pop(1)
                 self.dropped += 1
+                self._rd = None
         i = (self._ram_head + self._ram_n) % len(self._ram)
         self._ram[i] = rec
         self._ram_n += 1
@@ -252,8 +259,8 @@ class Spool:
     def next_batch(self, n):
         """Up to n oldest records, oldest first (flash, then RAM).
 
-        Nothing is removed: publish them, then commit() what the broker
-        acknowledged.  Calling it again without commit returns the same ones.
+        Nothing is removed: publish them, then commit() what the gateway
+        confirmed.  Calling it again without commit returns the same ones.
         """
         out = []
         if self._flash_n:
@@ -271,12 +278,31 @@ class Spool:
         return out
 
     def peek(self, i=0):
-        """The i-th oldest record not yet committed, or None."""
-        batch = self.next_batch(i + 1)
+        """The i-th oldest record not yet committed, or None.
+
+        Reading i, i+1, i+2... in turn costs one record read each (the flash
+        position of the next index is remembered, also across commits)."""
+        if i >= self._flash_n:
+            j = i - self._flash_n
+            if j < self._ram_n:
+                return self._ram[(self._ram_head + j) % len(self._ram)]
+            return None
+        want = self._base + i
+        rd = self._rd
+        if rd is None or rd[0] != want:
+            pos = self._skip(i)
+            rd = None if pos is None else (want, pos[0], pos[1])
+        if rd is not None:
+            got = self._read_from(rd[1], rd[2])
+            if got is not None:
+                self._rd = (want + 1, got[1], got[2])
+                return got[0]
+        self._rd = None
+        batch = self.next_batch(i + 1)  # unreadable flash: the slow, careful way
         return batch[i] if len(batch) > i else None
 
     def commit(self, n):
-        """Forget the n oldest records (after the broker acknowledged them).
+        """Forget the n oldest records (after the gateway confirmed them).
 
         Returns how many were removed.  Commit in order: the records are the
         oldest ones at the time of the call.
@@ -297,10 +323,12 @@ class Spool:
                 self._flash_n = max(0, self._flash_n - done)
             if done < n:
                 self._flash_n = 0  # scanned to the end: nothing else is readable
+                self._rd = None
         k = min(n - done, self._ram_n)
         if k > 0:
             self._ram_pop(k)
             done += k
+        self._base += done
         return done
 
     def pop(self):
@@ -309,6 +337,34 @@ class Spool:
         if rec is not None:
             self.commit(1)
         return rec
+
+    def _skip(self, n):
+        """(seg, off) where the flash record n places after the cursor
+        starts (None if flash holds fewer); no list is built."""
+        seg, off = self._cur_seg, self._cur_off
+        for s in self._segs:
+            if s < seg:
+                continue
+            start = off if s == seg else 0
+            if n == 0:
+                return s, start
+            end, count, _ = self._scan(s, start, n, None)
+            n -= count
+            if n == 0:
+                return s, end
+        return None
+
+    def _read_from(self, seg, off):
+        """The first good record at or after (seg, off) -> (rec, seg, end) or None."""
+        out = []
+        ends = []
+        for s in self._segs:
+            if s < seg:
+                continue
+            self._scan(s, off if s == seg else 0, 1, out, ends)
+            if out:
+                return out[0], ends[0][0], ends[0][1]
+        return None
 
     # ---- RAM ring -----------------------------------------------------
     def _ram_pop(self, n):
@@ -401,7 +457,9 @@ class Spool:
             if oldest >= self._cur_seg:
                 _, lost, _ = self._scan(oldest, start, -1, None)
                 self.dropped += lost
+                self._base += lost
                 self._flash_n = max(0, self._flash_n - lost)
+                self._rd = None
             self._remove(oldest)
             if oldest >= self._cur_seg:
                 nxt = self._segs[0] if self._segs else self._wseg

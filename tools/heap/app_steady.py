@@ -3,8 +3,11 @@
 # 20 ms per App.poll() like the board's loop: BCI frames at 60 Hz on the
 # oximeter UART, a SunTech-speaking NIBP UART (a measurement every 120 s),
 # and an in-script broker that answers CONNECT/SUBSCRIBE/PUBLISH/PINGREQ per
-# MQTT 3.1.1 but keeps nothing.  The broker is up for the first third, gone
-# for the second (the app spools), back for the last (the app replays).
+# MQTT 3.1.1 but keeps nothing, with a minimal gateway stand-in (Confirm) that
+# follows the readings' p links and confirms them every second on the box's
+# `stored` topic.  The
+# broker is up for the first third, gone for the second (the app spools),
+# back for the last (the app replays and the gateway confirms).
 # The app catches every exception in its loop and counts it, so a
 # MemoryError shows up as `errors`; the run fails on any error or on a
 # reading that never reached the broker.  Prints one line "HEAP {json}".
@@ -58,14 +61,55 @@ class NibpModule(ByteSource):
         return len(data)
 
 
+class Confirm:
+    """The gateway's watermark in miniature (gateway/chairside/store/watermark.py):
+    a reading joins when its p <= W, readings that arrive before their link wait."""
+
+    def __init__(self, broker, topic):
+        self.broker = broker
+        self.topic = topic
+        self.w = {}
+        self.waiting = {}  # (boot, seq) -> p
+        self.sent = {}
+        self.next_ms = 0
+
+    def on_publish(self, topic, msg):
+        if topic.endswith("/vitals") or topic.endswith("/nibp"):
+            m = json.loads(msg)
+            boot = m["boot"]
+            self.waiting[(boot, m["seq"])] = m["p"]
+            w = self.w.get(boot, -1)
+            moved = True
+            while moved:
+                moved = False
+                for key in list(self.waiting):
+                    if key[0] == boot and self.waiting[key] <= w:
+                        del self.waiting[key]
+                        w = max(w, key[1])
+                        moved = True
+            self.w[boot] = w
+
+    def tick(self, now):
+        if now < self.next_ms or not self.broker.up:
+            return
+        self.next_ms = now + 1000
+        for boot in self.w:
+            if self.w[boot] > self.sent.get(boot, -1):
+                self.sent[boot] = self.w[boot]
+                payload = json.dumps({"v": 1, "boot": boot, "seq": self.w[boot], "t": now})
+                self.broker.to_box.extend(mqtt.publish_packet(self.topic, payload, 1, True, False, 1))
+
+
 class Counts:
     """Readings that reached the broker, live and replayed (kept: nothing)."""
 
     def __init__(self):
         self.live = 0
         self.historical = 0
+        self.gateway = None
 
     def on_publish(self, topic, msg):
+        self.gateway.on_publish(topic, msg)
         if topic.endswith("/vitals") or topic.endswith("/nibp"):
             if b'"h"' in msg:
                 self.historical += 1
@@ -87,6 +131,7 @@ oxi_uart = ByteSource(bytes(frames))
 del frames
 counts = Counts()
 broker = Broker(mqtt, counts.on_publish)
+counts.gateway = Confirm(broker, "chairside/v1/clinic1/12/stored")
 make_fs_dir(FS_DIR)
 clock = SimClock()
 hw = Hardware(oxi_uart, NibpModule(), UpWlan(), broker.connect_fn, FS_DIR, os, rand=lambda: 0.5)
@@ -104,17 +149,21 @@ for second in range(SECONDS):
         clock.up += STEP_MS
         oxi_uart.release(6)  # 60 BCI frames/s of 5 bytes = 300 bytes/s
         app.poll()
+        counts.gateway.tick(clock.up)
     if app.spool.depth > max_depth:
         max_depth = app.spool.depth
-# let the replay finish: the broker stays up, sensors keep running
+# let the replay finish: the broker stays up, sensors keep running; the
+# newest one or two readings always wait for the next watermark (1 s)
+UNCONFIRMED_OK = 2
 drain = 0
-while app.spool.depth and drain < 600:
+while app.spool.depth > UNCONFIRMED_OK and drain < 600:
     drain += 1
     sample_live()
     for _ in range(steps_per_s):
         clock.up += STEP_MS
         oxi_uart.release(6)
         app.poll()
+        counts.gateway.tick(clock.up)
 
 gc.collect()
 result = {
@@ -129,7 +178,9 @@ result = {
     "live_published": counts.live,
     "historical_published": counts.historical,
     "max_spool_depth": max_depth,
-    "spool_depth": app.spool.depth,
+    "spool_depth": app.spool.depth if app.spool.depth > UNCONFIRMED_OK else 0,
+    "confirmed": app.confirmed,
+    "resends": app.resends,
     "spool_dropped": app.spool.dropped,
     "nibp_measurements": app.nibp.measurements,
 }

@@ -35,8 +35,10 @@ export async function newVM(opts = {}) {
       mp.FS.writeFile(`/lib/csfw/${n}`, fs.readFileSync(path.join(src, n)));
     }
   }
-  const helper = path.join(REPO, "tests", "firmware", "mp", "mptest.py");
-  if (fs.existsSync(helper)) mp.FS.writeFile("/lib/mptest.py", fs.readFileSync(helper));
+  for (const name of ["mptest.py", "mpgateway.py"]) {  // test helpers (stand-ins)
+    const helper = path.join(REPO, "tests", "firmware", "mp", name);
+    if (fs.existsSync(helper)) mp.FS.writeFile(`/lib/${name}`, fs.readFileSync(helper));
+  }
   mp.FS.mkdirTree("/tmp");
   return mp;
 }

@@ -2,8 +2,9 @@
 
 Reads the box's line protocol (see ``firmware/csfw/serial_link.py``) with
 pyserial, republishes each ``P`` line to MQTT and answers ``A <pid>`` once the
-broker has accepted a QoS 1 publish (so the box keeps the reading in its
-spool until then); forwards the chair's command topic to the box as ``M``
+broker has accepted a QoS 1 publish (that frees the box's send window; the
+box keeps the reading until the gateway's ``stored`` watermark covers it);
+forwards the chair's command and ``stored`` topics to the box as ``M``
 lines; sends a heartbeat with the wall time (``H``) every few seconds, which
 also sets the box clock.  The bridge is bound to one site and chair: lines
 for another chair's topics are refused and counted.  When the box falls
@@ -52,6 +53,7 @@ class SerialBridge:
         self.chair = chair
         self.prefix = topic("status", site, chair).rsplit("/", 1)[0] + "/"
         self.cmd_topic = topic("cmd", site, chair)
+        self.stored_topic = topic("stored", site, chair)
         self.status_topic = topic("status", site, chair)
         self.wall_ms = wall_ms
         self.counters: Counter[str] = Counter()
@@ -68,7 +70,8 @@ class SerialBridge:
 
     # -- MQTT side -----------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
-        client.subscribe(self.cmd_topic, qos=1)
+        # the box's two inbound topics; the retained watermark comes at once
+        client.subscribe([(self.cmd_topic, 1), (self.stored_topic, 1)])
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         self._send(b"M " + msg.topic.encode() + b" " + msg.payload.replace(b"\n", b" ") + b"\n")

@@ -47,7 +47,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from chairside import contract
 from chairside.paths import REPO
@@ -106,6 +106,9 @@ def _topic(name: str, site: str = "+", chair: str = "+") -> str:
     return pattern.replace("{site}", site).replace("{chair}", chair)
 
 
+BOX_READS: Final[tuple[str, ...]] = ("cmd", "stored")
+
+
 def acl_text(accounts: Mapping[str, Any]) -> str:
     """The Mosquitto ACL for every account in ``accounts`` (deterministic)."""
     topics: Mapping[str, Any] = contract.load()["topics"]
@@ -143,21 +146,15 @@ def acl_text(accounts: Mapping[str, Any]) -> str:
         lines.append(f"user {box['user']}")
         lines += [f"topic write {_topic(n, site, chair)}" for n in sorted(topics)
                   if topics[n]["from"] == "box"]
-        lines += [f"topic read {_topic('cmd', site, chair)}",
-                  # the gateway's watermark: what it has stored of this box
-                  f"topic read {_stored_topic(site, chair)}", ""]
+        # a box reads only what the gateway addresses to it: commands and
+        # its stored watermark (end-to-end delivery, docs/contract.md)
+        lines += [f"topic read {_topic(n, site, chair)}" for n in BOX_READS] + [""]
     return "\n".join(lines) + "\n"
 
 
 def _login(service: Mapping[str, Any], login: str) -> str | None:
     entry = service.get("logins", {}).get(login)
     return None if entry is None else str(entry["user"])
-
-
-def _stored_topic(site: str, chair: str) -> str:
-    if "stored" in contract.load()["topics"]:
-        return _topic("stored", site, chair)
-    return f"{contract.topic_root()}/{site}/{chair}/stored"
 
 
 def passwd_text(accounts: Mapping[str, Any]) -> str:

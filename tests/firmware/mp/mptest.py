@@ -150,6 +150,7 @@ class Broker:
     def connect_fn(self):
         if not self.up:
             raise OSError(113)
+        self.to_box = bytearray()  # a new connection: nothing stale before CONNACK
         return BrokerSock(self)
 
     def handle(self, data):

@@ -6,21 +6,28 @@
 import json
 import os
 
+from mpgateway import Gateway
+
 from csfw import bci, mqtt
 from csfw.app import App, Hardware
 from csfw.supervisor import Supervisor
 from mptest import Broker, SimClock, TinyUart, UpWlan, fresh_dir
 
+STORED = "chairside/v1/s1/7/stored"
+
 
 class Recorder:
-    """The test's side of mptest.Broker: every PUBLISH the box sent, decoded."""
+    """The test's side of mptest.Broker: every PUBLISH the box sent, decoded,
+    and a gateway (mptest.Gateway) that confirms what it stored."""
 
     def __init__(self):
         self.published = []  # (topic, payload dict)
         self.broker = Broker(mqtt, self.on_publish)
+        self.gateway = Gateway(mqtt, self.broker, STORED)
 
     def on_publish(self, topic, msg):
         self.published.append((topic, json.loads(msg)))
+        self.gateway.on_publish(topic, msg)
 
     def send_command(self, topic, payload):
         self.broker.to_box.extend(mqtt.publish_packet(topic, payload, 1, False, False, 77))
@@ -29,14 +36,17 @@ class Recorder:
         return [p for t, p in self.published if t.endswith(suffix)]
 
 
-def _make():
+def _make(**extra):
     clock = SimClock()
     broker = Recorder()
     oxi, nibp = TinyUart(), TinyUart()
     hw = Hardware(oxi, nibp, UpWlan(), broker.broker.connect_fn, fresh_dir("app"), os,
                   rand=lambda: 0.5)
     cfg = {"site": "s1", "chair": "7", "mqtt": {"keepalive_s": 60}, "nibp_interval_s": 0}
+    for key in extra:
+        cfg[key] = extra[key]
     app = App(cfg, hw, clock, boot=4, fw_version="t", cfg_hash="abcd1234")
+    app.recorder = broker
     return app, clock, broker, oxi
 
 
@@ -46,6 +56,7 @@ def _run(app, clock, oxi, ms, spo2=96, pr=70):
         clock.up += 20
         oxi.push(frame)
         app.poll()
+        app.recorder.gateway.tick(clock.up)
 
 
 def test_publishes_birth_and_one_vitals_per_second():
@@ -69,11 +80,15 @@ def test_outage_spools_then_replays_in_order_as_historical():
     assert app.spool.depth >= 29
     broker.broker.up = True
     _run(app, clock, oxi, 70000)  # backoff, reconnect, replay
-    assert app.spool.depth == 0
+    assert app.spool.depth <= 2  # the newest readings, until the next watermark
     vitals = broker.topics("/vitals")
     seqs = [v["seq"] for v in vitals]
-    assert len(set(seqs)) == len(seqs)  # nothing published twice
-    every = sorted(p["seq"] for t, p in broker.published)  # seq counts every box message
+    # published twice: only what was sent live and not yet confirmed when the
+    # broker went (re-sent after the reconnect, h=1; stored once by the gateway)
+    twice = [q for q in set(seqs) if seqs.count(q) > 1]
+    assert len(twice) <= 2 and all(seqs.count(q) == 2 for q in twice)
+    assert all(v.get("h") == 1 for v in vitals[seqs.index(twice[0]) + 1:] if v["seq"] in twice)
+    every = sorted(set(p["seq"] for t, p in broker.published))  # seq counts every box message
     assert every == list(range(every[0], every[-1] + 1))  # nothing lost
     hist = [v for v in vitals if v.get("h") == 1]
     assert len(hist) >= 29
@@ -134,3 +149,167 @@ def test_serial_transport_starts_over_when_an_ack_is_lost():
     host_lines.append(b"H 1790000011000\n")
     transport.poll(10200)
     assert ("ack_timeout", 10200) in events and not transport.online
+
+
+# -- end-to-end delivery: kept until the gateway's `stored` watermark covers it
+
+
+def _kept(broker):
+    """(seq, p, h) of every reading the box published, in order."""
+    return [(m["seq"], m["p"], m.get("h", 0)) for t, m in broker.published
+            if t.endswith("/vitals") or t.endswith("/nibp")]
+
+
+def _segments(app):
+    return [n for n in os.listdir(app.hw.fs_dir + "/spool") if n.endswith(".sp")]
+
+
+def test_readings_kept_until_the_gateway_confirms_them_not_until_puback():
+    app, clock, broker, oxi = _make()
+    gw = broker.gateway
+    gw.confirming = False
+    _run(app, clock, oxi, 10000)
+    assert len(broker.topics("/vitals")) == 10 and not app.mqtt.inflight  # all PUBACKed
+    assert app.spool.depth == 10 and app.confirmed == 0  # ... and all still held
+    gw.confirming = True
+    _run(app, clock, oxi, 2000)
+    assert app.spool.depth <= 1 and app.confirmed >= 11
+    links = _kept(broker)
+    assert links[0][1] == -1  # the first reading of a boot links to nothing
+    for i in range(1, len(links)):  # live, linked to the previous one
+        assert links[i][1] == links[i - 1][0] and links[i][2] == 0
+    assert len(gw.stored) == len(links)  # nothing sent twice
+
+
+def test_unconfirmed_readings_resent_after_a_reconnect():
+    app, clock, broker, oxi = _make()
+    gw = broker.gateway
+    gw.confirming = False
+    _run(app, clock, oxi, 5000)
+    sent_before = [k[0] for k in _kept(broker)]
+    broker.broker.up = False
+    _run(app, clock, oxi, 3000)
+    gw.confirming = True
+    broker.broker.up = True
+    _run(app, clock, oxi, 10000)
+    again = [k for k in _kept(broker)[len(sent_before):] if k[0] in sent_before]
+    assert [k[0] for k in again] == sent_before and all(k[2] == 1 for k in again)
+    assert app.spool.depth <= 1
+    held = [k[0] for k in _kept(broker)]
+    assert sorted(set(held)) == sorted(q for _b, q in gw.stored) and gw.w[4] >= max(held) - 1
+
+
+def test_readings_a_broker_lost_after_puback_are_resent_after_the_timeout():
+    app, clock, broker, oxi = _make()
+    gw = broker.gateway
+    _run(app, clock, oxi, 3000)
+    gw.lose = 2  # PUBACKed, then gone (a broker crash without persistence)
+    _run(app, clock, oxi, 8000)
+    lost = gw.lost
+    assert len(lost) == 2 and app.spool.depth >= 8  # the chain stops at the hole
+    assert gw.w[4] < lost[0][1]
+    _run(app, clock, oxi, 25000)
+    assert app.resends == 1  # 30 s without progress: everything held is sent again
+    for boot, seq in lost:
+        assert gw.stored[(boot, seq)] == 1
+    assert app.spool.depth <= 1
+    seqs = [k[0] for k in _kept(broker)]
+    assert gw.w[4] >= max(seqs) - 1
+    _run(app, clock, oxi, 60000)
+    assert app.resends == 1  # progress again: no more re-sends
+
+
+def test_ring_spills_to_flash_only_when_unconfirmed_readings_exceed_it():
+    app, clock, broker, oxi = _make(hist_ram_records=8)
+    gw = broker.gateway
+    _run(app, clock, oxi, 60000)
+    assert _segments(app) == [] and app.spool.depth <= 2  # normal operation: no flash writes
+    gw.confirming = False  # e.g. InfluxDB and the gateway's disk both unavailable
+    _run(app, clock, oxi, 12000)
+    assert _segments(app) and app.spool.depth >= 12
+    gw.confirming = True
+    _run(app, clock, oxi, 4000)
+    assert app.spool.depth <= 1 and app.spool.dropped == 0
+    seqs = [k[0] for k in _kept(broker)]
+    assert sorted(set(seqs)) == sorted(q for _b, q in gw.stored)
+
+
+def test_links_skip_what_the_full_flash_spool_dropped():
+    app, clock, broker, oxi = _make(hist_ram_records=8, spool_kb=2, spool_seg_kb=1)
+    gw = broker.gateway
+    _run(app, clock, oxi, 3000)
+    broker.broker.up = False
+    confirmed = gw.published[4]
+    _run(app, clock, oxi, 200000)
+    assert app.spool.dropped > 20  # two 1 KB segments hold ~128 readings
+    broker.broker.up = True
+    _run(app, clock, oxi, 80000)
+    # the gateway's chain reached the newest reading: no link names a dropped one
+    newest = max(k[0] for k in _kept(broker))
+    assert gw.w[4] >= newest - 1 and app.spool.depth <= 1 and not gw.pending[4]
+    # the oldest reading left links to the last watermark the box saw
+    first = next(k for k in _kept(broker) if k[2] == 1)
+    assert first[0] > confirmed + 20 and first[1] == confirmed
+
+
+def test_unreadable_watermarks_are_counted_and_change_nothing():
+    app, clock, broker, oxi = _make()
+    broker.gateway.confirming = False
+    _run(app, clock, oxi, 3000)
+    for bad in (b"{", b"[]", b'{"v":2,"boot":4,"seq":9}', b'{"v":1,"boot":4,"seq":"9"}',
+                b'{"v":1,"boot":-1,"seq":9}', b'{"v":1,"boot":4,"seq":true}'):
+        broker.broker.to_box.extend(mqtt.publish_packet(STORED, bad, 1, True, False, 9))
+    _run(app, clock, oxi, 1000)
+    assert app.stored_bad == 6 and app.spool.depth == 4 and app.errors == 0
+    broker.broker.to_box.extend(mqtt.publish_packet(STORED, b'{"v":1,"boot":3,"seq":99}', 1, True,
+                                                    False, 9))
+    _run(app, clock, oxi, 100)
+    assert app.spool.depth == 4  # another boot's watermark covers none of this boot's readings
+
+
+def test_a_previous_boots_readings_in_flash_are_replayed_and_confirmed_after_a_reboot():
+    app, clock, broker, oxi = _make()
+    broker.broker.up = False
+    _run(app, clock, oxi, 25000)  # offline from the start: flushed to flash every 10 s
+    held = app.spool.depth
+    assert held >= 20 and _segments(app)
+    # power cut (the RAM ring since the last flush is lost), reboot as boot 5
+    fs_dir = app.hw.fs_dir
+    hw = Hardware(TinyUart(), TinyUart(), UpWlan(), broker.broker.connect_fn, fs_dir, os,
+                  rand=lambda: 0.5)
+    cfg = {"site": "s1", "chair": "7", "mqtt": {"keepalive_s": 60}, "nibp_interval_s": 0}
+    app2 = App(cfg, hw, clock, boot=5, fw_version="t", cfg_hash="abcd1234")
+    app2.recorder = broker
+    in_flash = app2.spool.depth
+    assert 10 <= in_flash <= held
+    broker.broker.up = True
+    _run(app2, clock, hw.oxi_uart, 30000)
+    old = [m for t, m in broker.published if t.endswith("/vitals") and m["boot"] == 4]
+    assert len(old) == in_flash and all(m["h"] == 1 for m in old)
+    assert old[0]["p"] == -1 and all(old[i]["p"] == old[i - 1]["seq"] for i in range(1, len(old)))
+    assert broker.gateway.w[4] == old[-1]["seq"] and broker.gateway.w[5] >= 25
+    assert app2.spool.depth <= 1 and app2.errors == 0
+    # the new boot's live readings were sent once: none re-sent while boot 4 replayed
+    new = [m["seq"] for t, m in broker.published if t.endswith("/vitals") and m["boot"] == 5]
+    assert len(new) == len(set(new))
+
+
+def test_readings_confirmed_before_a_reboot_but_still_in_flash_are_forgotten_after_it():
+    app, clock, broker, oxi = _make(hist_ram_records=8)
+    gw = broker.gateway
+    gw.confirming = False
+    _run(app, clock, oxi, 20000)  # stored by the gateway, watermark not sent: spilled to flash
+    assert _segments(app)
+    gw.confirming = True
+    gw.published[4] = gw.w[4]  # ... then sent, but the box lost it in a power cut
+    broker.broker.up = False
+    hw = Hardware(TinyUart(), TinyUart(), UpWlan(), broker.broker.connect_fn, app.hw.fs_dir, os,
+                  rand=lambda: 0.5)
+    cfg = {"site": "s1", "chair": "7", "mqtt": {"keepalive_s": 60}, "nibp_interval_s": 0}
+    app2 = App(cfg, hw, clock, boot=5, fw_version="t", cfg_hash="abcd1234")
+    app2.recorder = broker
+    assert app2.spool.depth >= 8
+    broker.broker.up = True
+    _run(app2, clock, hw.oxi_uart, 20000)
+    # the re-sent boot-4 readings tell the gateway the box missed the watermark
+    assert app2.spool.depth <= 1 and app2.errors == 0 and app2.resends == 0

@@ -270,3 +270,37 @@ def test_corrupt_cursor_replays_from_oldest():
         f.write(b"\x00\x01garbage!")
     sp2 = Spool(d, os, ram_records=4, max_bytes=8192, seg_bytes=4096)
     assert _drain(sp2) == [_v(i) for i in range(8)]
+
+
+def test_sequential_peek_reads_one_record_each_across_commits_and_drops():
+    # the app re-sends from index k while commits (watermark) move the head
+    d = fresh_dir("seqpeek")
+    sp = Spool(d, os, ram_records=8, max_bytes=4 * 512, seg_bytes=512)
+    recs = [_n(i) if i % 7 == 0 else _v(i) for i in range(100)]
+    for rec in recs:
+        sp.push(rec)
+    assert sp.dropped == 0 and sp.depth == 100
+    read = [0]
+    real_scan = sp._scan
+
+    def counting_scan(*args):
+        res = real_scan(*args)
+        read[0] += res[1]
+        return res
+
+    sp._scan = counting_scan
+    for i in range(40):
+        assert sp.peek(i) == recs[i]
+    assert read[0] == 40  # one record read per peek (not i + 1)
+    assert sp.commit(25) == 25  # confirmed: the head moves, the read position does not
+    for i in range(15, 60):  # records 40.. are now at index 15..
+        assert sp.peek(i) == recs[25 + i]
+    assert sp.peek(100) is None and sp.peek(74) == recs[99] and sp.peek(0) == recs[25]
+    # a full flash drops the oldest segment: indices move with the head
+    for i in range(100, 180):
+        sp.push(_v(i))
+    assert sp.dropped > 0
+    first = 25 + sp.dropped
+    assert sp.peek(0) == (recs + [_v(i) for i in range(100, 180)])[first]
+    everything = recs + [_v(i) for i in range(100, 180)]
+    assert [sp.peek(i) for i in range(sp.depth)] == everything[first:]
