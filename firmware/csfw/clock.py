@@ -24,13 +24,14 @@ class BoardClock:
     def _rtc_ms(self):
         # time.time() is whole seconds since 1970 on the rp2 port; ticks give
         # the sub-second part only approximately, which is enough for 1 Hz.
-        return self._time.time() * 1000
+        # int(): the Unix port's time.time() is a float (the contract's t is an int)
+        return int(self._time.time()) * 1000
 
     def epoch_ms(self):
         return self._rtc_ms() + self._epoch_offset
 
     def set_epoch_ms(self, epoch_ms):
-        self._epoch_offset = epoch_ms - self._rtc_ms()
+        self._epoch_offset = int(epoch_ms) - self._rtc_ms()
         self.synced = True
 
     def sleep_ms(self, ms):

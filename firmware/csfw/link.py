@@ -29,9 +29,10 @@ BROKER_REFUSED = "broker_refused"  # CONNACK return code != 0 (MQTTError)
 BROKER_UNREACHABLE = "broker_unreachable"  # TCP/timeout during connect (OSError)
 BROKER_LOST = "broker_lost"        # the online poll raised (dead link, ping timeout)
 DNS_FAILED = "dns_failed"          # the broker's name did not resolve
+BROKER_UNTRUSTED = "broker_untrusted"  # TLS: certificate not from the clinic CA / wrong name
 
 CAUSES = (WIFI_TIMEOUT, WIFI_ERROR, WIFI_LOST, BROKER_REFUSED, BROKER_UNREACHABLE,
-          BROKER_LOST, DNS_FAILED)
+          BROKER_LOST, DNS_FAILED, BROKER_UNTRUSTED)
 
 
 def _default_rand():
@@ -198,6 +199,9 @@ class Link:
                         return self.state  # one blocking step per poll
                 except OSError as exc:
                     self._fail(now, DNS_FAILED if dns else BROKER_UNREACHABLE, exc)
+                    return self.state
+                except Exception as exc:  # mbedtls: ValueError on a failed verification
+                    self._fail(now, BROKER_UNTRUSTED, exc)
                     return self.state
             try:
                 present = self._connect_mqtt(now)

@@ -238,3 +238,54 @@ def make_connector(mq, socket_mod, ssl_mod=None, open_fn=open, timeout_s=3):
             raise ValueError("mqtt.tls: no ssl module")
     return Connector(mq["host"], mq["port"], socket_mod, ssl_mod if ca_data is not None else None,
                      ca_data, timeout_s)
+
+
+NTP_DELTA_S = const(2208988800)  # 1900-01-01 to 1970-01-01 (RFC 5905)
+
+
+class NtpClient:
+    """SNTP (RFC 4330) against one configured server, one blocking step per
+    call so the watchdog is fed in between: the first call resolves the
+    server (DNS; returns False), later calls send one query and return the
+    server's time as epoch ms.  Every receive is bounded by timeout_s.
+    Raises OSError (unreachable, timeout) or ValueError (a reply that is
+    not a server answer with a time: wrong mode, stratum 0 / kiss-of-death,
+    zero timestamp)."""
+
+    def __init__(self, host, socket_mod, timeout_s=1, port=123):
+        self.host = host
+        self.port = port
+        self._socket = socket_mod
+        self.timeout_s = timeout_s
+        self.addr = None
+        self.queries = 0
+
+    def __call__(self):
+        sock_mod = self._socket
+        if self.addr is None:
+            self.addr = sock_mod.getaddrinfo(self.host, self.port, 0, sock_mod.SOCK_DGRAM)[0][-1]
+            return False
+        req = bytearray(48)
+        req[0] = 0x1B  # LI 0, version 3, mode 3 (client)
+        s = sock_mod.socket(sock_mod.AF_INET, sock_mod.SOCK_DGRAM)
+        try:
+            s.settimeout(self.timeout_s)
+            s.sendto(req, self.addr)
+            msg = s.recv(48)
+        finally:
+            s.close()
+        self.queries += 1
+        return ntp_epoch_ms(msg)
+
+
+def ntp_epoch_ms(msg):
+    """An SNTP server reply -> its transmit timestamp as ms since 1970."""
+    if len(msg) < 48:
+        raise ValueError("ntp: short reply")
+    if msg[0] & 7 != 4 or msg[1] == 0:
+        raise ValueError("ntp: not a server reply with a time")
+    secs = (msg[40] << 24) | (msg[41] << 16) | (msg[42] << 8) | msg[43]
+    frac = (msg[44] << 24) | (msg[45] << 16) | (msg[46] << 8) | msg[47]
+    if secs == 0:
+        raise ValueError("ntp: zero timestamp")
+    return (secs - NTP_DELTA_S) * 1000 + ((frac * 1000) >> 32)

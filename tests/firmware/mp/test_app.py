@@ -100,8 +100,8 @@ def test_answers_commands_and_time_sync():
 
 
 def _time_cmd(cid, t, boot=None, up=None):
-    extra = "" if boot is None else ',"boot":%d,"up":%d' % (boot, up)
-    return ('{"v":1,"cmd":"time","id":"%s","t":%d%s}' % (cid, t, extra)).encode()
+    extra = "" if boot is None else ',"boot":' + str(boot) + ',"up":' + str(up)
+    return ('{"v":1,"cmd":"time","id":"' + cid + '","t":' + str(t) + extra + "}").encode()
 
 
 def test_stale_time_commands_are_ignored_and_counted():
@@ -184,3 +184,24 @@ def test_serial_transport_starts_over_when_an_ack_is_lost():
     host_lines.append(b"H 1790000011000\n")
     transport.poll(10200)
     assert ("ack_timeout", 10200) in events and not transport.online
+
+
+def test_ntp_never_runs_in_the_poll_that_connected():
+    # issue 17 point 7: DNS/TLS/CONNECT and NTP in one poll starve the watchdog
+    app, clock, _broker, oxi = _make()
+    clock.synced = False
+    calls = []
+
+    def ntp_sync():
+        calls.append((clock.up, app.link.since))
+        if len(calls) == 1:
+            return False  # the DNS step: the query comes in a later poll
+        clock.set_epoch_ms(1800000000000 + clock.up)
+        return True
+
+    app.hw.ntp_sync = ntp_sync
+    _run(app, clock, oxi, 3000)
+    assert len(calls) == 2 and clock.synced
+    for up, since in calls:
+        assert up != since  # not the poll in which the link came up
+    assert calls[1][0] - calls[0][0] >= 1000
