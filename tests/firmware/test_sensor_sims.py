@@ -8,6 +8,7 @@ import pytest
 from csfw import contract, suntech
 from csfw.nibp import Nibp
 from csfw.oximeter import Oximeter
+from host import nibp_sim
 from host.nibp_sim import NibpSim
 from host.oximeter_sim import OximeterSim
 from host.patient import SCENARIOS, make_patient
@@ -228,14 +229,15 @@ def test_nibp_full_measurement_bp_spike() -> None:
     assert not nibp.inflating and not nibp.busy
     assert nibp.health(t) == "ok"
     assert sim.commands[0] == suntech.START_BP and suntech.GET_BP_DATA in sim.commands
+    assert suntech.GET_CUFF_PRESSURE in sim.commands and nibp.cuff_mmhg >= 0
 
 
 def test_nibp_module_error_code() -> None:
     _, sim, nibp = _nibp_setup()
-    sim.fail_next(suntech.E_MOTION)
+    sim.fail_next(0x03)
     nibp.start(0)
     results, _ = _nibp_run(sim, nibp, 0, 45_000)
-    assert [r for _, r in results] == [(False, None, None, None, None, suntech.E_MOTION)]
+    assert [r for _, r in results] == [(False, None, None, None, None, 0x03)]
     # the next measurement works again
     nibp.start(50_000)
     results, _ = _nibp_run(sim, nibp, 50_000, 95_000)
@@ -265,10 +267,10 @@ def test_nibp_stop_deflates_module() -> None:
     _, sim, nibp = _nibp_setup()
     nibp.start(0)
     _nibp_run(sim, nibp, 0, 5_000)
-    assert sim.state == suntech.ST_INFLATING
+    assert sim.state == nibp_sim.INFLATING and 0 < sim.cuff_pressure(5_000) <= 160
     nibp.stop(5_050)
     results, _ = _nibp_run(sim, nibp, 5_050, 40_000)
-    assert results == [] and sim.state == suntech.ST_IDLE and not nibp.busy
+    assert results == [] and sim.state == nibp_sim.IDLE and not nibp.busy
 
 
 def test_nibp_cable_cut_mid_measurement() -> None:
