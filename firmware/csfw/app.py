@@ -220,9 +220,11 @@ class App:
     # -- loop ------------------------------------------------------------
     def poll(self):
         now = self.clock.now_ms()
+        # the byte parsers' 30-bit tick: a small int at any uptime (issue 17)
+        tick = self.clock.tick_ms() if hasattr(self.clock, "tick_ms") else now & 0x3FFFFFFF
         try:
-            self.oxi.poll(now)
-            result = self.nibp.poll(now)
+            self.oxi.poll(now, tick)
+            result = self.nibp.poll(now, tick)
             if result is not None:
                 self._record_nibp(result, now)
             if now >= self._next_vitals:

@@ -81,7 +81,7 @@ def tick_diff(a, b):
     """a - b for 30-bit wrapping ticks (like time.ticks_diff); small ints only."""
     d = (a - b) & TICK_MASK
     if d >= TICK_HALF:
-        d -= TICK_MASK + 1
+        d = d - TICK_MASK - 1  # (TICK_MASK + 1 is no small int on the board)
     return d
 
 
