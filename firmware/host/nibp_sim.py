@@ -22,7 +22,6 @@ from csfw import suntech
 from .patient import Patient
 from .uart import FakeUART
 
-
 IDLE, INFLATING, MEASURING, DONE, ERROR = range(5)
 INFLATE_TO_MMHG = 160
 
