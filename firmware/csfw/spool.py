@@ -28,8 +28,13 @@
 # gateway stores a reading at the time it was measured (same point again).
 #
 # Identity and time: a record keeps the reading's boot counter, sequence
-# number (24 bits: ~194 days at 1 Hz) and uptime `up` (ms, 32 bits: 49.7 days)
-# plus the sync flag.  The app rebuilds the device time t from the boot's
+# number (26 bits: ~2.1 years at 1 Hz) and uptime `up` (ms, up to 63 * 2**32: ~8.5
+# years; it was 32 bits, 49.7 days, before issue 17) plus the sync flag.
+# The extra bits live in fields that had room: seq bits 24-25 in head bits
+# 2-3, up bits 32-37 in the top 6 bits of the 16-bit pulse-rate field (pulse
+# rate 0..1022, 0x3FF = none).  A record written by the older layout reads
+# the same (its spare bits are 0; its "no pulse rate" marker 0xFFFF is
+# recognised).  The app rebuilds the device time t from the boot's
 # epoch when it replays, and the gateway from the boot time it learned, so a
 # replayed reading is stored at exactly the timestamp a live one would have
 # had (idempotent writes).
@@ -53,11 +58,15 @@ STATES = ("ok", "searching", "no_finger", "probe_off", "no_data")
 
 _NONE8 = const(0xFF)
 _NONE16 = const(0xFFFF)
+_PR_NONE = const(0x3FF)  # 10-bit pulse rate: none
+UP_HI_MAX = const(63)  # up < 63 * 2**32 ms (8.5 years): 0xFFFF stays the legacy marker
+SEQ_BITS = const(26)
 _CHUNK = const(256)
 _SEG_SUFFIX = ".sp"
 _CURSOR = "cursor"
 
-# head byte: kind << 4 | flags.  vitals flags: 1 sync, 2 cuff; nibp: 1 sync, 2 ok
+# head byte: kind << 4 | seq bits 24-25 << 2 | flags.  vitals flags: 1 sync,
+# 2 cuff; nibp: 1 sync, 2 ok.  pr: up bits 32-37 << 10 | pulse rate (10 bits)
 # vitals: head st<<4|sig boot seq_hi seq_lo up spo2 pr crc
 _VITALS_FMT = ">BBHBHIBHH"
 # nibp: head err boot seq_hi seq_lo up sys dia map pr crc
@@ -84,6 +93,23 @@ def _v16(v):
     return None if v == _NONE16 else v
 
 
+def _pr_up(pr, up_hi):
+    """Pulse rate (None or 0..1022) and up bits 32-37 -> the 16-bit field."""
+    if pr is None:
+        pr = _PR_NONE
+    elif pr < 0 or pr >= _PR_NONE:
+        raise ValueError("pr")
+    return (up_hi << 10) | pr
+
+
+def _pr_of(field):
+    """16-bit field -> (pulse rate or None, up bits 32-37)."""
+    if field == _NONE16:  # the layout before issue 17: no pulse rate, up < 2**32
+        return None, 0
+    pr = field & _PR_NONE
+    return (None if pr == _PR_NONE else pr), field >> 10
+
+
 def vitals_record(boot, seq, up, sync, spo2, pr, sig, st, cuff=0):
     """Build the tuple push() takes for one vitals reading."""
     return (KIND_VITALS, boot, seq, up, 1 if sync else 0, spo2, pr, sig, st, 1 if cuff else 0)
@@ -108,23 +134,28 @@ def encode_record(rec):
     """Record tuple (see vitals_record / nibp_record) -> bytes."""
     kind = rec[0]
     boot = rec[1] & 0xFFFF
-    seq = rec[2] & 0xFFFFFF
-    up = rec[3] & 0xFFFFFFFF
-    flags = 1 if rec[4] else 0
+    seq = rec[2] & 0x3FFFFFF  # SEQ_BITS
+    up = rec[3]
+    up_hi = up >> 32
+    if up < 0 or up_hi >= UP_HI_MAX:
+        raise ValueError("up")
+    up = up & 0xFFFFFFFF
+    flags = (1 if rec[4] else 0) | ((seq >> 24) << 2)
+    seq = seq & 0xFFFFFF
     if kind == KIND_VITALS:
         buf = bytearray(VITALS_LEN)
         if rec[9]:
             flags |= 2
         st = STATES.index(rec[8])
         struct.pack_into(_VITALS_FMT, buf, 0, (KIND_VITALS << 4) | flags, (st << 4) | (rec[7] & 0x0F),
-                         boot, seq >> 16, seq & 0xFFFF, up, _n8(rec[5]), _n16(rec[6]), 0)
+                         boot, seq >> 16, seq & 0xFFFF, up, _n8(rec[5]), _pr_up(rec[6], up_hi), 0)
     elif kind == KIND_NIBP:
         buf = bytearray(NIBP_LEN)
         if rec[5]:
             flags |= 2
         struct.pack_into(_NIBP_FMT, buf, 0, (KIND_NIBP << 4) | flags, rec[10] & 0xFF, boot,
                          seq >> 16, seq & 0xFFFF, up, _n16(rec[6]), _n16(rec[7]), _n16(rec[8]),
-                         _n16(rec[9]), 0)
+                         _pr_up(rec[9], up_hi), 0)
     else:
         raise ValueError("kind")
     n = len(buf)
@@ -146,16 +177,19 @@ def decode_record(buf, off=0):
     if binascii.crc32(mv[:n - 2]) & 0xFFFF != crc:
         return None
     head = mv[0]
+    s_top = ((head >> 2) & 3) << 24
     if n == VITALS_LEN:
-        _, stsig, boot, s_hi, s_lo, up, spo2, pr, _ = struct.unpack_from(_VITALS_FMT, mv, 0)
+        _, stsig, boot, s_hi, s_lo, up, spo2, prf, _ = struct.unpack_from(_VITALS_FMT, mv, 0)
         st = stsig >> 4
         if st >= len(STATES):
             return None
-        return (KIND_VITALS, boot, (s_hi << 16) | s_lo, up, head & 1, _v8(spo2), _v16(pr),
-                stsig & 0x0F, STATES[st], (head >> 1) & 1)
-    _, err, boot, s_hi, s_lo, up, s, d, m, pr, _ = struct.unpack_from(_NIBP_FMT, mv, 0)
-    return (KIND_NIBP, boot, (s_hi << 16) | s_lo, up, head & 1, (head >> 1) & 1,
-            _v16(s), _v16(d), _v16(m), _v16(pr), err)
+        pr, up_hi = _pr_of(prf)
+        return (KIND_VITALS, boot, s_top | (s_hi << 16) | s_lo, (up_hi << 32) | up, head & 1,
+                _v8(spo2), pr, stsig & 0x0F, STATES[st], (head >> 1) & 1)
+    _, err, boot, s_hi, s_lo, up, s, d, m, prf, _ = struct.unpack_from(_NIBP_FMT, mv, 0)
+    pr, up_hi = _pr_of(prf)
+    return (KIND_NIBP, boot, s_top | (s_hi << 16) | s_lo, (up_hi << 32) | up, head & 1,
+            (head >> 1) & 1, _v16(s), _v16(d), _v16(m), pr, err)
 
 
 class Spool:

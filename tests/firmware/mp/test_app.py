@@ -205,3 +205,22 @@ def test_ntp_never_runs_in_the_poll_that_connected():
     for up, since in calls:
         assert up != since  # not the poll in which the link came up
     assert calls[1][0] - calls[0][0] >= 1000
+
+
+def test_replay_after_a_year_of_uptime_keeps_the_measured_time():
+    # issue 17 point 4: records spooled past 49.7 days of uptime replay with
+    # the time they were measured (the spool kept only 32 bits of `up`)
+    app, clock, broker, oxi = _make()
+    year = 365 * 24 * 3600 * 1000
+    clock.up = year
+    clock.base = 1790000000000 - year  # the same wall clock as the other tests
+    app.spool._ram = [None] * 4  # spill to flash quickly
+    _run(app, clock, oxi, 3000)
+    broker.broker.up = False
+    _run(app, clock, oxi, 30000)
+    broker.broker.up = True
+    _run(app, clock, oxi, 70000)
+    hist = [v for v in broker.topics("/vitals") if v.get("h") == 1]
+    assert len(hist) >= 29 and app.spool.depth == 0
+    for v in hist:
+        assert v["up"] > year and v["t"] - v["up"] == 1790000000000 - year

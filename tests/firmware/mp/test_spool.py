@@ -270,3 +270,43 @@ def test_corrupt_cursor_replays_from_oldest():
         f.write(b"\x00\x01garbage!")
     sp2 = Spool(d, os, ram_records=4, max_bytes=8192, seg_bytes=4096)
     assert _drain(sp2) == [_v(i) for i in range(8)]
+
+
+def test_uptime_and_seq_past_49_7_days_survive_the_spool():
+    # issue 17 point 4: `up` was masked to 32 bits, so a replay after 49.7
+    # days of uptime carried the wrong time
+    year = 365 * 24 * 3600 * 1000
+    for up in (0xFFFFFFFF + 1, year, year + 123456789, (63 << 32) - 1):
+        for seq in (0, 0xFFFFFF + 1, 0x3FFFFFF):
+            for pr in (None, 0, 72, 300):
+                v = vitals_record(9, seq, up, True, 95, pr, 6, "ok", 0)
+                assert decode_record(encode_record(v)) == v, (up, seq, pr)
+                n = nibp_record(9, seq, up, True, True, 120, 80, 93, pr, 0)
+                assert decode_record(encode_record(n)) == n, (up, seq, pr)
+    try:
+        encode_record(vitals_record(9, 1, 63 << 32, True, 95, 70, 6, "ok", 0))
+        raise AssertionError("up beyond 8.5 years must be refused")
+    except ValueError:
+        pass
+
+
+def test_record_of_the_older_layout_still_reads():
+    # before issue 17 a missing pulse rate was 0xFFFF and up had 32 bits
+    old = bytearray(encode_record(vitals_record(1, 5, 1000, True, None, None, 0, "probe_off")))
+    old[12], old[13] = 0xFF, 0xFF
+    crc = spool._crc16(old, 14)
+    old[14], old[15] = crc >> 8, crc & 0xFF
+    assert decode_record(bytes(old)) == vitals_record(1, 5, 1000, True, None, None, 0, "probe_off")
+
+
+def test_replay_after_a_year_of_uptime_rebuilds_t_exactly():
+    year = 365 * 24 * 3600 * 1000
+    d = fresh_dir("spool_year")
+    sp = Spool(d, os, ram_records=8, max_bytes=64 * 1024, seg_bytes=4 * 1024)
+    recs = [vitals_record(2, 10 + i, year + i * 1000, True, 90, 70, 6, "ok", 0)
+            for i in range(320)]
+    for r in recs:
+        sp.push(r)
+    sp.flush()
+    again = Spool(d, os, ram_records=8, max_bytes=64 * 1024, seg_bytes=4 * 1024)
+    assert _drain(again) == recs  # 320 of 320 with the exact uptime
