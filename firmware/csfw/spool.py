@@ -63,6 +63,10 @@ UP_HI_MAX = const(63)  # up < 63 * 2**32 ms (8.5 years): 0xFFFF stays the legacy
 SEQ_BITS = const(26)
 _CHUNK = const(256)
 _SEG_SUFFIX = ".sp"
+ENOSPC = const(28)
+# kept free on the filesystem beyond the spool: littlefs needs spare blocks
+# for copy-on-write metadata, and boot.count / cursor / config live there too
+FS_RESERVE_BYTES = const(64 * 1024)
 _CURSOR = "cursor"
 
 # head byte: kind << 4 | seq bits 24-25 << 2 | flags.  vitals flags: 1 sync,
@@ -192,6 +196,28 @@ def decode_record(buf, off=0):
             (head >> 1) & 1, _v16(s), _v16(d), _v16(m), pr, err)
 
 
+def errno_of(exc):
+    n = getattr(exc, "errno", None)
+    if n is None and exc.args and isinstance(exc.args[0], int):
+        n = exc.args[0]
+    return n
+
+
+def fs_budget(os_module, path, want_bytes, seg_bytes, spool_bytes=0):
+    """The spool size the filesystem at `path` can really hold: free space
+    (os.statvfs: f_bsize * f_bfree) plus what the spool already uses, minus
+    FS_RESERVE_BYTES, in whole segments, at most want_bytes and at least two
+    segments.  A Pico W's littlefs is ~848 KB, so spool_kb 1024 is bounded
+    here.  Without statvfs (some test stand-ins) want_bytes is returned."""
+    try:
+        st = os_module.statvfs(path)
+    except (AttributeError, OSError):
+        return want_bytes
+    room = st[0] * st[3] + spool_bytes - FS_RESERVE_BYTES
+    room = room // seg_bytes * seg_bytes
+    return max(2 * seg_bytes, min(want_bytes, room))
+
+
 class Spool:
     def __init__(self, fs_dir, os_module, ram_records=64, max_bytes=512 * 1024,
                  seg_bytes=32 * 1024, opener=None):
@@ -202,11 +228,18 @@ class Spool:
         self._ram_head = 0  # index of the oldest record in the ring
         self._ram_n = 0
         self._seg_bytes = seg_bytes
-        self._max_segs = max(2, max_bytes // seg_bytes)
         self.dropped = 0  # records dropped since this object was made (boot)
         self.write_errors = 0
+        self.fs_full = 0  # writes refused by a full filesystem (ENOSPC)
         self._ensure_dir()
         self._segs = self._list_segments()
+        # bound the configured size by what the filesystem can hold now
+        self.max_bytes = fs_budget(self._os, self._dir, max_bytes, seg_bytes,
+                                   self._spool_bytes())
+        self._max_segs = max(2, self.max_bytes // seg_bytes)
+        if self.max_bytes < max_bytes:
+            print("chairside: spool limited to", self.max_bytes // 1024,
+                  "KB by the filesystem (configured", max_bytes // 1024, "KB)")
         self._cur_seg, self._cur_off = self._load_cursor()
         # count what is waiting, and find a clean place to append
         self._flash_n = 0
@@ -248,40 +281,66 @@ class Spool:
         self._ram_n += 1
 
     def flush(self):
-        """Write every RAM record to flash (call before a planned reset too)."""
-        if self._ram_n == 0:
-            return 0
+        """Write every RAM record to flash (call before a planned reset too).
+
+        Records leave the RAM ring only after the file they were appended to
+        was closed without error (littlefs commits a file on close): a full
+        or failing flash keeps them in RAM, where push() counts every one it
+        has to drop."""
         written = 0
+        while self._ram_n:
+            n = self._write_session()
+            if n <= 0:
+                break
+            written += n
+        return written
+
+    def _write_session(self):
+        """Append RAM records to the current segment in one open/close."""
+        size = len(self._ram)
+        first = encode_record(self._ram[self._ram_head])
+        if self._wsize + len(first) > self._seg_bytes:
+            self._rotate()
+        if not self._segs or self._segs[-1] != self._wseg:
+            self._make_room()
         f = None
+        n = 0
+        end = self._wsize
         try:
-            while self._ram_n:
-                rec = self._ram[self._ram_head]
-                data = encode_record(rec)
-                if f is None or self._wsize + len(data) > self._seg_bytes:
-                    if f is not None:
-                        f.close()
-                        f = None
-                    if self._wsize + len(data) > self._seg_bytes:
-                        self._rotate()
-                    f = self._open(self._seg_path(self._wseg), "ab")
-                    if not self._segs or self._segs[-1] != self._wseg:
-                        self._segs.append(self._wseg)
+            f = self._open(self._seg_path(self._wseg), "ab")
+            if not self._segs or self._segs[-1] != self._wseg:
+                self._segs.append(self._wseg)
+            data = first
+            while True:
                 f.write(data)
-                self._wsize += len(data)
-                self._flash_n += 1
-                self._ram_pop(1)
-                written += 1
-        except OSError:
+                end += len(data)
+                n += 1
+                if n >= self._ram_n:
+                    break
+                data = encode_record(self._ram[(self._ram_head + n) % size])
+                if end + len(data) > self._seg_bytes:
+                    break
+            f.close()
+            f = None
+        except OSError as exc:
             self.write_errors += 1
-            self._wseg += 1  # the failed segment may have a torn tail
-            self._wsize = 0
-        finally:
             if f is not None:
                 try:
                     f.close()
                 except OSError:
-                    self.write_errors += 1
-        return written
+                    pass
+            self._wseg += 1  # the failed segment may have a torn tail
+            self._wsize = 0
+            if errno_of(exc) == ENOSPC:
+                # the filesystem holds less than max_bytes: from now on keep
+                # one segment fewer (the oldest goes, its records counted)
+                self.fs_full += 1
+                self._max_segs = max(2, len(self._segs) - 1)
+            return 0
+        self._wsize = end
+        self._flash_n += n
+        self._ram_pop(n)
+        return n
 
     def next_batch(self, n):
         """Up to n oldest records, oldest first (flash, then RAM).
@@ -373,6 +432,12 @@ class Spool:
         segs.sort()
         return segs
 
+    def _spool_bytes(self):
+        total = 0
+        for seg in self._segs:
+            total += self._file_size(seg)
+        return total
+
     def _file_size(self, seg):
         try:
             return self._os.stat(self._seg_path(seg))[6]
@@ -429,6 +494,11 @@ class Spool:
     def _rotate(self):
         self._wseg += 1
         self._wsize = 0
+        self._make_room()
+
+    def _make_room(self):
+        """Delete the oldest segments until a new one fits in _max_segs
+        (their unread records are counted in `dropped`)."""
         while len(self._segs) >= self._max_segs:
             oldest = self._segs.pop(0)
             start = self._cur_off if oldest == self._cur_seg else 0
