@@ -73,6 +73,9 @@ oxi, nibp = TinyUart(), TinyUart()
 hw = Hardware(oxi, nibp, UpWlan(), connect_fn, fs_dir, os, rand=lambda: 0.5)
 app = App(cfg, hw, clock, boot=1, fw_version="tls-test", cfg_hash="00000000")
 frame = bci.encode_frame(6, 50, 72, 97)
+import gc
+gc.collect()
+peak = gc.mem_alloc()
 deadline = time.ticks_add(time.ticks_ms(), 20000)
 polls = 0
 while time.ticks_diff(deadline, time.ticks_ms()) > 0:
@@ -80,9 +83,12 @@ while time.ticks_diff(deadline, time.ticks_ms()) > 0:
         oxi.push(frame)
     app.poll()
     polls += 1
+    gc.collect()  # live heap only, with the TLS session and its mbedtls buffers
+    peak = max(peak, gc.mem_alloc())
     if app.published_live >= 3 and not app.mqtt.inflight:
         break
     time.sleep_ms(10)
+print("HEAP", peak, gc.mem_free() + gc.mem_alloc())
 print("RESULT " + ("delivered" if app.published_live >= 3 and not app.mqtt.inflight else "stuck"),
       app.published_live, app.errors, app.last_error, app.link.state_name,
       app.link.last_error, connect_fn.resolves, app.mqtt.connects)
@@ -111,10 +117,13 @@ def run_box(tmp_path: Path, mode: str, host: str, port: int, ca: Path) -> str:
     script.write_text(BOX)
     path = ":".join([".frozen", str(REPO / "firmware"), str(REPO / "tests" / "firmware" / "mp")])
     proc = subprocess.run(
-        [_unix_port(), "-X", "heapsize=512k", str(script), mode, str(cfg_path),
+        [_unix_port(), "-X", "heapsize=192k", str(script), mode, str(cfg_path),
          str(tmp_path / "fs")],
         capture_output=True, text=True, timeout=60, env={"MICROPYPATH": path}, check=False,
         cwd=tmp_path)
+    for ln in proc.stdout.splitlines():
+        if ln.startswith("HEAP "):
+            print(ln)  # peak live heap with TLS, shown with -s (docs/firmware-toolchain.md)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert lines, f"box run failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return lines[-1]
