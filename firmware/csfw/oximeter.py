@@ -11,8 +11,9 @@
 # back (no stray byte, no abandoned partial frame between them) and that run
 # arrived at a frame rate of at least MIN_RATE per second (sources give 60
 # and 100 per second).  Random bytes, a wrong baud rate or a half-unplugged
-# line break the run, so nothing is reported: after NO_DATA_MS the state is
-# no_data and health() says "error" (bytes arrive, no stable frame stream).
+# line break the run, so nothing is reported: the state is no_data and, once
+# bytes have arrived for NO_DATA_MS without a plausible frame, health() says
+# "error" (bytes arrive, no stable frame stream).
 try:
     from micropython import const
 except ImportError:  # CPython
@@ -38,6 +39,13 @@ HEALTH_SILENT = "silent"
 HEALTH_ERROR = "error"
 
 
+def _tick_diff(a, b):
+    d = (a - b) & TICK_MASK
+    if d >= TICK_HALF:
+        d = d - TICK_MASK - 1
+    return d
+
+
 class Oximeter:
     def __init__(self, uart, pr_invalid=bci.PR_INVALID):
         self._uart = uart
@@ -45,6 +53,8 @@ class Oximeter:
         self.parser = bci.BciParser(pr_invalid)
         self._last_rx = None      # uptime ms of the last poll that read bytes
         self._last_frame = None   # uptime ms of the last poll with a plausible frame
+        self._rx_tick = 0         # tick of the last poll that read bytes
+        self._rx_since = None     # uptime ms when bytes started to arrive (after silence)
         self._run_t0 = 0          # tick of the first frame of the current block
         self._locked = False      # the current run passed the plausibility check
         self.rx_bytes = 0
@@ -73,6 +83,9 @@ class Oximeter:
             if not n:
                 break
             self.rx_bytes = (self.rx_bytes + n) & _CMASK
+            if self._rx_since is None or _tick_diff(tick, self._rx_tick) > SILENT_MS:
+                self._rx_since = now  # the module (re)started talking
+            self._rx_tick = tick
             for i in range(n):
                 if parser.feed(buf[i]):
                     if self._plausible(tick):
@@ -146,7 +159,15 @@ class Oximeter:
         if self._last_rx is None or now - self._last_rx > SILENT_MS:
             return HEALTH_SILENT
         if not self._fresh(now):
-            return HEALTH_ERROR   # bytes arrive but no stable frame stream (baud? wiring?)
+            # bytes arrive but no plausible frame stream (baud? wiring? noise?)
+            # for NO_DATA_MS: the first frames after a (re)start are still
+            # being checked, which is not a fault
+            since = self._rx_since
+            if self._last_frame is not None and self._last_frame > since:
+                since = self._last_frame
+            if now - since <= NO_DATA_MS:
+                return HEALTH_OK
+            return HEALTH_ERROR
         return HEALTH_OK
 
     def counters(self):

@@ -118,3 +118,16 @@ def test_poll_is_bounded_and_catches_up():
     assert u.any() > 0 and oxi.backlog == 1
     oxi.poll(1)
     assert u.any() == 0 and oxi.counters()["frames"] == 200
+
+
+def test_start_up_is_not_a_module_fault():
+    # the first frames after the module starts talking are still being
+    # checked: no "error" health (a technical alarm) for NO_DATA_MS
+    u, oxi = _make()
+    u.push(_run_of(bci.encode_frame(6, 64, 72, 97), 3))
+    oxi.poll(0)
+    assert oxi.health(100) == "ok" and oxi.summary(100)[3] == contract.ST_NO_DATA
+    for now in range(500, 3001, 500):
+        u.push(hexbytes("12 34 56 07"))
+        oxi.poll(now)
+    assert oxi.health(3000) == "error"
