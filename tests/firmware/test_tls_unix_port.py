@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from chairside import pki
-from chairside.services import GatewayProcess, InfluxDB, Mosquitto, free_port
+from chairside.install import pki
+from chairside.sim.services import GatewayProcess, InfluxDB, Mosquitto, free_port
 
 pytestmark = pytest.mark.services
 
