@@ -1,7 +1,7 @@
 # Chairside chair box - board entry point (Raspberry Pi Pico W, MicroPython).
 #
-# The only firmware file that touches `machine`, `network`, `socket`, `ssl`
-# and `ntptime`: it builds the real hardware objects and hands them to
+# The only firmware file that touches `machine`, `network`, `socket` and
+# `ssl`: it builds the real hardware objects and hands them to
 # csfw.app.App, which is the same code the host tests run against fakes.
 # A bad config.json shows the NO_CONFIG blink code and prints which field is
 # wrong on the USB serial console; it never crash-loops.
@@ -14,6 +14,7 @@ import network
 
 from csfw import VERSION
 from csfw import config as box_config
+from csfw import net
 from csfw.app import App, Hardware, next_boot_count
 from csfw.clock import BoardClock
 from csfw.led import NO_CONFIG, StatusLed
@@ -44,46 +45,33 @@ def ensure_dir(path):
 
 
 def make_connect_fn(mq):
-    """Return connect_fn() -> socket for the MQTT client, with TLS when
-    configured (the box verifies the broker against the clinic CA)."""
+    """connect_fn for the MQTT client: a csfw.net.Connector (DNS once and
+    cached, TCP with a 3 s timeout, then TLS with CERT_REQUIRED against the
+    clinic CA in mq["ca_file"] and the broker name checked against
+    mq["host"]).  MicroPython's ssl does not verify by default
+    (SSLContext starts with CERT_NONE); csfw.net sets it.  The same code runs
+    on the MicroPython Unix port in tests/firmware/test_tls_unix_port.py."""
+    import socket
+    import ssl
+
+    return net.make_connector(mq, socket, ssl if mq.get("tls") else None)
+
+
+def make_ntp_sync(clock, host):
+    """ntp_sync() for the app: one blocking step per call (DNS first, then
+    one query with a 1 s timeout); None when NTP is off (ntp_host "")."""
+    if not host:
+        return None
     import socket
 
-    host = mq["host"]
-    port = mq["port"]
-    ca_data = None
-    if mq.get("tls"):
-        with open(mq.get("ca_file", "ca.crt"), "rb") as f:
-            ca_data = f.read()
+    ntp = net.NtpClient(host, socket, timeout_s=1)
 
-    def connect_fn():
-        addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
-        sock = socket.socket()
-        # TCP connect (3 s) + CONNACK wait (3 s, csfw.app) stay under the 8 s watchdog
-        sock.settimeout(3)
-        try:
-            sock.connect(addr)
-            if ca_data is not None:
-                import ssl
-
-                # PROTOCOL_TLS_CLIENT verifies the server certificate
-                # (CERT_REQUIRED) by default in MicroPython's ssl module
-                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                ctx.load_verify_locations(cadata=ca_data)
-                sock = ctx.wrap_socket(sock, server_hostname=host)
-        except Exception:
-            sock.close()
-            raise
-        return sock
-
-    return connect_fn
-
-
-def make_ntp_sync(clock):
     def ntp_sync():
-        import ntptime
-
-        ntptime.settime()  # sets the RTC to UTC; raises OSError when unreachable
-        clock.set_epoch_ms(time.time() * 1000)
+        ms = ntp()
+        if ms is False:
+            return False  # resolved only: the query runs in a later poll
+        clock.set_epoch_ms(ms)
+        return True
 
     return ntp_sync
 
@@ -128,7 +116,7 @@ def main():
         wdt=machine.WDT(timeout=WDT_TIMEOUT_MS),
         led_pin=machine.Pin(pins["led"], machine.Pin.OUT),
         reset_cause=reset_cause(),
-        ntp_sync=make_ntp_sync(clock),
+        ntp_sync=make_ntp_sync(clock, cfg.get("ntp_host")),
         i2c=i2c,
     )
     boot = next_boot_count(os, FS_DIR)
@@ -139,4 +127,7 @@ def main():
         time.sleep_ms(LOOP_SLEEP_MS)
 
 
-main()
+# The board runs main.py as __main__; tests import it (fake machine/network)
+# to run make_connect_fn on the MicroPython Unix port.
+if __name__ == "__main__":
+    main()

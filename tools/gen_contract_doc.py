@@ -56,7 +56,9 @@ def render(contract: dict[str, Any]) -> str:
         msg = contract["messages"][kind]
         out += ["", f"### `{kind}` — {msg['doc']}", ""] + _field_table(msg["fields"])
     out += ["", "### Commands to the box (`cmd` topic)", "",
-            "Envelope: `v`, `cmd`, `id` (answered on `resp` with the same `id`).", "",
+            ("Envelope: `v`, `cmd`, `id` (answered on `resp` with the same `id`), optional `exp` "
+             "(ms since 1970-01-01 UTC: a box with a synchronised clock ignores the command "
+             "after it and counts it in `cmd_expired`)."), "",
             "| cmd | arguments | meaning |", "|---|---|---|"]
     for name in sorted(contract["commands"]):
         spec = contract["commands"][name]

@@ -54,6 +54,11 @@ NTP_RETRY_MS = 600000
 MAX_PENDING = 8
 CONNECT_TIMEOUT_MS = 3000  # CONNACK wait; see firmware/main.py for the TCP part
 SERIAL_ACK_TIMEOUT_MS = 10000  # the bridge answers `A` within ms when the broker is up
+# A `time` command is applied only in the boot whose message it answers and
+# at most this long (box uptime) after that message's `up`: a command the
+# broker queued during an outage would set the clock back by the outage and
+# make the gateway file live readings as history (issue 17).
+TIME_CMD_MAX_AGE_MS = 30000
 
 KIND_VITALS = 1
 KIND_NIBP = 2
@@ -216,6 +221,7 @@ class App:
         self.errors = 0  # exceptions caught in the loop (a fault is a status)
         self.published_live = 0
         self.published_hist = 0
+        self.cmd_expired = 0  # commands ignored as stale (status field cmd_expired)
         interval = cfg.get("nibp_interval_s", 0)
         if interval:
             self.nibp.set_interval(interval, now)
@@ -231,18 +237,22 @@ class App:
             will_retain=True, clean_session=False, max_inflight=8,
             on_message=self._on_message)
         wifi = cfg.get("wifi") or {}
-        # a connect attempt blocks the loop: with main.py's 3 s TCP timeout it
-        # stays well under the 8 s watchdog
+        # a connect attempt blocks the loop; with a csfw.net.Connector as
+        # connect_fn, DNS, TCP + TLS and CONNECT/CONNACK each get a poll of
+        # their own (3 s bounds each), so the watchdog is fed between them
         self.link = mqtt_link(hw.wlan, self.mqtt, ssid=wifi.get("ssid"), key=wifi.get("key"),
                               connect_timeout_ms=CONNECT_TIMEOUT_MS, on_online=self._on_online,
-                              on_offline=self._on_offline, clock_rand=hw.rand)
+                              on_offline=self._on_offline, clock_rand=hw.rand,
+                              prepare=hw.connect_fn if hasattr(hw.connect_fn, "prepare") else None)
 
     # -- loop ------------------------------------------------------------
     def poll(self):
         now = self.clock.now_ms()
+        # the byte parsers' 30-bit tick: a small int at any uptime (issue 17)
+        tick = self.clock.tick_ms() if hasattr(self.clock, "tick_ms") else now & 0x3FFFFFFF
         try:
-            self.oxi.poll(now)
-            result = self.nibp.poll(now)
+            self.oxi.poll(now, tick)
+            result = self.nibp.poll(now, tick)
             if result is not None:
                 self._record_nibp(result, now)
             if now >= self._next_vitals:
@@ -254,6 +264,7 @@ class App:
         except Exception as exc:  # a sensor fault is a status, never a crash
             self._fault("sensors", exc)
         try:
+            was_online = self.link.online
             self.link.poll(now)
             self._commit_confirmed()
             if self.link.online:
@@ -263,7 +274,8 @@ class App:
                 if now >= self._next_status:
                     self._next_status = now + STATUS_PERIOD_MS
                     self._publish_status(now)
-                self._maybe_ntp(now)
+                if was_online:  # never NTP in the poll that connected (watchdog)
+                    self._maybe_ntp(now)
             elif now >= self._next_flush:
                 self._next_flush = now + FLUSH_PERIOD_MS
                 self.spool.flush()  # bound what a power cut during an outage loses
@@ -494,6 +506,7 @@ class App:
             "spool": self.spool.depth, "dropped": self.spool.dropped + self.pending_dropped,
             "oxi": self.oxi.health(now), "nibp": self.nibp.health(now),
             "rssi": self.link.rssi(), "link": "wifi" if self.hw.serial_link is None else "usb",
+            "cmd_expired": self.cmd_expired,
         }
 
     def _publish_status(self, now):
@@ -509,7 +522,8 @@ class App:
             return
         self._next_ntp = now + NTP_RETRY_MS
         try:
-            self.hw.ntp_sync()
+            if self.hw.ntp_sync() is False:  # did its DNS step only: query next poll
+                self._next_ntp = now + 1000
         except Exception as exc:  # NTP unreachable: the gateway's time command covers it
             self._fault("ntp", exc)
 
@@ -531,7 +545,16 @@ class App:
                                 self.clock.synced, False)
         self._queue(self.topics.resp, contract.resp_payload(env, cmd_id, cmd, ok, err), False, now)
 
+    def _stale(self, cmd, reason):
+        self.cmd_expired += 1
+        self.last_error = "cmd " + cmd + ": " + reason
+        print("chairside: ignored", cmd, "command:", reason)
+        return False, reason
+
     def _run_command(self, cmd, args, now):
+        exp = args.get("exp")
+        if exp is not None and self.clock.synced and self.clock.epoch_ms() > exp:
+            return self._stale(cmd, "expired")
         if cmd == "nibp_start":
             if not self.nibp.start(now):
                 return False, "busy"
@@ -540,6 +563,11 @@ class App:
         elif cmd == "nibp_interval":
             self.nibp.set_interval(args["s"], now)
         elif cmd == "time":
+            if "boot" not in args:
+                return self._stale(cmd, "stale_unsafe")  # cannot tell how old it is
+            age = now - args["up"]
+            if args["boot"] != self.boot or age < 0 or age > TIME_CMD_MAX_AGE_MS:
+                return self._stale(cmd, "expired")
             self.clock.set_epoch_ms(args["t"])
         elif cmd == "status":
             self._publish_status(now)

@@ -1,23 +1,32 @@
 # BCI pulse-oximeter serial protocol (common OEM SpO2 modules).
 #
-# Frame layout, as documented for these modules (5 bytes, 4800 baud 8N1,
-# 60 frames per second; bit 7 is the sync bit, set only in byte 1):
+# Frame layout (5 bytes, 4800 baud 8N1; bit 7 is the sync bit, set only in
+# byte 1; no checksum).  docs/hardware-protocols.md cites the sources per
+# field and marks where they disagree:
 #
-#   byte 1: 1 | beep | probe unplugged | searching too long | signal 3..0 (0-8)
+#   byte 1: 1 | beep | bit 5 | bit 4 | signal 3..0 (0-8)
+#           bit 5: "probe unplugged" (vendor sheet) or "SpO2 decreasing"
+#           (translated manual); bit 4: "no signal" or "searching too long"
 #   byte 2: 0 | pleth 6..0 (plethysmogram sample, 0-127)
 #   byte 3: 0 | PR bit 7 | searching | no finger (sensor error) | bar 3..0
 #   byte 4: 0 | PR bits 6..0
 #   byte 5: 0 | SpO2 6..0 (0-100 %; 127 = invalid)
 #
+# Frame rate: 60/s in one source, 100/s in another; the plausibility check
+# (csfw.oximeter) accepts both.  Because byte 1 bits 4/5 may mean "SpO2
+# decreasing", they never withhold valid numbers: the box reports a value
+# whenever SpO2 and PR are valid and the frame stream is plausible.
+#
 # Pulse rate is 8 bits (PR bit 7 from byte 3); 255 is the invalid marker.
 # Some 7-bit variants mark an invalid pulse rate with 127 instead: pass
-# pr_invalid=127 for those modules.  Sources: the module vendors' BCI protocol
-# sheets (public protocol descriptions of common OEM SpO2 modules) and a
-# translated vendor manual (4800 baud, 60 packets/s, bit layout above).
+# pr_invalid=127 for those modules.
 #
 # The parser consumes one byte at a time and allocates nothing: the frame is
 # kept in a preallocated bytearray, results in integer attributes (-1 =
-# invalid), counters are masked to stay small ints on MicroPython.
+# invalid), counters are masked to stay small ints on MicroPython.  `run`
+# counts frames received back to back with no stray byte between them (BCI
+# frames carry no checksum: random bytes form a "frame" about once in 32
+# tries, a run of 10 about once in 10^15).
 try:
     from micropython import const
 except ImportError:  # CPython
@@ -51,6 +60,7 @@ F_SEARCHING = const(0x08)
 F_SEARCH_TOO_LONG = const(0x10)
 
 _CMASK = const(0x3FFFFFFF)  # keep counters small ints on MicroPython
+RUN_CAP = const(1000)
 
 
 def encode_frame(sig, pleth, pr, spo2, probe_unplugged=False, no_finger=False,
@@ -132,19 +142,23 @@ class BciParser:
         self.frames = 0
         self.resync = 0
         self.garbage = 0
+        self.run = 0  # frames back to back, no stray byte between them
 
     def reset(self):
         self._idx = 0
+        self.run = 0
 
     def feed(self, b):
         if b & SYNC:
             if self._idx:
                 self.resync = (self.resync + 1) & _CMASK
+                self.run = 0
             self._buf[0] = b
             self._idx = 1
             return False
         if not self._idx:
             self.garbage = (self.garbage + 1) & _CMASK
+            self.run = 0
             return False
         self._buf[self._idx] = b
         self._idx += 1
@@ -153,6 +167,8 @@ class BciParser:
         self._idx = 0
         self._decode()
         self.frames = (self.frames + 1) & _CMASK
+        if self.run < RUN_CAP:
+            self.run += 1
         return True
 
     def _decode(self):

@@ -30,6 +30,7 @@ TOP_DEFAULTS = {
     "hist_ram_records": 64,
     "spool_kb": 512,
     "sensor": "oem",
+    "ntp_host": "pool.ntp.org",
 }
 SENSORS = ("oem", "max30102")
 WIFI_DEFAULTS = {"ssid": "", "key": ""}
@@ -189,6 +190,7 @@ def validate(given):
         raise ConfigError("nibp_interval_s: 0 (off) or at least 60")
     _int(cfg, "hist_ram_records", 8, 512, "hist_ram_records")
     _int(cfg, "spool_kb", 64, 1024, "spool_kb")
+    _str(cfg, "ntp_host", "ntp_host", 0, 253)
     if cfg.get("sensor") not in SENSORS:
         raise ConfigError("sensor: one of oem, max30102 (max30102 is not clinically validated)")
     return cfg

@@ -124,6 +124,11 @@ def parse_command(payload):
     if cmd not in COMMANDS:
         raise CommandError("unknown_cmd", cmd_id)
     args = {}
+    exp = msg.get("exp")
+    if exp is not None:
+        if not _is_int(exp) or exp < 0 or exp > 4102444800000:
+            raise CommandError("bad_arg:exp", cmd_id, cmd)
+        args["exp"] = exp
     if cmd == "nibp_interval":
         s = msg.get("s")
         if not _is_int(s) or s < 0 or s > 3600 or (0 < s < 60):
@@ -134,6 +139,17 @@ def parse_command(payload):
         if not _is_int(t) or t < 0 or t > 4102444800000:
             raise CommandError("bad_arg:t", cmd_id, cmd)
         args["t"] = t
+        # boot/up echo the box message the gateway answered (stale check in
+        # csfw.app); a time command without them is refused there
+        boot = msg.get("boot")
+        up = msg.get("up")
+        if boot is not None or up is not None:
+            if not _is_int(boot) or boot < 0 or boot > 2147483647:
+                raise CommandError("bad_arg:boot", cmd_id, cmd)
+            if not _is_int(up) or up < 0 or up > 4294967295000:
+                raise CommandError("bad_arg:up", cmd_id, cmd)
+            args["boot"] = boot
+            args["up"] = up
     return cmd, cmd_id, args
 
 

@@ -28,9 +28,11 @@ WIFI_LOST = "wifi_lost"            # association dropped while connecting/online
 BROKER_REFUSED = "broker_refused"  # CONNACK return code != 0 (MQTTError)
 BROKER_UNREACHABLE = "broker_unreachable"  # TCP/timeout during connect (OSError)
 BROKER_LOST = "broker_lost"        # the online poll raised (dead link, ping timeout)
+DNS_FAILED = "dns_failed"          # the broker's name did not resolve
+BROKER_UNTRUSTED = "broker_untrusted"  # TLS: certificate not from the clinic CA / wrong name
 
 CAUSES = (WIFI_TIMEOUT, WIFI_ERROR, WIFI_LOST, BROKER_REFUSED, BROKER_UNREACHABLE,
-          BROKER_LOST)
+          BROKER_LOST, DNS_FAILED, BROKER_UNTRUSTED)
 
 
 def _default_rand():
@@ -53,13 +55,18 @@ class Link:
     on_online(session_present, now): after each successful connect.
     on_offline(cause, now): whenever the ONLINE state is left.
     clock_rand(): float in [0, 1) for the backoff jitter.
+    prepare: optional object (csfw.net.Connector) whose prepare(now) does one
+        blocking step before the CONNECT (DNS, then TCP + TLS) and returns
+        True when it did one: each step then gets a poll of its own, so the
+        watchdog is fed between DNS, the TLS handshake and the CONNACK wait.
     """
 
     def __init__(self, wlan, connect_mqtt, clock_rand=None, min_backoff_ms=1000,
                  max_backoff_ms=60000, wifi_timeout_ms=15000, ssid=None, key=None,
                  poll_online=None, close_mqtt=None, on_online=None, on_offline=None,
-                 jitter_frac=0.25):
+                 jitter_frac=0.25, prepare=None):
         self.wlan = wlan
+        self._prepare = prepare
         self._connect_mqtt = connect_mqtt
         self._rand = clock_rand or _default_rand
         self.min_backoff_ms = min_backoff_ms
@@ -129,6 +136,8 @@ class Link:
                 self._close_mqtt()
             except Exception:
                 pass
+        if self._prepare is not None:
+            self._prepare.discard()  # a socket opened for a CONNECT never sent
         self.failures[cause] = self.failures.get(cause, 0) + 1
         self.last_cause = cause
         self.last_error = error
@@ -183,6 +192,17 @@ class Link:
             if not self._wifi_up():
                 self._fail(now, WIFI_LOST)
                 return self.state
+            if self._prepare is not None:
+                dns = self._prepare.needs_resolve
+                try:
+                    if self._prepare.prepare(now):
+                        return self.state  # one blocking step per poll
+                except OSError as exc:
+                    self._fail(now, DNS_FAILED if dns else BROKER_UNREACHABLE, exc)
+                    return self.state
+                except Exception as exc:  # mbedtls: ValueError on a failed verification
+                    self._fail(now, BROKER_UNTRUSTED, exc)
+                    return self.state
             try:
                 present = self._connect_mqtt(now)
             except OSError as exc:

@@ -1,19 +1,23 @@
-# NIBP driver: SunTech-style module on a UART, as an explicit state machine.
+# NIBP driver: SunTech Advantage OEM module on a UART, as an explicit state
+# machine (protocol and sources: csfw/suntech.py, docs/hardware-protocols.md).
 #
-#   IDLE --start()--> STARTING --ack--> MEASURING --status done--> READING
-#     ^                                   | (GET_STATUS every 1 s)      |
-#     +----------- result from poll() ----+-----------------------------+
-#   stop() / 150 s limit -> ABORTING (abort, retried) -> IDLE
+#   IDLE --start()--> STARTING --'O'--> MEASURING --'K'--> READING --data--> IDLE
+#                                        (cuff pressure polled every 1 s)
+#   stop() / 150 s limit -> ABORTING (abort, retried, 'A') -> IDLE
 #
-# One command is outstanding at a time.  No answer within CMD_TIMEOUT_MS ->
+# One command is outstanding at a time.  The module announces the end of a
+# measurement on its own ('K', or 'E' for an error); the box then asks for the
+# BP data (24 bytes; error code 0 = valid).  No answer within CMD_TIMEOUT_MS ->
 # resend, at most RETRIES times; then the measurement ends with an error
 # result (err E_NO_RESPONSE) and health() says "silent" until the module
 # answers again.  A measurement lasting longer than MAX_MEASURE_MS is aborted
 # (deflate) and ends with an error result (err E_BOX_TIMEOUT).  While idle the
-# module is asked for its status every IDLE_PING_MS so health() stays true.
+# module is asked for its cuff pressure every IDLE_PING_MS so health() stays
+# true.
 #
-# Per-byte work (ResponseParser.feed) allocates nothing; deadlines are
-# computed only on state transitions and compared, never recomputed per byte.
+# Per-byte work (ResponseParser.feed) allocates nothing at any uptime: it
+# runs on a 30-bit tick (csfw.clock); deadlines of the state machine use
+# `now` and are computed only on transitions.
 try:
     from micropython import const
 except ImportError:  # CPython
@@ -42,7 +46,7 @@ HEALTH_ERROR = "error"
 
 _CMD_START = suntech.command(suntech.START_BP)
 _CMD_ABORT = suntech.command(suntech.ABORT_BP)
-_CMD_STATUS = suntech.command(suntech.GET_STATUS)
+_CMD_CUFF = suntech.command(suntech.GET_CUFF_PRESSURE)
 _CMD_BP_DATA = suntech.command(suntech.GET_BP_DATA)
 
 
@@ -65,8 +69,9 @@ class Nibp:
         self._idle_ping = None
         self._health = HEALTH_SILENT
         self._result = None
-        self.last_module_state = -1
+        self.cuff_mmhg = -1          # last cuff pressure the module reported
         self.last_module_err = 0
+        self._error_seen = False     # the module sent 'E' during this measurement
         self.timeouts = 0
         self.measurements = 0
         self.failures = 0
@@ -107,16 +112,20 @@ class Nibp:
     def health(self, now):
         return self._health
 
-    def poll(self, now):
+    def poll(self, now, tick=None):
         """Drive the state machine; returns (ok, sys, dia, map, pr, err) once
-        when a measurement completes or fails, else None."""
+        when a measurement completes or fails, else None.  tick: the clock's
+        30-bit tick for the byte parser (derived from now when not given)."""
         self._result = None
-        self._read(now)
+        if tick is None:
+            tick = now & suntech.TICK_MASK
+        self._read(now, tick)
         if self._cmd is not None and now >= self._deadline:
             self._timeout(now)
         st = self.state
         if st == MEASURING and self._cmd is None and now >= self._next_status:
-            self._send(_CMD_STATUS, now)
+            self._next_status = now + STATUS_EVERY_MS
+            self._send(_CMD_CUFF, now)
         if (st == STARTING or st == MEASURING or st == READING) and now > self._limit:
             self._fail(suntech.E_BOX_TIMEOUT)
             self._abort(now)
@@ -125,7 +134,7 @@ class Nibp:
                 self.start(now)
             elif self._idle_ping is None or now >= self._idle_ping:
                 self._idle_ping = now + IDLE_PING_MS
-                self._send(_CMD_STATUS, now)
+                self._send(_CMD_CUFF, now)
         return self._result
 
     def counters(self):
@@ -172,7 +181,7 @@ class Nibp:
         self.inflating = False
         self._result = (False, None, None, None, None, err)
 
-    def _read(self, now):
+    def _read(self, now, tick):
         uart = self._uart
         buf = self._buf
         parser = self.parser
@@ -186,58 +195,56 @@ class Nibp:
             if not n:
                 return
             for i in range(n):
-                if parser.feed(buf[i], now):
+                if parser.feed(buf[i], tick):
                     self._on_frame(now)
 
     def _on_frame(self, now):
         p = self.parser.payload
         n = self.parser.n
-        kind = p[0]
+        st = self.state
+        if n == suntech.N_CHAR and (p[0] == suntech.R_DONE or p[0] == suntech.R_ERROR):
+            # sent by the module on its own when a measurement ends
+            self._health = HEALTH_OK
+            if st == MEASURING or st == STARTING:
+                self._error_seen = p[0] == suntech.R_ERROR
+                self.state = READING
+                self._send(_CMD_BP_DATA, now)
+            return
         cmd = self._cmd
         if cmd is None:
             return  # unsolicited or late answer: ignore
-        st = self.state
         try:
-            if cmd is _CMD_STATUS and kind == suntech.R_STATUS:
+            if cmd is _CMD_CUFF and n == suntech.N_CUFF:
                 self._cmd = None
                 self._health = HEALTH_OK
-                mstate, err = suntech.decode_status(p[:n])
-                self.last_module_state = mstate
-                self.last_module_err = err
-                if st == MEASURING:
-                    if mstate == suntech.ST_ERROR:
-                        self._fail(err or suntech.E_BAD_RESPONSE)
-                        self.state = IDLE
-                    elif mstate == suntech.ST_DONE or mstate == suntech.ST_IDLE:
-                        self.state = READING
-                        self._send(_CMD_BP_DATA, now)
-                    else:
-                        self._next_status = now + STATUS_EVERY_MS
-            elif cmd is _CMD_START and kind == suntech.R_START:
+                self.cuff_mmhg = suntech.decode_cuff(p[:n])
+            elif cmd is _CMD_START and n == suntech.N_CHAR and p[0] == suntech.R_ACK:
                 self._cmd = None
                 self._health = HEALTH_OK
                 if st == STARTING:
                     self.state = MEASURING
+                    self._error_seen = False
                     self._next_status = now + STATUS_EVERY_MS
-            elif cmd is _CMD_BP_DATA and kind == suntech.R_BP_DATA:
+            elif cmd is _CMD_BP_DATA and n == suntech.N_BP_DATA:
                 self._cmd = None
                 self._health = HEALTH_OK
                 sys_, dia, map_, pr, err = suntech.decode_bp_data(p[:n])
+                self.last_module_err = err
                 self.state = IDLE
                 self._idle_ping = now + IDLE_PING_MS
-                if err:
-                    self._fail(err)
+                if err or self._error_seen:
+                    self._fail(err or suntech.E_MODULE_ERROR)
                 else:
                     self.measurements += 1
                     self.inflating = False
                     self._result = (True, sys_, dia, map_, pr, 0)
-            elif cmd is _CMD_ABORT and kind == suntech.R_ABORT:
+            elif cmd is _CMD_ABORT and n == suntech.N_CHAR and p[0] == suntech.R_ABORTED:
                 self._cmd = None
                 self._health = HEALTH_OK
                 self.state = IDLE
                 self._idle_ping = now + IDLE_PING_MS
         except ValueError:
-            # malformed payload for the expected answer: module misbehaving
+            # malformed data for the expected answer: module misbehaving
             self._health = HEALTH_ERROR
             self._cmd = None
             if st == STARTING or st == MEASURING or st == READING:

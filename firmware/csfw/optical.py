@@ -26,7 +26,7 @@ class OpticalOximeter:
         except (OSError, Max30102Error) as exc:  # wrong part or no answer: a status, not a crash
             self.error = exc
 
-    def poll(self, now):
+    def poll(self, now, tick=None):
         if self.error is not None or now < self._next_read:
             return
         self._next_read = now + READ_PERIOD_MS

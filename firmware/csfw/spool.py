@@ -32,8 +32,13 @@
 # gateway stores a reading at the time it was measured (same point again).
 #
 # Identity and time: a record keeps the reading's boot counter, sequence
-# number (24 bits: ~194 days at 1 Hz) and uptime `up` (ms, 32 bits: 49.7 days)
-# plus the sync flag.  The app rebuilds the device time t from the boot's
+# number (26 bits: ~2.1 years at 1 Hz) and uptime `up` (ms, up to 63 * 2**32: ~8.5
+# years; it was 32 bits, 49.7 days, before issue 17) plus the sync flag.
+# The extra bits live in fields that had room: seq bits 24-25 in head bits
+# 2-3, up bits 32-37 in the top 6 bits of the 16-bit pulse-rate field (pulse
+# rate 0..1022, 0x3FF = none).  A record written by the older layout reads
+# the same (its spare bits are 0; its "no pulse rate" marker 0xFFFF is
+# recognised).  The app rebuilds the device time t from the boot's
 # epoch when it replays, and the gateway from the boot time it learned, so a
 # replayed reading is stored at exactly the timestamp a live one would have
 # had (idempotent writes).
@@ -57,11 +62,19 @@ STATES = ("ok", "searching", "no_finger", "probe_off", "no_data")
 
 _NONE8 = const(0xFF)
 _NONE16 = const(0xFFFF)
+_PR_NONE = const(0x3FF)  # 10-bit pulse rate: none
+UP_HI_MAX = const(63)  # up < 63 * 2**32 ms (8.5 years): 0xFFFF stays the legacy marker
+SEQ_BITS = const(26)
 _CHUNK = const(256)
 _SEG_SUFFIX = ".sp"
+ENOSPC = const(28)
+# kept free on the filesystem beyond the spool: littlefs needs spare blocks
+# for copy-on-write metadata, and boot.count / cursor / config live there too
+FS_RESERVE_BYTES = const(64 * 1024)
 _CURSOR = "cursor"
 
-# head byte: kind << 4 | flags.  vitals flags: 1 sync, 2 cuff; nibp: 1 sync, 2 ok
+# head byte: kind << 4 | seq bits 24-25 << 2 | flags.  vitals flags: 1 sync,
+# 2 cuff; nibp: 1 sync, 2 ok.  pr: up bits 32-37 << 10 | pulse rate (10 bits)
 # vitals: head st<<4|sig boot seq_hi seq_lo up spo2 pr crc
 _VITALS_FMT = ">BBHBHIBHH"
 # nibp: head err boot seq_hi seq_lo up sys dia map pr crc
@@ -88,6 +101,23 @@ def _v16(v):
     return None if v == _NONE16 else v
 
 
+def _pr_up(pr, up_hi):
+    """Pulse rate (None or 0..1022) and up bits 32-37 -> the 16-bit field."""
+    if pr is None:
+        pr = _PR_NONE
+    elif pr < 0 or pr >= _PR_NONE:
+        raise ValueError("pr")
+    return (up_hi << 10) | pr
+
+
+def _pr_of(field):
+    """16-bit field -> (pulse rate or None, up bits 32-37)."""
+    if field == _NONE16:  # the layout before issue 17: no pulse rate, up < 2**32
+        return None, 0
+    pr = field & _PR_NONE
+    return (None if pr == _PR_NONE else pr), field >> 10
+
+
 def vitals_record(boot, seq, up, sync, spo2, pr, sig, st, cuff=0):
     """Build the tuple push() takes for one vitals reading."""
     return (KIND_VITALS, boot, seq, up, 1 if sync else 0, spo2, pr, sig, st, 1 if cuff else 0)
@@ -112,23 +142,28 @@ def encode_record(rec):
     """Record tuple (see vitals_record / nibp_record) -> bytes."""
     kind = rec[0]
     boot = rec[1] & 0xFFFF
-    seq = rec[2] & 0xFFFFFF
-    up = rec[3] & 0xFFFFFFFF
-    flags = 1 if rec[4] else 0
+    seq = rec[2] & 0x3FFFFFF  # SEQ_BITS
+    up = rec[3]
+    up_hi = up >> 32
+    if up < 0 or up_hi >= UP_HI_MAX:
+        raise ValueError("up")
+    up = up & 0xFFFFFFFF
+    flags = (1 if rec[4] else 0) | ((seq >> 24) << 2)
+    seq = seq & 0xFFFFFF
     if kind == KIND_VITALS:
         buf = bytearray(VITALS_LEN)
         if rec[9]:
             flags |= 2
         st = STATES.index(rec[8])
         struct.pack_into(_VITALS_FMT, buf, 0, (KIND_VITALS << 4) | flags, (st << 4) | (rec[7] & 0x0F),
-                         boot, seq >> 16, seq & 0xFFFF, up, _n8(rec[5]), _n16(rec[6]), 0)
+                         boot, seq >> 16, seq & 0xFFFF, up, _n8(rec[5]), _pr_up(rec[6], up_hi), 0)
     elif kind == KIND_NIBP:
         buf = bytearray(NIBP_LEN)
         if rec[5]:
             flags |= 2
         struct.pack_into(_NIBP_FMT, buf, 0, (KIND_NIBP << 4) | flags, rec[10] & 0xFF, boot,
                          seq >> 16, seq & 0xFFFF, up, _n16(rec[6]), _n16(rec[7]), _n16(rec[8]),
-                         _n16(rec[9]), 0)
+                         _pr_up(rec[9], up_hi), 0)
     else:
         raise ValueError("kind")
     n = len(buf)
@@ -150,16 +185,41 @@ def decode_record(buf, off=0):
     if binascii.crc32(mv[:n - 2]) & 0xFFFF != crc:
         return None
     head = mv[0]
+    s_top = ((head >> 2) & 3) << 24
     if n == VITALS_LEN:
-        _, stsig, boot, s_hi, s_lo, up, spo2, pr, _ = struct.unpack_from(_VITALS_FMT, mv, 0)
+        _, stsig, boot, s_hi, s_lo, up, spo2, prf, _ = struct.unpack_from(_VITALS_FMT, mv, 0)
         st = stsig >> 4
         if st >= len(STATES):
             return None
-        return (KIND_VITALS, boot, (s_hi << 16) | s_lo, up, head & 1, _v8(spo2), _v16(pr),
-                stsig & 0x0F, STATES[st], (head >> 1) & 1)
-    _, err, boot, s_hi, s_lo, up, s, d, m, pr, _ = struct.unpack_from(_NIBP_FMT, mv, 0)
-    return (KIND_NIBP, boot, (s_hi << 16) | s_lo, up, head & 1, (head >> 1) & 1,
-            _v16(s), _v16(d), _v16(m), _v16(pr), err)
+        pr, up_hi = _pr_of(prf)
+        return (KIND_VITALS, boot, s_top | (s_hi << 16) | s_lo, (up_hi << 32) | up, head & 1,
+                _v8(spo2), pr, stsig & 0x0F, STATES[st], (head >> 1) & 1)
+    _, err, boot, s_hi, s_lo, up, s, d, m, prf, _ = struct.unpack_from(_NIBP_FMT, mv, 0)
+    pr, up_hi = _pr_of(prf)
+    return (KIND_NIBP, boot, s_top | (s_hi << 16) | s_lo, (up_hi << 32) | up, head & 1,
+            (head >> 1) & 1, _v16(s), _v16(d), _v16(m), pr, err)
+
+
+def errno_of(exc):
+    n = getattr(exc, "errno", None)
+    if n is None and exc.args and isinstance(exc.args[0], int):
+        n = exc.args[0]
+    return n
+
+
+def fs_budget(os_module, path, want_bytes, seg_bytes, spool_bytes=0):
+    """The spool size the filesystem at `path` can really hold: free space
+    (os.statvfs: f_bsize * f_bfree) plus what the spool already uses, minus
+    FS_RESERVE_BYTES, in whole segments, at most want_bytes and at least two
+    segments.  A Pico W's littlefs is ~848 KB, so spool_kb 1024 is bounded
+    here.  Without statvfs (some test stand-ins) want_bytes is returned."""
+    try:
+        st = os_module.statvfs(path)
+    except (AttributeError, OSError):
+        return want_bytes
+    room = st[0] * st[3] + spool_bytes - FS_RESERVE_BYTES
+    room = room // seg_bytes * seg_bytes
+    return max(2 * seg_bytes, min(want_bytes, room))
 
 
 class Spool:
@@ -172,13 +232,20 @@ class Spool:
         self._ram_head = 0  # index of the oldest record in the ring
         self._ram_n = 0
         self._seg_bytes = seg_bytes
-        self._max_segs = max(2, max_bytes // seg_bytes)
         self.dropped = 0  # records dropped since this object was made (boot)
         self.write_errors = 0
         self._base = 0  # records removed from the head so far (commit, drops): index origin
         self._rd = None  # (index, seg, off): where flash record `index` starts (peek cache)
+        self.fs_full = 0  # writes refused by a full filesystem (ENOSPC)
         self._ensure_dir()
         self._segs = self._list_segments()
+        # bound the configured size by what the filesystem can hold now
+        self.max_bytes = fs_budget(self._os, self._dir, max_bytes, seg_bytes,
+                                   self._spool_bytes())
+        self._max_segs = max(2, self.max_bytes // seg_bytes)
+        if self.max_bytes < max_bytes:
+            print("chairside: spool limited to", self.max_bytes // 1024,
+                  "KB by the filesystem (configured", max_bytes // 1024, "KB)")
         self._cur_seg, self._cur_off = self._load_cursor()
         # count what is waiting, and find a clean place to append
         self._flash_n = 0
@@ -221,40 +288,66 @@ class Spool:
         self._ram_n += 1
 
     def flush(self):
-        """Write every RAM record to flash (call before a planned reset too)."""
-        if self._ram_n == 0:
-            return 0
+        """Write every RAM record to flash (call before a planned reset too).
+
+        Records leave the RAM ring only after the file they were appended to
+        was closed without error (littlefs commits a file on close): a full
+        or failing flash keeps them in RAM, where push() counts every one it
+        has to drop."""
         written = 0
+        while self._ram_n:
+            n = self._write_session()
+            if n <= 0:
+                break
+            written += n
+        return written
+
+    def _write_session(self):
+        """Append RAM records to the current segment in one open/close."""
+        size = len(self._ram)
+        first = encode_record(self._ram[self._ram_head])
+        if self._wsize + len(first) > self._seg_bytes:
+            self._rotate()
+        if not self._segs or self._segs[-1] != self._wseg:
+            self._make_room()
         f = None
+        n = 0
+        end = self._wsize
         try:
-            while self._ram_n:
-                rec = self._ram[self._ram_head]
-                data = encode_record(rec)
-                if f is None or self._wsize + len(data) > self._seg_bytes:
-                    if f is not None:
-                        f.close()
-                        f = None
-                    if self._wsize + len(data) > self._seg_bytes:
-                        self._rotate()
-                    f = self._open(self._seg_path(self._wseg), "ab")
-                    if not self._segs or self._segs[-1] != self._wseg:
-                        self._segs.append(self._wseg)
+            f = self._open(self._seg_path(self._wseg), "ab")
+            if not self._segs or self._segs[-1] != self._wseg:
+                self._segs.append(self._wseg)
+            data = first
+            while True:
                 f.write(data)
-                self._wsize += len(data)
-                self._flash_n += 1
-                self._ram_pop(1)
-                written += 1
-        except OSError:
+                end += len(data)
+                n += 1
+                if n >= self._ram_n:
+                    break
+                data = encode_record(self._ram[(self._ram_head + n) % size])
+                if end + len(data) > self._seg_bytes:
+                    break
+            f.close()
+            f = None
+        except OSError as exc:
             self.write_errors += 1
-            self._wseg += 1  # the failed segment may have a torn tail
-            self._wsize = 0
-        finally:
             if f is not None:
                 try:
                     f.close()
                 except OSError:
-                    self.write_errors += 1
-        return written
+                    pass
+            self._wseg += 1  # the failed segment may have a torn tail
+            self._wsize = 0
+            if errno_of(exc) == ENOSPC:
+                # the filesystem holds less than max_bytes: from now on keep
+                # one segment fewer (the oldest goes, its records counted)
+                self.fs_full += 1
+                self._max_segs = max(2, len(self._segs) - 1)
+            return 0
+        self._wsize = end
+        self._flash_n += n
+        self._ram_pop(n)
+        return n
 
     def next_batch(self, n):
         """Up to n oldest records, oldest first (flash, then RAM).
@@ -395,6 +488,12 @@ class Spool:
         segs.sort()
         return segs
 
+    def _spool_bytes(self):
+        total = 0
+        for seg in self._segs:
+            total += self._file_size(seg)
+        return total
+
     def _file_size(self, seg):
         try:
             return self._os.stat(self._seg_path(seg))[6]
@@ -451,6 +550,11 @@ class Spool:
     def _rotate(self):
         self._wseg += 1
         self._wsize = 0
+        self._make_room()
+
+    def _make_room(self):
+        """Delete the oldest segments until a new one fits in _max_segs
+        (their unread records are counted in `dropped`)."""
         while len(self._segs) >= self._max_segs:
             oldest = self._segs.pop(0)
             start = self._cur_off if oldest == self._cur_seg else 0

@@ -18,6 +18,10 @@ class SimClock:
     def now_ms(self):
         return self._uptime
 
+    def tick_ms(self):
+        """csfw.clock.BoardClock.tick_ms: uptime mod 2**30."""
+        return self._uptime & 0x3FFFFFFF
+
     def advance(self, ms):
         self._uptime += int(ms)
 

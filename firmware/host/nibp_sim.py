@@ -1,14 +1,18 @@
-"""Simulated SunTech-style NIBP module answering the box over a FakeUART.
+"""Simulated SunTech Advantage OEM NIBP module answering the box over a FakeUART.
 
-Commands are parsed byte by byte with the firmware's own codec
-(csfw.suntech.CommandParser) and answered with csfw.suntech.response().
-A measurement runs: inflating ``inflate_ms`` (~8 s) -> measuring 20-30 s
-(deterministic from ``seed``) -> done, with the patient's BP and pulse at the
-moment it finishes.  ``abort`` deflates and returns to idle.
+Speaks the module's serial protocol as the public sources describe it
+(csfw/suntech.py, docs/hardware-protocols.md): commands are parsed byte by
+byte with the firmware's own codec (csfw.suntech.CommandParser).  Start BP is
+acknowledged with 'O'; the cuff inflates for ``inflate_ms`` (~8 s), then
+deflates while measuring 20-30 s (deterministic from ``seed``); at the end the
+module sends 'K' on its own (or 'E' for a failed measurement) and answers
+Get BP Data with the 24-byte frame holding the patient's BP and heart rate
+at that moment (error code 0) or the error code.  Abort deflates and answers
+'A'.  Get Cuff Pressure answers the current cuff pressure.
 
 Faults: ``silent`` (reads and drops commands, answers nothing),
-``fail_next(code)`` (the next measurement ends in the module error ``code``),
-``corrupt_next()`` (the next answer has a wrong checksum).
+``fail_next(code)`` (the next measurement ends with 'E' and module error
+``code``), ``corrupt_next()`` (the next answer has a wrong checksum).
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from csfw import suntech
 
 from .patient import Patient
 from .uart import FakeUART
+
+IDLE, INFLATING, MEASURING, DONE, ERROR = range(5)
+INFLATE_TO_MMHG = 160
 
 
 class NibpSim:
@@ -28,7 +35,7 @@ class NibpSim:
         self.inflate_ms = inflate_ms
         self.silent = False
         self.parser = suntech.CommandParser()
-        self.state = suntech.ST_IDLE
+        self.state = IDLE
         self.err = 0
         self.result: tuple[int, int, int, int] | None = None
         self.commands: list[bytes] = []
@@ -38,6 +45,7 @@ class NibpSim:
         self._measure_ms = 0
         self._fail_code = 0
         self._corrupt = False
+        self._now = 0
 
     def fail_next(self, code: int) -> None:
         self._fail_code = code
@@ -50,33 +58,47 @@ class NibpSim:
         x = (self.seed * 7919 + self.measurements * 104729) % 10001
         return 20000 + x
 
+    def cuff_pressure(self, now: int) -> int:
+        elapsed = now - self._started
+        if self.state == INFLATING:
+            return min(INFLATE_TO_MMHG, INFLATE_TO_MMHG * elapsed // max(self.inflate_ms, 1))
+        if self.state == MEASURING:
+            left = self.inflate_ms + self._measure_ms - elapsed
+            return max(0, INFLATE_TO_MMHG * left // max(self._measure_ms, 1))
+        return 0
+
     def advance(self, now: int) -> None:
+        self._now = now
         self._update(now)
+        tick = now & suntech.TICK_MASK
         while True:
             n = self.uart.readinto(self._buf)
             if not n:
                 break
             for i in range(n):
-                if self.parser.feed(self._buf[i], now) and not self.silent:
+                if self.parser.feed(self._buf[i], tick) and not self.silent:
                     self._handle(bytes(self.parser.body[: self.parser.n]), now)
 
     def _update(self, now: int) -> None:
-        if self.state == suntech.ST_INFLATING and now - self._started >= self.inflate_ms:
-            self.state = suntech.ST_MEASURING
-        if self.state == suntech.ST_MEASURING and \
-                now - self._started >= self.inflate_ms + self._measure_ms:
+        if self.state == INFLATING and now - self._started >= self.inflate_ms:
+            self.state = MEASURING
+        if self.state == MEASURING and now - self._started >= self.inflate_ms + self._measure_ms:
             if self._fail_code:
-                self.state = suntech.ST_ERROR
+                self.state = ERROR
                 self.err = self._fail_code
                 self._fail_code = 0
                 self.result = None
+                self._send(suntech.char_payload(suntech.R_ERROR))
             else:
                 sys_, dia, map_ = self.patient.bp(now)
                 self.result = (sys_, dia, map_, self.patient.pulse(now))
-                self.state = suntech.ST_DONE
+                self.state = DONE
                 self.err = 0
+                self._send(suntech.char_payload(suntech.R_DONE))
 
-    def _reply(self, payload: bytes) -> None:
+    def _send(self, payload: bytes) -> None:
+        if self.silent:
+            return
         frame = bytearray(suntech.response(payload))
         if self._corrupt:
             frame[-1] ^= 0x55
@@ -86,29 +108,28 @@ class NibpSim:
     def _handle(self, body: bytes, now: int) -> None:
         self.commands.append(body)
         if body == suntech.START_BP:
-            if self.state in (suntech.ST_INFLATING, suntech.ST_MEASURING):
-                self._reply(bytes((suntech.R_START,)))
+            if self.state in (INFLATING, MEASURING):
+                self._send(suntech.char_payload(suntech.R_ACK))
                 return
             self.measurements += 1
             self._measure_ms = self._measure_duration()
             self._started = now
-            self.state = suntech.ST_INFLATING
+            self.state = INFLATING
             self.err = 0
             self.result = None
-            self._reply(bytes((suntech.R_START,)))
+            self._send(suntech.char_payload(suntech.R_ACK))
         elif body == suntech.ABORT_BP:
-            self.state = suntech.ST_IDLE
+            self.state = IDLE
             self.err = 0
-            self._reply(bytes((suntech.R_ABORT,)))
-        elif body == suntech.GET_STATUS:
-            self._reply(suntech.status_payload(self.state, self.err))
+            self._send(suntech.char_payload(suntech.R_ABORTED))
+        elif body == suntech.GET_CUFF_PRESSURE:
+            self._send(suntech.cuff_payload(self.cuff_pressure(now)))
         elif body == suntech.GET_BP_DATA:
             if self.result is not None:
                 sys_, dia, map_, pr = self.result
-                self._reply(suntech.bp_data_payload(sys_, dia, map_, pr, 0))
-                self.state = suntech.ST_IDLE
+                self._send(suntech.bp_data_payload(sys_, dia, map_, pr, 0, beats=30, status=1))
+                self.state = IDLE
             else:
-                err = self.err or suntech.E_MODULE_TIMEOUT
-                self._reply(suntech.bp_data_payload(0, 0, 0, 0, err))
-                if self.state == suntech.ST_ERROR:
-                    self.state = suntech.ST_IDLE
+                self._send(suntech.bp_data_payload(0, 0, 0, 0, self.err or 0x0A))
+                if self.state == ERROR:
+                    self.state = IDLE

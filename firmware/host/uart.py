@@ -123,3 +123,42 @@ def uart_pair(capacity=1024):
     box = FakeUART(to_box, to_device, link)
     device = FakeUART(to_device, to_box, link)
     return box, device
+
+
+def reclock(data, tx_baud, rx_baud, phase=0.0):
+    """The bytes a UART receiving at rx_baud makes of `data` sent back to
+    back (8N1) at tx_baud: a wrong baud rate as the box would see it.
+
+    The receiver waits for a low level (start bit), samples the 8 data bits
+    (LSB first) in the middle of each of its own bit times, and then hunts
+    for the next start bit after its stop-bit sample; a byte whose stop bit
+    reads low (framing error) is still delivered, as many UART drivers do.
+    ``phase`` (in tx bit times) delays the receiver's first look at the line.
+    """
+    bits = []
+    for b in data:
+        bits.append(0)
+        for i in range(8):
+            bits.append((b >> i) & 1)
+        bits.append(1)
+    n = len(bits)
+
+    def line(t):  # t in seconds
+        k = int(t * tx_baud)
+        return bits[k] if 0 <= k < n else 1
+
+    out = bytearray()
+    rx_bit = 1.0 / rx_baud
+    step = rx_bit / 16  # 16x oversampling, as UARTs do
+    t = phase / tx_baud
+    end = n / tx_baud
+    while t < end:
+        if line(t):
+            t += step
+            continue
+        value = 0
+        for i in range(8):
+            value |= line(t + (1.5 + i) * rx_bit) << i
+        out.append(value)
+        t += 9.5 * rx_bit  # the stop-bit sample; hunt for the next start from here
+    return bytes(out)

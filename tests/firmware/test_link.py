@@ -249,3 +249,107 @@ def test_mqtt_link_wires_client() -> None:
     run_until(lk, L.ONLINE, 0)
     lk.poll(100)
     assert calls == ["connect 3000", "resend", "poll"] and seen == [True]
+
+
+class _FakeSocketModule:
+    """The `socket` surface csfw.net uses; records every blocking call."""
+
+    SOCK_STREAM = 1
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.connect_errors: list[Exception] = []
+
+    def getaddrinfo(self, host: str, port: int, *_a: Any) -> list[Any]:
+        self.calls.append("dns")
+        return [(2, 1, 0, "", (host, port))]
+
+    def socket(self) -> Any:
+        mod = self
+
+        class Sock:
+            def settimeout(self, s: float) -> None:
+                pass
+
+            def connect(self, addr: Any) -> None:
+                mod.calls.append("tcp")
+                if mod.connect_errors:
+                    raise mod.connect_errors.pop(0)
+
+            def close(self) -> None:
+                pass
+
+        return Sock()
+
+
+def test_dns_tcp_and_connect_each_get_a_poll_and_dns_is_cached() -> None:
+    # issue 17 point 7: never DNS + connect in one poll (the watchdog is fed
+    # between polls); DNS once, again only after MAX_CONNECT_FAILS failures
+    from csfw import net
+
+    mod = _FakeSocketModule()
+    conn = net.Connector("broker.clinic", 1883, mod)
+    polls: list[list[str]] = []
+
+    def connect_mqtt(now: int) -> bool:
+        conn()
+        mod.calls.append("mqtt")
+        return False
+
+    wlan = FakeWLAN()
+    lk = L.Link(wlan, connect_mqtt, clock_rand=lambda: 0.0, ssid="c", key="k", prepare=conn)
+    now = 0
+    while lk.state != L.ONLINE and now < 100:
+        mod.calls.clear()
+        lk.poll(now)
+        if mod.calls:
+            polls.append(list(mod.calls))
+        now += 1
+    assert polls == [["dns"], ["tcp"], ["mqtt"]]
+    assert conn.resolves == 1
+    # the link drops; reconnecting does not look the name up again
+    lk.lost(now)
+    polls.clear()
+    for _ in range(3000):
+        mod.calls.clear()
+        lk.poll(now)
+        if mod.calls:
+            polls.append(list(mod.calls))
+        now += 1
+        if lk.state == L.ONLINE:
+            break
+    assert polls == [["tcp"], ["mqtt"]] and conn.resolves == 1
+    # three connects in a row fail: the name is resolved again, in its own poll
+    lk.lost(now)
+    mod.connect_errors = [OSError(111), OSError(111), OSError(111)]
+    polls.clear()
+    for _ in range(100000):
+        mod.calls.clear()
+        lk.poll(now)
+        if mod.calls:
+            polls.append(list(mod.calls))
+        now += 10
+        if lk.state == L.ONLINE:
+            break
+    assert polls == [["tcp"], ["tcp"], ["tcp"], ["dns"], ["tcp"], ["mqtt"]]
+    assert lk.failures[L.BROKER_UNREACHABLE] == 3 and conn.resolves == 2
+
+
+def test_tls_verification_failure_is_its_own_cause() -> None:
+    from csfw import net
+
+    class Refusing:
+        needs_resolve = False
+
+        def prepare(self, now: int) -> bool:
+            raise ValueError("The certificate is not correctly signed by the trusted CA")
+
+        def discard(self) -> None:
+            pass
+
+    lk = L.Link(FakeWLAN(), lambda now: True, clock_rand=lambda: 0.0, ssid="c", key="k",
+                prepare=Refusing())
+    for now in range(10):
+        lk.poll(now)
+    assert lk.failures[L.BROKER_UNTRUSTED] >= 1 and lk.state == L.BACKOFF
+    assert net.is_ip_literal("10.0.0.5") and not net.is_ip_literal("broker.clinic")

@@ -3,15 +3,18 @@ NibpSim <-> Nibp over the fake UART, driven by an integer simulated clock."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from csfw import contract, suntech
+from csfw import bci, contract, suntech
 from csfw.nibp import Nibp
 from csfw.oximeter import Oximeter
+from host import nibp_sim
 from host.nibp_sim import NibpSim
 from host.oximeter_sim import OximeterSim
 from host.patient import SCENARIOS, make_patient
-from host.uart import uart_pair
+from host.uart import reclock, uart_pair
 
 # ---------------------------------------------------------------- patients
 
@@ -121,7 +124,7 @@ def _oxi_run(name: str, until_ms: int, step: int = 100, seed: int = 0,
 
 def test_oximeter_round_trip_normal() -> None:
     samples, sim, oxi, box = _oxi_run("normal", 20_000)
-    assert samples[0][3] == contract.ST_SEARCHING         # first frame at t=0
+    assert samples[0][3] == contract.ST_NO_DATA           # one frame at t=0: not yet believed
     assert samples[2000][3] == contract.ST_SEARCHING      # module searching at start
     for t in range(4000, 20_001, 1000):
         spo2, pr, sig, st = samples[t]
@@ -228,14 +231,15 @@ def test_nibp_full_measurement_bp_spike() -> None:
     assert not nibp.inflating and not nibp.busy
     assert nibp.health(t) == "ok"
     assert sim.commands[0] == suntech.START_BP and suntech.GET_BP_DATA in sim.commands
+    assert suntech.GET_CUFF_PRESSURE in sim.commands and nibp.cuff_mmhg >= 0
 
 
 def test_nibp_module_error_code() -> None:
     _, sim, nibp = _nibp_setup()
-    sim.fail_next(suntech.E_MOTION)
+    sim.fail_next(0x03)
     nibp.start(0)
     results, _ = _nibp_run(sim, nibp, 0, 45_000)
-    assert [r for _, r in results] == [(False, None, None, None, None, suntech.E_MOTION)]
+    assert [r for _, r in results] == [(False, None, None, None, None, 0x03)]
     # the next measurement works again
     nibp.start(50_000)
     results, _ = _nibp_run(sim, nibp, 50_000, 95_000)
@@ -265,10 +269,10 @@ def test_nibp_stop_deflates_module() -> None:
     _, sim, nibp = _nibp_setup()
     nibp.start(0)
     _nibp_run(sim, nibp, 0, 5_000)
-    assert sim.state == suntech.ST_INFLATING
+    assert sim.state == nibp_sim.INFLATING and 0 < sim.cuff_pressure(5_000) <= 160
     nibp.stop(5_050)
     results, _ = _nibp_run(sim, nibp, 5_050, 40_000)
-    assert results == [] and sim.state == suntech.ST_IDLE and not nibp.busy
+    assert results == [] and sim.state == nibp_sim.IDLE and not nibp.busy
 
 
 def test_nibp_cable_cut_mid_measurement() -> None:
@@ -325,3 +329,85 @@ def test_max30102_wrong_part_id() -> None:
 
     with pytest.raises(max30102.Max30102Error, match="part id"):
         max30102.Max30102(Max30102Sim(part_id=0x11)).init()
+
+
+# ------------------------------------------------- oximeter plausibility (issue 17 point 5)
+
+
+def _feed_stream(oxi: Oximeter, data: bytes, rate_per_s: int, until_ms: int,
+                 step: int = 100) -> dict[int, tuple]:
+    """Feed `data` as it would arrive at rate_per_s bytes/s; summary every second."""
+    box, dev = uart_pair(capacity=4096)
+    oxi._uart = box
+    samples: dict[int, tuple] = {}
+    sent = 0
+    for now in range(0, until_ms + 1, step):
+        due = min(len(data), now * rate_per_s // 1000)
+        if due > sent:
+            dev.write(data[sent:due])
+            sent = due
+        oxi.poll(now)
+        if now % 1000 == 0:
+            samples[now] = oxi.summary(now)
+    return samples
+
+
+def _true_frames(seconds: int, spo2: int = 97, pr: int = 72) -> bytes:
+    out = bytearray()
+    for i in range(seconds * 60):
+        out += bci.encode_frame(6, (i * 7) % 128, pr, spo2)
+    return bytes(out)
+
+
+def test_random_bytes_never_become_readings() -> None:
+    # 10 minutes of random bytes at 4800 baud (480 bytes/s): before the fix,
+    # 33 readings with st=ok came out of this (e.g. SpO2 44 / PR 104)
+    rng = random.Random(17)
+    noise = bytes(rng.getrandbits(8) for _ in range(600 * 480))
+    oxi = Oximeter(None)
+    samples = _feed_stream(oxi, noise, 480, 600_000, step=200)
+    ok = [s for s in samples.values() if s[3] == contract.ST_OK]
+    assert ok == []
+    assert oxi.health(600_000) == "error"
+    c = oxi.counters()
+    assert c["frames"] > 1000 and c["implausible"] == c["frames"]  # "frames" happen; none believed
+
+
+@pytest.mark.parametrize("rx_baud", [2400, 9600, 19200, 115200])
+def test_wrong_baud_rate_gives_no_readings_and_error_health(rx_baud: int) -> None:
+    # the module sends at 4800 baud; the box's UART is set to another rate
+    frames = _true_frames(30)
+    seen = reclock(frames, 4800, rx_baud)
+    assert seen and seen != frames
+    oxi = Oximeter(None)
+    rate = len(seen) * 1000 // 30_000 + 1
+    samples = _feed_stream(oxi, seen, rate, 30_000)
+    assert [s for s in samples.values() if s[3] == contract.ST_OK] == []
+    assert oxi.health(30_000) == "error"
+
+
+def test_right_baud_through_the_reclocker_is_fine() -> None:
+    # control for the test above: the same path at the right rate works
+    frames = _true_frames(10)
+    assert reclock(frames, 4800, 4800) == frames
+    oxi = Oximeter(None)
+    samples = _feed_stream(oxi, frames, 300, 10_000)  # 60 frames/s x 5 bytes
+    assert samples[10_000] == (97, 72, 6, contract.ST_OK)
+
+
+def test_half_unplugged_line_reports_only_true_values() -> None:
+    # a loose contact: bytes lost, some bytes garbled (line floating)
+    rng = random.Random(5)
+    frames = _true_frames(120, spo2=93, pr=88)
+    damaged = bytearray()
+    for b in frames:
+        r = rng.random()
+        if r < 0.15:
+            continue                        # lost
+        damaged.append(rng.getrandbits(8) if r < 0.30 else b)
+    oxi = Oximeter(None)
+    samples = _feed_stream(oxi, bytes(damaged), len(damaged) // 120, 120_000)
+    ok = [s for s in samples.values() if s[3] == contract.ST_OK]
+    assert all(s[:2] == (93, 88) for s in ok)   # never a made-up number
+    assert len(ok) < len(samples) // 4
+    assert oxi.health(120_000) == "error"

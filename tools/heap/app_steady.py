@@ -39,16 +39,19 @@ def sample_live():
 
 
 class NibpModule(ByteSource):
-    """Answers the SunTech commands the driver sends (csfw/suntech.py)."""
+    """Answers the SunTech commands the driver sends (csfw/suntech.py); a
+    measurement completes at once (the 'K' follows the start 'O')."""
 
     def __init__(self):
         self.replies = {
-            suntech.command(suntech.START_BP): suntech.response(bytes((suntech.R_START,))),
-            suntech.command(suntech.GET_STATUS): suntech.response(
-                suntech.status_payload(suntech.ST_DONE)),
+            suntech.command(suntech.START_BP): suntech.response(suntech.char_payload(
+                suntech.R_ACK)) + suntech.response(suntech.char_payload(suntech.R_DONE)),
+            suntech.command(suntech.GET_CUFF_PRESSURE): suntech.response(
+                suntech.cuff_payload(0)),
             suntech.command(suntech.GET_BP_DATA): suntech.response(
                 suntech.bp_data_payload(124, 82, 96, 71)),
-            suntech.command(suntech.ABORT_BP): suntech.response(bytes((suntech.R_ABORT,))),
+            suntech.command(suntech.ABORT_BP): suntech.response(
+                suntech.char_payload(suntech.R_ABORTED)),
         }
         ByteSource.__init__(self, b"")
 

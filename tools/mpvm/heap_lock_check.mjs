@@ -75,6 +75,21 @@ if bci and oximeter:
             oxi.poll(now)
         return oxi.parser.frames
     _locked("oximeter.Oximeter.poll", poll_oxi, 100)
+
+    # a year of uptime: now is a long int on a 32-bit port (this VM and the
+    # board), the parsers get the clock's 30-bit tick (issue 17 point 4)
+    year = 365 * 24 * 3600 * 1000
+    uart.pos = 0
+    oxi2 = oximeter.Oximeter(uart)
+    tick0 = year & 0x3FFFFFFF
+    nows = [year + i for i in range(1, 60)]  # built outside the lock
+    ticks = [(tick0 + i) & 0x3FFFFFFF for i in range(1, 60)]
+
+    def poll_oxi_year():
+        for i in range(59):
+            oxi2.poll(nows[i], ticks[i])
+        return oxi2.parser.frames
+    _locked("oximeter.Oximeter.poll at a year of uptime", poll_oxi_year, 100)
 elif not oximeter:
     results.append("SKIP oximeter: csfw.oximeter missing")
 
@@ -91,6 +106,19 @@ if suntech:
                 n += 1
         return n
     _locked("suntech.ResponseParser.feed", feed_suntech, 5)
+
+    rp2 = suntech.ResponseParser()
+    wrap = suntech.TICK_MASK - 10  # a year of uptime sits anywhere in the tick range
+    wticks = [(wrap + i) & 0x3FFFFFFF for i in range(len(stream))]
+
+    def feed_suntech_wrap():
+        n = 0
+        d = stream
+        for i in range(len(d)):
+            if rp2.feed(d[i], wticks[i]):
+                n += 1
+        return n
+    _locked("suntech.ResponseParser.feed across the tick wrap", feed_suntech_wrap, 5)
 else:
     results.append("SKIP suntech: csfw.suntech missing")
 `);

@@ -113,6 +113,9 @@ class SimClock:
     def now_ms(self):
         return self.up
 
+    def tick_ms(self):
+        return self.up & 0x3FFFFFFF
+
     def epoch_ms(self):
         return self.base + self.up
 

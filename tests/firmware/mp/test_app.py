@@ -102,7 +102,9 @@ def test_answers_commands_and_time_sync():
     clock.synced = False
     _run(app, clock, oxi, 2000)
     assert broker.topics("/vitals")[-1]["sync"] == 0
-    broker.send_command("chairside/v1/s1/7/cmd", b'{"v":1,"cmd":"time","id":"t1","t":1800000000000}')
+    up = broker.topics("/vitals")[-1]["up"]
+    broker.send_command("chairside/v1/s1/7/cmd",
+                        b'{"v":1,"cmd":"time","id":"t1","t":1800000000000,"boot":4,"up":%d}' % up)
     broker.send_command("chairside/v1/s1/7/cmd", b'{"v":1,"cmd":"nibp_interval","id":"n1","s":5}')
     _run(app, clock, oxi, 2000)
     resp = broker.topics("/resp")
@@ -110,6 +112,54 @@ def test_answers_commands_and_time_sync():
     assert resp[1]["err"] == "bad_arg:s"
     last = broker.topics("/vitals")[-1]
     assert last["sync"] == 1 and abs(last["t"] - 1800000000000 - 2000) <= 1000
+
+
+def _time_cmd(cid, t, boot=None, up=None):
+    extra = "" if boot is None else ',"boot":' + str(boot) + ',"up":' + str(up)
+    return ('{"v":1,"cmd":"time","id":"' + cid + '","t":' + str(t) + extra + "}").encode()
+
+
+def test_stale_time_commands_are_ignored_and_counted():
+    # issue 17 point 3: a time command the broker queued during an outage
+    # must not set the clock back (the gateway would file live data as history)
+    app, clock, broker, oxi = _make()
+    clock.synced = False
+    _run(app, clock, oxi, 2000)
+    up = broker.topics("/vitals")[-1]["up"]
+    cmd = "chairside/v1/s1/7/cmd"
+    broker.send_command(cmd, _time_cmd("nobootup", 1700000000000))        # old gateway: refused
+    broker.send_command(cmd, _time_cmd("otherboot", 1700000000000, 3, up))  # previous boot
+    _run(app, clock, oxi, 31000)  # more than 30 s after `up`
+    broker.send_command(cmd, _time_cmd("old", 1700000000000, 4, up))
+    _run(app, clock, oxi, 2000)
+    resp = broker.topics("/resp")
+    assert [(r["id"], r["ok"], r.get("err")) for r in resp] == [
+        ("nobootup", 0, "stale_unsafe"), ("otherboot", 0, "expired"), ("old", 0, "expired")]
+    assert not clock.synced and app.cmd_expired == 3
+    assert broker.topics("/vitals")[-1]["sync"] == 0
+    app._publish_status(clock.up)
+    _run(app, clock, oxi, 100)
+    assert broker.topics("/status")[-1]["cmd_expired"] == 3
+    fresh = broker.topics("/vitals")[-1]["up"]
+    clock.up += 29000  # 29 s later: still inside the window
+    broker.send_command(cmd, _time_cmd("fresh", 1800000000000, 4, fresh))
+    _run(app, clock, oxi, 100)
+    assert broker.topics("/resp")[-1]["ok"] == 1 and clock.synced
+    assert clock.epoch_ms() - 1800000000000 <= 200
+
+
+def test_expired_command_is_ignored_when_the_clock_is_synced():
+    app, clock, broker, oxi = _make()
+    _run(app, clock, oxi, 2000)
+    now = clock.epoch_ms()
+    cmd = "chairside/v1/s1/7/cmd"
+    broker.send_command(cmd, b'{"v":1,"cmd":"nibp_start","id":"late","exp":%d}' % (now - 1))
+    _run(app, clock, oxi, 100)
+    assert broker.topics("/resp")[-1]["err"] == "expired" and not app.nibp.busy
+    assert app.cmd_expired == 1
+    broker.send_command(cmd, b'{"v":1,"cmd":"nibp_start","id":"ok","exp":%d}' % (now + 60000))
+    _run(app, clock, oxi, 100)
+    assert broker.topics("/resp")[-1]["ok"] == 1 and app.nibp.busy and app.cmd_expired == 1
 
 
 def test_watchdog_fed_only_while_every_task_progresses():
@@ -313,3 +363,43 @@ def test_readings_confirmed_before_a_reboot_but_still_in_flash_are_forgotten_aft
     _run(app2, clock, hw.oxi_uart, 20000)
     # the re-sent boot-4 readings tell the gateway the box missed the watermark
     assert app2.spool.depth <= 1 and app2.errors == 0 and app2.resends == 0
+
+
+def test_ntp_never_runs_in_the_poll_that_connected():
+    # issue 17 point 7: DNS/TLS/CONNECT and NTP in one poll starve the watchdog
+    app, clock, _broker, oxi = _make()
+    clock.synced = False
+    calls = []
+
+    def ntp_sync():
+        calls.append((clock.up, app.link.since))
+        if len(calls) == 1:
+            return False  # the DNS step: the query comes in a later poll
+        clock.set_epoch_ms(1800000000000 + clock.up)
+        return True
+
+    app.hw.ntp_sync = ntp_sync
+    _run(app, clock, oxi, 3000)
+    assert len(calls) == 2 and clock.synced
+    for up, since in calls:
+        assert up != since  # not the poll in which the link came up
+    assert calls[1][0] - calls[0][0] >= 1000
+
+
+def test_replay_after_a_year_of_uptime_keeps_the_measured_time():
+    # issue 17 point 4: records spooled past 49.7 days of uptime replay with
+    # the time they were measured (the spool kept only 32 bits of `up`)
+    app, clock, broker, oxi = _make()
+    year = 365 * 24 * 3600 * 1000
+    clock.up = year
+    clock.base = 1790000000000 - year  # the same wall clock as the other tests
+    app.spool._ram = [None] * 4  # spill to flash quickly
+    _run(app, clock, oxi, 3000)
+    broker.broker.up = False
+    _run(app, clock, oxi, 30000)
+    broker.broker.up = True
+    _run(app, clock, oxi, 70000)
+    hist = [v for v in broker.topics("/vitals") if v.get("h") == 1]
+    assert len(hist) >= 29 and app.spool.depth == 0
+    for v in hist:
+        assert v["up"] > year and v["t"] - v["up"] == 1790000000000 - year

@@ -304,3 +304,132 @@ def test_sequential_peek_reads_one_record_each_across_commits_and_drops():
     assert sp.peek(0) == (recs + [_v(i) for i in range(100, 180)])[first]
     everything = recs + [_v(i) for i in range(100, 180)]
     assert [sp.peek(i) for i in range(sp.depth)] == everything[first:]
+
+
+def test_uptime_and_seq_past_49_7_days_survive_the_spool():
+    # issue 17 point 4: `up` was masked to 32 bits, so a replay after 49.7
+    # days of uptime carried the wrong time
+    year = 365 * 24 * 3600 * 1000
+    for up in (0xFFFFFFFF + 1, year, year + 123456789, (63 << 32) - 1):
+        for seq in (0, 0xFFFFFF + 1, 0x3FFFFFF):
+            for pr in (None, 0, 72, 300):
+                v = vitals_record(9, seq, up, True, 95, pr, 6, "ok", 0)
+                assert decode_record(encode_record(v)) == v, (up, seq, pr)
+                n = nibp_record(9, seq, up, True, True, 120, 80, 93, pr, 0)
+                assert decode_record(encode_record(n)) == n, (up, seq, pr)
+    try:
+        encode_record(vitals_record(9, 1, 63 << 32, True, 95, 70, 6, "ok", 0))
+        raise AssertionError("up beyond 8.5 years must be refused")
+    except ValueError:
+        pass
+
+
+def test_record_of_the_older_layout_still_reads():
+    # before issue 17 a missing pulse rate was 0xFFFF and up had 32 bits
+    old = bytearray(encode_record(vitals_record(1, 5, 1000, True, None, None, 0, "probe_off")))
+    old[12], old[13] = 0xFF, 0xFF
+    crc = spool._crc16(old, 14)
+    old[14], old[15] = crc >> 8, crc & 0xFF
+    assert decode_record(bytes(old)) == vitals_record(1, 5, 1000, True, None, None, 0, "probe_off")
+
+
+def test_replay_after_a_year_of_uptime_rebuilds_t_exactly():
+    year = 365 * 24 * 3600 * 1000
+    d = fresh_dir("spool_year")
+    sp = Spool(d, os, ram_records=8, max_bytes=64 * 1024, seg_bytes=4 * 1024)
+    recs = [vitals_record(2, 10 + i, year + i * 1000, True, 90, 70, 6, "ok", 0)
+            for i in range(320)]
+    for r in recs:
+        sp.push(r)
+    sp.flush()
+    again = Spool(d, os, ram_records=8, max_bytes=64 * 1024, seg_bytes=4 * 1024)
+    assert _drain(again) == recs  # 320 of 320 with the exact uptime
+
+
+class QuotaFs:
+    """A filesystem of `quota` bytes over a real folder, as littlefs behaves:
+    a file's appended bytes are committed on close(), and close() raises
+    OSError(28) (ENOSPC) when they do not fit (the file keeps its last
+    committed state).  statvfs reports 4 KB blocks."""
+
+    def __init__(self, quota):
+        self.quota = quota
+
+    def used(self, d):
+        total = 0
+        for name in os.listdir(d):
+            total += os.stat(d + "/" + name)[6]
+        return total
+
+    def statvfs(self, path):
+        free = max(0, self.quota - self.used(path)) // 4096
+        return (4096, 4096, self.quota // 4096, free, free, 0, 0, 0, 0, 255)
+
+    def stat(self, p):
+        return os.stat(p)
+
+    def mkdir(self, p):
+        os.mkdir(p)
+
+    def listdir(self, p):
+        return os.listdir(p)
+
+    def remove(self, p):
+        os.remove(p)
+
+    def rename(self, a, b):
+        os.rename(a, b)
+
+    def open(self, path, mode="r"):
+        fs = self
+
+        class Pending:
+            def __init__(self):
+                self.buf = bytearray()
+
+            def write(self, data):
+                self.buf.extend(data)
+                return len(data)
+
+            def close(self):
+                d = path[:path.rfind("/")]
+                if fs.used(d) + len(self.buf) > fs.quota:
+                    raise OSError(28)
+                with open(path, mode) as f:
+                    f.write(self.buf)
+
+        if "a" in mode or "w" in mode:
+            return Pending()
+        return open(path, mode)
+
+
+def test_spool_size_is_bounded_by_the_filesystem():
+    # issue 17 point 8: spool_kb 1024 on a ~848 KB filesystem
+    d = fresh_dir("quota_bound")
+    fs = QuotaFs(848 * 1024)
+    sp = Spool(d, fs, ram_records=8, max_bytes=1024 * 1024, seg_bytes=32 * 1024, opener=fs.open)
+    assert sp.max_bytes == 24 * 32 * 1024  # (848 - 64 reserve) KB in whole 32 KB segments
+    fs2 = QuotaFs(8 * 1024 * 1024)
+    d2 = fresh_dir("quota_roomy")
+    sp2 = Spool(d2, fs2, ram_records=8, max_bytes=512 * 1024, seg_bytes=32 * 1024,
+                opener=fs2.open)
+    assert sp2.max_bytes == 512 * 1024
+
+
+def test_full_flash_loses_no_record_uncounted():
+    # the filesystem fills before max_bytes (statvfs not trusted here: the
+    # quota shrinks under the spool's feet, as when other files grow)
+    d = fresh_dir("quota_full")
+    fs = QuotaFs(1 << 30)
+    sp = Spool(d, fs, ram_records=8, max_bytes=64 * 1024, seg_bytes=1024, opener=fs.open)
+    fs.quota = 5 * 1024  # room for ~5 segments only
+    pushed = 2000
+    for i in range(pushed):
+        sp.push(_v(i))
+    sp.flush()
+    got = _drain(sp)
+    assert sp.fs_full > 0
+    # every record is either readable or counted as dropped
+    assert len(got) + sp.dropped == pushed, (len(got), sp.dropped)
+    seqs = [r[2] for r in got]
+    assert seqs == sorted(seqs) and seqs[-1] == pushed - 1  # the newest survive
