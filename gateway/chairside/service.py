@@ -27,6 +27,7 @@ through a separate paho client.  ``/health`` and ``/metrics`` are served by
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import tempfile
@@ -49,12 +50,14 @@ from chairside.ingest.validate import Accepted, Rejected, validate
 from chairside.metrics import Metrics
 from chairside.model import AlarmStage, Reading
 from chairside.outbound import Outbound
+from chairside.paths import atomic_write_json
 from chairside.staff import controls
 from chairside.staff.controls import StaffControls
 from chairside.store.deadletter import DeadLetters
 from chairside.store.influx import InfluxWriter
 from chairside.store.points import reading_line
 from chairside.store.spool import PointSpool
+from chairside.store.watermark import Watermarks, stored_payload
 from chairside.store.writer import Writer, WriterConfig
 
 log = logging.getLogger("chairside.service")
@@ -62,6 +65,9 @@ log = logging.getLogger("chairside.service")
 SUBSCRIBED_KINDS = ("vitals", "nibp", "status", "resp")
 TIME_SYNC_INTERVAL_MS = 60_000
 SPOOL_FULL_ALARM = "gateway_spool_full"
+WATERMARKS_FILE = "watermarks.json"
+WATERMARK_SAVE_S = 5.0
+"""how often the stored watermarks are saved (a restart with older ones only makes boxes re-send more)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +77,17 @@ class Ack:
     pid: int
     generation: int
     """the ingest session's connection the message came on"""
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What the gateway owes a message once its points are durable: the
+    PUBACK, and, for a kept reading (``p`` set), its place in the box's
+    stored watermark (docs/contract.md, "End-to-end delivery")."""
+
+    ack: Ack | None
+    kept: tuple[str, str, int, int, int] | None = None
+    """(site, chair, boot, seq, p)"""
 
 
 class Gateway:
@@ -108,10 +125,14 @@ class Gateway:
         self.deadletters = DeadLetters(
             storage_dir / "deadletter", max_bytes=config.deadletter_max_bytes, fsync=config.spool_fsync
         )
-        self.writer: Writer[Ack] = Writer(
+        self.writer: Writer[Receipt] = Writer(
             _writer_config(config), self.influx, self.spool, self.deadletters, self.metrics,
-            on_durable=self._ack, now_ms=self.clock.now_ms, on_spool_full=self._spool_full_alarm,
+            on_durable=self._durable, now_ms=self.clock.now_ms, on_spool_full=self._spool_full_alarm,
         )
+        self.watermarks = Watermarks()
+        self._wm_lock = threading.Lock()  # the writer (durable) vs the timer (publish, save)
+        self._wm_path = storage_dir / WATERMARKS_FILE if config.state_dir is not None else None
+        self._wm_saved_at = 0.0
         self._started = time.monotonic()
         self._stop_timer = threading.Event()
         self._subscribed = threading.Event()
@@ -166,6 +187,7 @@ class Gateway:
         self._started = time.monotonic()
         if self.controls is not None:  # before the first reading is evaluated
             self.writer.submit(self.controls.restore_overrides(self.clock.now_ms()), None)
+        self._restore_watermarks()
         self._stop_timer.clear()
         self._timer = threading.Thread(target=self._timer_loop, name="gw-timer", daemon=True)
         self._timer.start()
@@ -185,6 +207,8 @@ class Gateway:
             self._timer.join(max(0.0, deadline - time.monotonic()))
         self.timebase.flush()
         left = self.writer.stop(max(0.0, deadline - time.monotonic()) + 1.0)
+        self._publish_watermarks(self.clock.now_ms())
+        self._save_watermarks()
         if left:
             self.metrics.inc("queue_dropped", left, queue="store_at_stop")
             log.warning("%d points neither written nor spooled at stop (unacked: redelivered)", left)
@@ -240,7 +264,7 @@ class Gateway:
             self.metrics.inc("messages_in")
             if self.config.manual_ack and qos > 0:
                 ack = Ack(pid, generation)
-            control = controls.control_of(topic, payload, ack)
+            control = controls.control_of(topic, payload, Receipt(ack) if ack is not None else None)
             if control is not None:
                 with self._lock:
                     self._process_control(control)
@@ -260,6 +284,14 @@ class Gateway:
         redelivers it on the current one)."""
         if ack is not None:
             self.ingest.ack(ack.generation, ack.pid)
+
+    def _durable(self, receipt: Receipt) -> None:
+        """The writer's report: the message's points are in InfluxDB or the disk spool."""
+        if receipt.kept is not None:
+            site, chair, boot, seq, p = receipt.kept
+            with self._wm_lock:
+                self.watermarks.durable(site, chair, boot, seq, p, self.clock.now_ms())
+        self._ack(receipt.ack)
 
     # ---- processing (under self._lock) -----------------------------------------
 
@@ -286,11 +318,13 @@ class Gateway:
         if result.ignored:
             self.metrics.inc("unknown_fields_ignored")
             log.info("ignored unknown fields %r on %r", result.ignored, result.topic)
+        receipt = Receipt(ack, _kept(result))
         if self.duplicates.seen_before(result.site, result.chair, result.fields.get("boot"),
                                        result.fields.get("seq")):
-            # the first copy was evaluated and is stored (or will be, before its own ack)
+            # the first copy was evaluated and is stored, or will be before this
+            # marker is reported durable (a kept reading's box is then confirmed)
             self.metrics.inc("duplicates")
-            self._ack(ack)
+            self.writer.submit_marker(receipt)
             return
         stamp = self.timebase.stamp(
             result.site, result.chair, result.fields, rx_ms, historical=result.historical
@@ -327,7 +361,7 @@ class Gateway:
             log.exception("alarm stage failed on %s", result.topic)
             events = []
         lines.extend(self.outbound.events(events))
-        self.writer.submit(lines, ack)
+        self.writer.submit(lines, receipt)
 
     def _for_alarms(self, reading: Reading) -> Reading:
         """A reading the box sent as live but that was measured long ago (a
@@ -373,16 +407,59 @@ class Gateway:
                    "boot": reading.fields.get("boot"), "up": reading.fields.get("up")}
         self.outbound.publish_json(contract.topic("cmd", reading.site, reading.chair), command)
 
-    def _process_control(self, item: controls.Control[Ack]) -> None:
+    def _process_control(self, item: controls.Control[Receipt]) -> None:
         """Apply a staff message and answer it on the chair's staff/result topic."""
         if self.controls is None:
             self.metrics.inc("control_rejected", reason="no_engine")
-            self._ack(item.token)
+            self._ack(item.token.ack if item.token is not None else None)
             return
         self.writer.submit(self.controls.handle(item, self.clock.now_ms()), item.token)
 
+    def _publish_watermarks(self, now_ms: int) -> None:
+        """Publish the chairs' stored watermarks that advanced (rate-limited per
+        chair), report readings declared lost, save the watermarks now and then."""
+        with self._wm_lock:
+            due = self.watermarks.due(now_ms)
+            gaps = self.watermarks.take_gaps()
+            for site, chair, boot, seq in due:
+                self.outbound.publish(contract.topic("stored", site, chair),
+                                      stored_payload(boot, seq, now_ms).decode(), retain=True)
+                self.watermarks.mark_published(site, chair, boot, seq, now_ms)
+        if due:
+            self.metrics.inc("watermarks_published", len(due))
+        for gap in gaps:
+            self.metrics.inc("watermark_gaps")
+            log.warning("%s/%s boot %d: readings %d..%d never arrived: %s", gap.site, gap.chair, gap.boot,
+                        gap.from_w + 1, gap.to_w, gap.reason)
+        if self._wm_path is not None and time.monotonic() - self._wm_saved_at >= WATERMARK_SAVE_S:
+            self._save_watermarks()
+
+    def _save_watermarks(self) -> None:
+        if self._wm_path is None:
+            return
+        self._wm_saved_at = time.monotonic()
+        with self._wm_lock:
+            snapshot = self.watermarks.snapshot()
+        try:
+            atomic_write_json(self._wm_path, snapshot)
+        except OSError as exc:
+            self.metrics.inc("persist_errors", what="watermarks")
+            log.error("cannot save the stored watermarks to %s: %s", self._wm_path, exc)
+
+    def _restore_watermarks(self) -> None:
+        if self._wm_path is None or not self._wm_path.exists():
+            return
+        try:
+            saved = json.loads(self._wm_path.read_text())
+            restored = self.watermarks.restore(saved, self.clock.now_ms())
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.error("ignoring unreadable stored watermarks %s: %s", self._wm_path, exc)
+            return
+        log.info("restored %d stored watermark(s) from %s", restored, self._wm_path)
+
     def _tick(self) -> None:
         self.timebase.flush()
+        self._publish_watermarks(self.clock.now_ms())
         try:
             events = self.alarm_stage.tick(self.clock.now_ms())
         except Exception:
@@ -429,6 +506,15 @@ class Gateway:
         return healthy, details
 
 
+def _kept(result: Accepted) -> tuple[str, str, int, int, int] | None:
+    """(site, chair, boot, seq, p) of a kept reading (one that carries ``p``)."""
+    fields = result.fields
+    boot, seq, p = fields.get("boot"), fields.get("seq"), fields.get("p")
+    if isinstance(boot, int) and isinstance(seq, int) and isinstance(p, int):
+        return result.site, result.chair, boot, seq, p
+    return None
+
+
 def _writer_config(config: GatewayConfig) -> WriterConfig:
     return WriterConfig(
         database=config.database, store_max_lines=config.store_max_lines, batch_max=config.batch_max,
@@ -460,6 +546,8 @@ def _describe_metrics(m: Metrics) -> None:
     m.describe("spool_errors", "counter", "failed spool appends (disk errors)")
     m.describe("deadletters", "counter", "points InfluxDB rejected as malformed (dead-lettered)")
     m.describe("influx_reachable", "gauge", "1 while InfluxDB answers")
+    m.describe("watermarks_published", "counter", "stored watermarks published to boxes")
+    m.describe("watermark_gaps", "counter", "kept readings declared lost: never arrived within the gap timeout")
     m.describe("mqtt_sessions_lost", "counter", "reconnects on which the broker had lost the persistent session")
 
 

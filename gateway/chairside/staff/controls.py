@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from chairside.alarms.engine import AlarmEngine
 from chairside.alarms.profile import ProfileError
 from chairside.metrics import Metrics
 from chairside.model import AlarmEvent
+from chairside.paths import atomic_write_json
 
 log = logging.getLogger("chairside.staff.controls")
 
@@ -156,13 +156,7 @@ class StaffControls:
         if path is None:
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "w") as f:
-                json.dump(self.engine.all_overrides(), f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            atomic_write_json(path, self.engine.all_overrides())
         except OSError as exc:
             self.metrics.inc("persist_errors", what="limit_overrides")
             log.error("cannot save per-chair limits to %s: %s", path, exc)
