@@ -479,7 +479,9 @@ class AlarmEngine:
                         "op": slot.op,
                         "detail": slot.detail,
                         "present": slot.present,
-                        "alt": list(slot.alt) if slot.alt is not None else None,
+                        "alt": (
+                            [slot.alt[0], _finite(slot.alt[1]), _finite(slot.alt[2])] if slot.alt is not None else None
+                        ),
                         "reason": slot.reason,
                         "cross_ms": slot.cross_ms,
                         "clear_since_ms": slot.clear_since_ms,

@@ -477,3 +477,26 @@ def test_single_step_to_a_steady_fast_rate_is_pulse_high_not_af() -> None:
     events, _ = run(engine, [vitals(pr=76)] * 30 + [vitals(pr=150)] * 60)
     assert of(events, "afib_rvr_suspected") == []
     assert secs(of(events, "pulse_high")) == [("pulse_high", "raised", 40)]
+
+
+# ------------------------------------------------------ the state on disk
+def test_state_file_round_trip_and_unusable_files(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from chairside.alarms import state_file
+
+    path = tmp_path / "gw" / state_file.FILE_NAME
+    engine = new_engine()
+    events, t = run(engine, [vitals(spo2=80)] * 2 + [vitals(spo2=97)] * 11)
+    state_file.save(engine, path)
+    assert not path.with_name(path.name + ".tmp").exists()
+    again = new_engine()
+    assert state_file.load(again, path, t + S) == []
+    assert again.active(SITE, CHAIR)[0]["latched"] is True
+    assert again.active(SITE, CHAIR)[0]["id"] == events[0].id
+
+    fresh = new_engine()
+    assert state_file.load(fresh, tmp_path / "missing.json", t) == []  # first start
+    assert fresh.restore_skipped == 0
+    path.write_text('{"v": 1, "chairs": [')  # torn or corrupt
+    assert state_file.load(fresh, path, t) == []
+    assert fresh.restore_skipped == 1 and not path.exists() and path.with_name(path.name + ".bad").exists()
+    assert "unusable, starting without it" in caplog.text
