@@ -128,8 +128,8 @@ class _Slot:
     cross_ms: int | None = None
     """measured time of the reading that began the current violation (event ids)"""
     thread: str | None = None  # the id of the raise that announced the alarm
-    acks: int = 0  # acknowledgements and re-notifications so far (event ids)
-    renotifies: int = 0
+    acks: int = 0  # acknowledgements of this alarm so far (event ids)
+    renotifies: int = 0  # re-notifications of this alarm so far (event ids)
     clear_since_ms: int | None = None  # recovered readings since (clear_hold_s)
     inhibited_by: str | None = None  # an inhibitor raised while this was announced
     alt: tuple[str, float, float] | None = None  # the second field of a recovered two-field limit
