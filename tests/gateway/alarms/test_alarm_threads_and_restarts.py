@@ -500,3 +500,45 @@ def test_state_file_round_trip_and_unusable_files(tmp_path: Any, caplog: pytest.
     assert state_file.load(fresh, path, t) == []
     assert fresh.restore_skipped == 1 and not path.exists() and path.with_name(path.name + ".bad").exists()
     assert "unusable, starting without it" in caplog.text
+
+
+ODD_VALUES: list[Any] = [None, "x", "", -1, 0, 2**63, 1e308, float("nan"), True, [], {}, [1, "a"], {"v": 1}]
+
+
+def leaves(doc: Any, path: tuple[Any, ...] = ()) -> Iterable[tuple[Any, ...]]:
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            yield from leaves(value, (*path, key))
+    elif isinstance(doc, list):
+        for i, value in enumerate(doc):
+            yield from leaves(value, (*path, i))
+    yield path
+
+
+def test_restore_never_raises_whatever_a_field_holds() -> None:
+    """Every field of a real snapshot (announced, acknowledged, latched and
+    pending alarms, flap onsets) replaced by each odd value in turn: restore
+    skips what it cannot use and the engine keeps working."""
+    engine = new_engine()
+    run(engine, [vitals(spo2=80)] + [vitals(spo2=97)] * 11 + [vitals(spo2=88, pr=130)] * 5)
+    feed(engine, "nibp", nibp(sys=190), T0 + 20 * S)
+    engine.acknowledge(SITE, CHAIR, "sys_high", "kim", T0 + 21 * S)
+    saved = json.loads(json.dumps(engine.snapshot()))
+    paths = list(leaves(saved))
+    assert len(paths) > 100
+    for path in paths:
+        for odd in ODD_VALUES:
+            doc = json.loads(json.dumps(saved))
+            if not path:
+                doc = odd
+            else:
+                holder = doc
+                for key in path[:-1]:
+                    holder = holder[key]
+                holder[path[-1]] = odd
+            fresh = new_engine()
+            fresh.restore(doc, T0 + 30 * S)
+            fresh.tick(T0 + 31 * S)
+            feed(fresh, "vitals", vitals(), T0 + 32 * S)
+            fresh.active(SITE, CHAIR)
+            json.dumps(fresh.snapshot())
