@@ -66,6 +66,10 @@ class AlarmEvent:
     by: str | None = None
     drill: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    inhibits: tuple[str, ...] = ()
+    """the alarms this alarm inhibits (profile ``inhibits``): one episode, one thread"""
+    inhibited_by: str | None = None
+    """the announced alarm of the same chair that inhibits this one, if any"""
 
     @property
     def key(self) -> str:
@@ -92,6 +96,10 @@ class AlarmEvent:
             payload["by"] = self.by
         if self.drill:
             payload["drill"] = 1
+        if self.inhibits:
+            payload["inhibits"] = list(self.inhibits)
+        if self.inhibited_by is not None:
+            payload["inhibited_by"] = self.inhibited_by
         return payload
 
 

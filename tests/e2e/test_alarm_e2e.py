@@ -146,3 +146,38 @@ def test_per_chair_limits_survive_a_gateway_restart(
         assert [r["reason"] for r in rows][-1] == "restored after restart"
     finally:
         second.stop()
+
+
+def test_flapping_spo2_step_pulse_and_clear_texts_through_the_real_services(
+    mosquitto: Mosquitto, influxdb: InfluxDB, gateway: Gateway, observer: Observer, tmp_path: Path,
+    sim_clock: Any,
+) -> None:
+    """Issue 14 points 9-11 through the firmware box, Mosquitto, the gateway and InfluxDB.
+
+    Chair "flap": SpO2 88 % / 92 % every 3 s for two minutes (92 is the clear
+    point, limit 90 + hysteresis 2), then 97 %: one raise, one clear, and the
+    clear says "back to 97 %".  Chair "step": pulse 76, then a steady 150 bpm:
+    pulse_high, never the AF flag."""
+    flap = make_box(SITE, "flap", "normal", "127.0.0.1", mosquitto.port, fs_dir=str(tmp_path / "flap"),
+                    clock=sim_clock)
+    flap.patient.script([(t, "spo2", 88 if (t // 3000) % 2 == 0 else 92) for t in range(0, 120_000, 3000)]
+                        + [(120_000, "spo2", 97)])
+    step = make_box(SITE, "step", "normal", "127.0.0.1", mosquitto.port, fs_dir=str(tmp_path / "step"),
+                    clock=sim_clock)
+    step.patient.script([(0, "pulse", 76), (30_000, "pulse", 150), (150_000, "pulse", 76)])
+    fleet = Fleet([flap, step], step_ms=1000)
+    try:
+        lockstep(fleet, gateway, 180_000)
+        cleared = observer.wait_for("/flap/alarms", lambda p: p["alarm"] == "spo2_low" and p["event"] == "cleared")
+        spo2 = [(p["event"], p["id"]) for p in observer.payloads("/flap/alarms") if p["alarm"] == "spo2_low"]
+        assert [e for e, _ in spo2] == ["raised", "cleared"]  # one alarm, not a flurry
+        assert spo2[1][1] == f"{spo2[0][1]}-c"  # the clear belongs to the raise's thread
+        assert cleared["text"] == "SpO2 low: SpO2 back to 97 % (limit 90 %) (chair flap)"
+        rows = wait_rows(influxdb, f"SELECT * FROM alarm_events WHERE site = '{SITE}' AND chair = 'flap' "
+                                   "AND alarm = 'spo2_low'", 2)
+        assert sorted(r["event"] for r in rows) == ["cleared", "raised"]
+        step_events = [(p["alarm"], p["event"]) for p in observer.payloads("/step/alarms")]
+        assert ("pulse_high", "raised") in step_events
+        assert not [a for a, _ in step_events if a == "afib_rvr_suspected"]
+    finally:
+        fleet.close()

@@ -31,6 +31,8 @@ class Observation:
     detail: str = ""
     field: str | None = None  # which reading field the value/limit belong to
     op: str | None = None
+    alt: tuple[str, float, float] | None = None
+    """(field, value, limit) of a two-field limit's second field, when not present"""
 
 
 def violates(op: str, value: float, limit: float) -> bool:
@@ -103,6 +105,15 @@ def threshold_observation(cond: Condition, fields: Mapping[str, Any]) -> Observa
     if shown_value is None:
         shown_value, shown_limit = alt_value, cond.alt_limit
         shown_field, shown_op = cond.alt_field, cond.alt_op
+    alt: tuple[str, float, float] | None = None
+    if (
+        not present
+        and value is not None
+        and alt_value is not None
+        and cond.alt_field is not None
+        and cond.alt_limit is not None
+    ):
+        alt = (cond.alt_field, alt_value, cond.alt_limit)
     return Observation(
         present=present,
         recovered=is_recovered and not present,
@@ -111,15 +122,37 @@ def threshold_observation(cond: Condition, fields: Mapping[str, Any]) -> Observa
         margin=best_margin,
         field=shown_field,
         op=shown_op,
+        alt=alt,
     )
 
 
+def successive_spread(rates: Sequence[float]) -> float:
+    """How irregular a run of 1-Hz rates is, robust to level shifts and trends:
+    the median absolute deviation of the successive differences from their
+    median (the median difference is the trend per second; a ramp's
+    differences are all equal, so its spread is 0).  A single step (76 → 150)
+    is one large difference out of many, which the medians ignore; only
+    changes that make up at least half of the differences count, which is
+    what an irregular rhythm does and a step, a ramp or a steady rate do not.
+    0.0 for fewer than two rates."""
+    diffs = sorted(b - a for a, b in itertools.pairwise(rates))
+    if not diffs:
+        return 0.0
+    trend = _median_sorted(diffs)
+    return _median_sorted(sorted(abs(d - trend) for d in diffs))
+
+
+def _median_sorted(values: Sequence[float]) -> float:
+    n = len(values)
+    mid = n // 2
+    return values[mid] if n % 2 else (values[mid - 1] + values[mid]) / 2
+
+
 def pulse_irregularity(rates: Sequence[float]) -> tuple[float, float]:
-    """(mean rate, RMSSD of successive 1-Hz rates / mean rate)."""
+    """(mean rate, :func:`successive_spread` / mean rate)."""
     mean = sum(rates) / len(rates)
-    diffs = [b - a for a, b in itertools.pairwise(rates)]
-    rmssd = math.sqrt(sum(d * d for d in diffs) / len(diffs)) if diffs else 0.0
-    return mean, (rmssd / mean if mean > 0 else 0.0)
+    spread = successive_spread(rates)
+    return mean, (spread / mean if mean > 0 else 0.0)
 
 
 PulseStats = tuple[int, float, float]
@@ -139,8 +172,10 @@ class PulseWindow:
 
     Equivalent, bit for bit, to filtering the buffer with ``t > now - window``
     and calling :func:`pulse_irregularity` on the rates, which is what
-    :meth:`reference_stats` does.  The running sums (rates, squared successive
-    differences) are only used while they are exact: every rate in the window
+    :meth:`reference_stats` does.  The running sum of the rates (the mean) is
+    kept per sample; the irregularity is a median and is computed from the
+    window's rates when asked (:meth:`stats`, not :meth:`level`).  The
+    running sum is only used while it is exact: every rate in the window
     integral and not huge (pulse rates are integers), the buffer in time order
     (so the window is a suffix of it), the window not moving backwards (clock
     stepped back, window widened).  Otherwise the window is recomputed from
@@ -153,7 +188,6 @@ class PulseWindow:
         self._start: int | None = None  # None: _window and the sums must be rebuilt
         self._window_ms = 0
         self._sum = 0.0
-        self._squares = 0.0  # sum of squared successive differences
         self._inexact = 0  # rates in _window for which the sums are not exact
         self._count = 0  # samples ever appended
         self._last_descent = 0  # number of the newest sample older than the one before it
@@ -172,20 +206,19 @@ class PulseWindow:
         if t <= self._start:
             self._start = None  # cannot happen in time order; rebuild to be safe
             return
-        if window:
-            step = rate - window[-1][1]
-            self._squares += step * step
         window.append((t, rate))
         self._sum += rate
         if not _exact(rate):
             self._inexact += 1
 
-    def stats(self, now_ms: int, window_ms: int) -> PulseStats:
-        """The statistics of the samples with ``t > now_ms - window_ms``."""
+    def level(self, now_ms: int, window_ms: int) -> tuple[int, float]:
+        """(count, mean rate) of the samples with ``t > now_ms - window_ms``:
+        the cheap part of :meth:`stats`."""
         start = now_ms - window_ms
         if self._last_descent > self._count - len(self.samples):
             self._start = None  # out-of-order samples in the buffer: no suffix
-            return self.reference_stats(now_ms, window_ms)
+            count, mean, _ = self.reference_stats(now_ms, window_ms)
+            return count, mean
         if self._start is None or start < self._start or window_ms != self._window_ms:
             self._rebuild(start, window_ms)
         else:
@@ -195,12 +228,20 @@ class PulseWindow:
             self._start = start
         count = len(self._window)
         if count == 0:
-            return 0, 0.0, 0.0
+            return 0, 0.0
         if self._inexact:
-            return count, *pulse_irregularity([rate for _, rate in self._window])
-        mean = self._sum / count
-        rmssd = math.sqrt(self._squares / (count - 1)) if count > 1 else 0.0
-        return count, mean, (rmssd / mean if mean > 0 else 0.0)
+            return count, sum(rate for _, rate in self._window) / count
+        return count, self._sum / count
+
+    def stats(self, now_ms: int, window_ms: int) -> PulseStats:
+        """The statistics of the samples with ``t > now_ms - window_ms``."""
+        count, mean = self.level(now_ms, window_ms)
+        if count == 0:
+            return 0, 0.0, 0.0
+        if self._start is None:  # out of order: level() used the plain way
+            return self.reference_stats(now_ms, window_ms)
+        spread = successive_spread([rate for _, rate in self._window])
+        return count, mean, (spread / mean if mean > 0 else 0.0)
 
     def reference_stats(self, now_ms: int, window_ms: int) -> PulseStats:
         """:meth:`stats` the plain way: filter the buffer, compute from scratch."""
@@ -218,16 +259,12 @@ class PulseWindow:
     def _resum(self) -> None:
         rates = [rate for _, rate in self._window]
         self._sum = float(sum(rates))
-        self._squares = float(sum((b - a) * (b - a) for a, b in itertools.pairwise(rates)))
         self._inexact = sum(1 for rate in rates if not _exact(rate))
 
     def _drop_oldest(self) -> None:
         window = self._window
         _, rate = window.popleft()
         self._sum -= rate
-        if window:
-            step = window[0][1] - rate
-            self._squares -= step * step
         if not _exact(rate):
             self._inexact -= 1
             if not self._inexact:
@@ -247,7 +284,8 @@ def afib_min_samples(cond: Condition) -> int:
 
 def afib_observation(cond: Condition, pulses: PulseWindow, now_ms: int) -> Observation | None:
     """Rapid irregular pulse over ``window_s``: mean rate past the limit *and*
-    second-to-second irregularity (RMSSD/mean) at or above ``irregularity``.
+    second-to-second irregularity (:func:`successive_spread` / mean) at or
+    above ``irregularity``.
 
     A screening flag from 1-Hz oximeter pulse rates, not a rhythm diagnosis.
     ``None`` when fewer than ``min_valid_fraction`` of the window's seconds

@@ -20,14 +20,29 @@ Escalation: a condition that ``inhibits`` others (``spo2_critical`` inhibits
 announced with a lower priority.  While the inhibitor is present (ACTIVE or
 ACKED) the inhibited conditions do not raise and do not re-notify, and
 acknowledging the inhibitor also acknowledges them: one thread, one ack.
+Every event says so: ``inhibits`` on the inhibitor's events, ``inhibited_by``
+on the events of an inhibited alarm while its inhibitor is announced (and on
+its first event after the inhibitor raised).
+
+Recovery is confirmed, not assumed: an announced alarm counts as recovered
+only once every reading for ``clear_hold_s`` was recovered (an off-delay), so a
+value flapping across the hysteresis band stays one alarm.
+
+Event ids are deterministic: a raise's id is a digest of (site, chair, alarm,
+measured time of the reading that crossed the limit), and the thread's later
+events append a suffix (``-a1`` acknowledgements, ``-r1`` re-notifications,
+``-c`` the clear), so a reading redelivered after a crash raises the same id.
+:meth:`AlarmEngine.snapshot` / :meth:`AlarmEngine.restore` carry the state
+across a restart (docs/alarms.md, "Restarts").
 """
 
 from __future__ import annotations
 
-import itertools
+import hashlib
+import logging
+import math
 import threading
-import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, Literal, NamedTuple
@@ -67,6 +82,14 @@ MAX_TEXT: Final = 200
 DRILL_PREFIX: Final = "drill-"
 """chair ids of drill boxes (``chairside drill``): their events carry ``drill=True``"""
 AFIB_BUFFER: Final = 600  # at most this many 1-Hz pulse samples per chair
+DEFAULT_ID_PREFIX: Final = "al"
+SNAPSHOT_VERSION: Final = 1
+RESUME_MAX_GAP_MS: Final = 10_000
+"""A pending delay (or SatSeconds integral) is resumed after a restart only if
+its last observation is at most this old: a delay needs a violation observed
+without a gap, and nobody observed anything while the gateway was down."""
+
+log = logging.getLogger(__name__)
 
 
 class AlarmState(StrEnum):
@@ -101,6 +124,15 @@ class _Slot:
     field: str | None = None
     op: str | None = None
     reason: str = ""
+    present: bool = False  # whether the remembered observation was past the limit
+    cross_ms: int | None = None
+    """measured time of the reading that began the current violation (event ids)"""
+    thread: str | None = None  # the id of the raise that announced the alarm
+    acks: int = 0  # acknowledgements of this alarm so far (event ids)
+    renotifies: int = 0  # re-notifications of this alarm so far (event ids)
+    clear_since_ms: int | None = None  # recovered readings since (clear_hold_s)
+    inhibited_by: str | None = None  # an inhibitor raised while this was announced
+    alt: tuple[str, float, float] | None = None  # the second field of a recovered two-field limit
 
     @property
     def delay(self) -> DelayState:
@@ -169,6 +201,8 @@ class _Chair:
     pulses: PulseWindow = field(default_factory=lambda: PulseWindow(AFIB_BUFFER))
     standby_by: str | None = None  # set between patients: technical alarms are quiet
     rules: _Rules | None = None  # compiled for profile.effective (see AlarmEngine._rules_for)
+    box_state: str | None = None  # last "state" of a status message: online / offline
+    restored_ms: int | None = None  # when a snapshot was restored: the stale clock restarts
 
     def slot(self, name: str) -> _Slot:
         found = self.slots.get(name)
@@ -177,7 +211,7 @@ class _Chair:
         return found
 
     def stale_base_ms(self) -> int | None:
-        candidates = (self.first_seen_ms, self.last_vitals_ms, self.online_ms)
+        candidates = (self.first_seen_ms, self.last_vitals_ms, self.online_ms, self.restored_ms)
         times = [t for t in candidates if t is not None]
         return max(times) if times else None
 
@@ -191,9 +225,11 @@ class AlarmEngine:
 
     def __init__(self, profile: Profile | None = None, *, id_prefix: str | None = None) -> None:
         self.profile = profile if profile is not None else load_profile()
-        self._prefix = id_prefix if id_prefix is not None else uuid.uuid4().hex[:12]
-        self._ids = itertools.count(1)
+        self._prefix = id_prefix if id_prefix is not None else DEFAULT_ID_PREFIX
         self._chairs: dict[tuple[str, str], _Chair] = {}
+        self._changed: set[tuple[str, str]] = set()
+        self.restore_skipped = 0
+        """snapshot entries :meth:`restore` could not use (each logged with its reason)"""
         self._lock = threading.RLock()
         self.audit_log: list[AuditRecord] = []
         self._shared_rules: _Rules | None = None  # for chairs without overrides
@@ -222,7 +258,7 @@ class AlarmEngine:
                         slot.rest(now_ms)
                         continue
                 action, obs = self._observe(chair, cond, reading, now_ms)
-                events.extend(self._apply(chair, cond, action, obs, now_ms))
+                events.extend(self._apply(chair, cond, action, obs, now_ms, reading.measured_ms))
             return events
 
     def tick(self, now_ms: int) -> list[AlarmEvent]:
@@ -233,8 +269,13 @@ class AlarmEngine:
                 profile = chair.profile.effective
                 stale = profile.conditions.get("data_stale") if chair.standby_by is None else None
                 stale_obs = self._stale_obs(chair, now_ms) if stale is not None else None
-                if stale is not None and stale_obs is not None:
-                    events.extend(self._apply(chair, stale, "observe", stale_obs, now_ms))
+                stale_slot = chair.slots.get("data_stale")
+                announced = stale_slot is not None and stale_slot.state in ANNOUNCED
+                if stale is not None and stale_obs is not None and not (announced and not stale_obs.present):
+                    # only vitals end staleness (on_reading): a tick raises it,
+                    # and a status message or a restart never clears it
+                    base = chair.stale_base_ms()
+                    events.extend(self._apply(chair, stale, "observe", stale_obs, now_ms, base))
                 for cond in self._conditions(chair):
                     slot = chair.slot(cond.name)
                     if (
@@ -253,6 +294,7 @@ class AlarmEngine:
                     ):
                         slot.state = AlarmState.ACTIVE
                         slot.acked_ms = None
+                        slot.renotifies += 1
                         events.append(self._event(chair, cond, slot, "renotify", now_ms))
             return events
 
@@ -275,6 +317,7 @@ class AlarmEngine:
                         "since": slot.since_ms,
                         "acked": slot.state is AlarmState.ACKED,
                         "latched": slot.state is AlarmState.LATCHED,
+                        "id": slot.thread,
                     }
                 )
             out.sort(key=lambda a: (-PRIORITY_RANK[a["priority"]], a["since"] or 0))
@@ -296,7 +339,7 @@ class AlarmEngine:
         the audit records of the limits reset."""
         with self._lock:
             state = self._chair(site, chair, now_ms, seen=False)
-            events = self._clear_all(state, now_ms)
+            events = self._clear_all(state, now_ms, f"chair put in standby by {by}")
             records = [state.profile.set_param(param, None, by, "standby: next patient", now_ms + i)
                        for i, param in enumerate(sorted(state.profile.overrides))]
             self.audit_log.extend(records)
@@ -313,16 +356,17 @@ class AlarmEngine:
         its announced alarms are cleared so the pager resolves their threads."""
         with self._lock:
             state = self._chairs.pop((site, chair), None)
-            return [] if state is None else self._clear_all(state, now_ms)
+            self._changed.discard((site, chair))
+            return [] if state is None else self._clear_all(state, now_ms, "drill ended")
 
-    def _clear_all(self, state: _Chair, now_ms: int) -> list[AlarmEvent]:
+    def _clear_all(self, state: _Chair, now_ms: int, why: str) -> list[AlarmEvent]:
         events: list[AlarmEvent] = []
         for cond in state.profile.effective.conditions.values():
             slot = state.slots.get(cond.name)
             if slot is None or slot.state is AlarmState.INACTIVE:
                 continue
             if slot.state in ANNOUNCED:
-                events.append(self._clear(state, cond, slot, now_ms))
+                events.append(self._clear(state, cond, slot, now_ms, why=why))
             else:  # pending: nothing was announced, just stop the delay
                 slot.state = AlarmState.INACTIVE
                 slot.delay = DelayState(last_ms=now_ms)
@@ -391,6 +435,231 @@ class AlarmEngine:
             state = self._chairs.get((site, chair))
             return dict(state.profile.overrides) if state is not None else {}
 
+    # -------------------------------------------------------- restart state
+    def changed_chairs(self) -> set[tuple[str, str]]:
+        """Chairs whose announced set changed since the last call without an
+        event saying so (an alarm LATCHED or back from LATCHED, a restore):
+        the gateway republishes their retained ``alarms/active``.  Drains."""
+        with self._lock:
+            changed, self._changed = self._changed, set()
+            return changed
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every chair's alarm state, JSON-able, for :meth:`restore` after a restart.
+
+        Per chair: the staleness clocks, the box state, the cuff, standby; per
+        condition that is not idle: its state (active, acked, latched,
+        pending), the raise's event id and counters, since, who acknowledged
+        and when (the re-notification timer), the remembered value, the
+        recovery hold, the pending delay, flap onsets and SatSeconds integral.
+        Per-chair limit overrides are not in it: the gateway saves those itself."""
+        with self._lock:
+            chairs: list[dict[str, Any]] = []
+            for (site, chair), state in self._chairs.items():
+                conditions = state.profile.effective.conditions
+                alarms: dict[str, Any] = {}
+                for name, slot in state.slots.items():
+                    d = slot.delay
+                    if slot.state is AlarmState.INACTIVE and not d.onsets and not d.integral:
+                        continue
+                    cond = conditions.get(name)
+                    alarms[name] = {
+                        "state": slot.state.value,
+                        "priority": cond.priority if cond is not None else None,
+                        "kind": cond.kind if cond is not None else None,
+                        "id": slot.thread,
+                        "acks": slot.acks,
+                        "renotifies": slot.renotifies,
+                        "since_ms": slot.since_ms,
+                        "acked_ms": slot.acked_ms,
+                        "acked_by": slot.acked_by,
+                        "value": _finite(slot.value),
+                        "limit": _finite(slot.limit),
+                        "field": slot.field,
+                        "op": slot.op,
+                        "detail": slot.detail,
+                        "present": slot.present,
+                        "alt": (
+                            [slot.alt[0], _finite(slot.alt[1]), _finite(slot.alt[2])] if slot.alt is not None else None
+                        ),
+                        "reason": slot.reason,
+                        "cross_ms": slot.cross_ms,
+                        "clear_since_ms": slot.clear_since_ms,
+                        "inhibited_by": slot.inhibited_by,
+                        "pending_since_ms": d.pending_since_ms,
+                        "last_ms": d.last_ms,
+                        "was_present": d.was_present,
+                        "onsets": list(d.onsets),
+                        "integral": _finite(d.integral) or 0.0,
+                    }
+                chairs.append(
+                    {
+                        "site": site,
+                        "chair": chair,
+                        "first_seen_ms": state.first_seen_ms,
+                        "last_vitals_ms": state.last_vitals_ms,
+                        "online_ms": state.online_ms,
+                        "box_state": state.box_state,
+                        "cuff_since_ms": state.cuff_since_ms,
+                        "standby_by": state.standby_by,
+                        "alarms": alarms,
+                    }
+                )
+            return {"v": SNAPSHOT_VERSION, "chairs": chairs}
+
+    def restore(self, snapshot: Mapping[str, Any], now_ms: int) -> list[AlarmEvent]:
+        """Take over the state of :meth:`snapshot` (saved before a restart).
+
+        Announced alarms come back as they were (no second raise; a clear,
+        a latch, an acknowledgement and its re-notification timer continue);
+        a pending delay resumes only if it was observed at most
+        ``RESUME_MAX_GAP_MS`` ago; the staleness clock of each chair restarts
+        at ``now_ms`` (nobody could see the chair while the gateway was down),
+        but an announced ``data_stale`` stays until vitals arrive.  Returns a
+        ``cleared`` event for each announced alarm whose condition is no longer
+        in the profile (so its page thread ends).  Entries that cannot be used
+        are skipped, logged with the reason and counted in
+        ``restore_skipped``; nothing raises."""
+        events: list[AlarmEvent] = []
+        with self._lock:
+            if not isinstance(snapshot, Mapping) or snapshot.get("v") != SNAPSHOT_VERSION:
+                version = snapshot.get("v") if isinstance(snapshot, Mapping) else type(snapshot).__name__
+                self._skip(f"snapshot: expected an object with v={SNAPSHOT_VERSION}, got {version!r}")
+                return events
+            chairs = snapshot.get("chairs")
+            if not isinstance(chairs, list):
+                self._skip("snapshot: chairs is not a list")
+                return events
+            for i, entry in enumerate(chairs):
+                try:
+                    events.extend(self._restore_chair(entry, now_ms))
+                except (TypeError, ValueError, KeyError) as exc:
+                    self._skip(f"snapshot chairs[{i}]: {exc}")
+        return events
+
+    def _skip(self, reason: str) -> None:
+        self.restore_skipped += 1
+        log.warning("alarm state restore: skipped %s", reason)
+
+    def _restore_chair(self, entry: Any, now_ms: int) -> list[AlarmEvent]:
+        if not isinstance(entry, Mapping):
+            raise TypeError("expected an object")
+        site, chair = _text_field(entry, "site"), _text_field(entry, "chair")
+        alarms = entry.get("alarms", {})
+        if not isinstance(alarms, Mapping):
+            raise TypeError(f"{site}/{chair}: alarms is not an object")
+        fields = {
+            name: _opt_int(entry, name)
+            for name in ("first_seen_ms", "last_vitals_ms", "online_ms", "cuff_since_ms")
+        }
+        box_state = _opt_text(entry, "box_state")
+        standby_by = _opt_text(entry, "standby_by")
+        state = self._chair(site, chair, now_ms, seen=False)
+        state.first_seen_ms = fields["first_seen_ms"]
+        state.last_vitals_ms = fields["last_vitals_ms"]
+        state.online_ms = fields["online_ms"]
+        state.cuff_since_ms = fields["cuff_since_ms"]
+        state.box_state = box_state if box_state in ("online", "offline") else None
+        state.standby_by = standby_by
+        state.restored_ms = now_ms if state.stale_base_ms() is not None else None
+        events: list[AlarmEvent] = []
+        for name, raw in alarms.items():
+            try:
+                events.extend(self._restore_slot(state, str(name), raw, now_ms))
+            except (TypeError, ValueError, KeyError) as exc:
+                self._skip(f"{site}/{chair}/{name}: {exc}")
+        self._changed.add((site, chair))
+        return events
+
+    def _restore_slot(self, chair: _Chair, name: str, raw: Any, now_ms: int) -> list[AlarmEvent]:
+        if not isinstance(raw, Mapping):
+            raise TypeError("expected an object")
+        state = AlarmState(_text_field(raw, "state"))
+        cond = chair.profile.effective.conditions.get(name)
+        if cond is None:
+            if state not in ANNOUNCED:
+                raise ValueError("not a condition of the profile")
+            return [self._orphan_clear(chair, name, raw, now_ms)]
+        slot = _Slot()
+        slot.thread = _opt_text(raw, "id")
+        slot.acks = _opt_int(raw, "acks") or 0
+        slot.renotifies = _opt_int(raw, "renotifies") or 0
+        slot.since_ms = _opt_int(raw, "since_ms")
+        slot.acked_ms = _opt_int(raw, "acked_ms")
+        slot.acked_by = _opt_text(raw, "acked_by")
+        slot.value = _opt_float(raw, "value")
+        slot.limit = _opt_float(raw, "limit")
+        slot.field = _opt_text(raw, "field")
+        slot.op = _opt_text(raw, "op")
+        slot.detail = _opt_text(raw, "detail") or ""
+        slot.present = raw.get("present") is True
+        slot.reason = _opt_text(raw, "reason") or ""
+        slot.cross_ms = _opt_int(raw, "cross_ms")
+        slot.clear_since_ms = _opt_int(raw, "clear_since_ms")
+        inhibitor = _opt_text(raw, "inhibited_by")
+        slot.inhibited_by = inhibitor if inhibitor in chair.profile.effective.conditions else None
+        alt = raw.get("alt")
+        if isinstance(alt, list) and len(alt) == 3 and isinstance(alt[0], str):
+            alt_value, alt_limit = _opt_float({"v": alt[1]}, "v"), _opt_float({"v": alt[2]}, "v")
+            if alt_value is not None and alt_limit is not None:
+                slot.alt = (alt[0], alt_value, alt_limit)
+        onsets_raw = raw.get("onsets", [])
+        if not isinstance(onsets_raw, list):
+            raise TypeError("onsets is not a list")
+        window_ms = chair.profile.effective.flap_window_s * 1000
+        onsets = tuple(
+            t for t in (_opt_int({"t": x}, "t") for x in onsets_raw) if t is not None and 0 <= now_ms - t <= window_ms
+        )
+        last_ms = _opt_int(raw, "last_ms")
+        if state in ANNOUNCED:
+            if slot.since_ms is None:
+                raise ValueError(f"{state.value} without since_ms")
+            if state is AlarmState.ACKED and slot.acked_ms is None:
+                slot.acked_ms = now_ms  # the pause before re-notification starts again
+            slot.state = state
+            slot.delay = DelayState(last_ms=last_ms)
+        else:
+            fresh = last_ms is not None and 0 <= now_ms - last_ms <= RESUME_MAX_GAP_MS
+            if state is AlarmState.PENDING and fresh:
+                slot.state = state
+                slot.delay = DelayState(
+                    _opt_int(raw, "pending_since_ms"),
+                    last_ms,
+                    raw.get("was_present") is True,
+                    onsets,
+                    max(_opt_float(raw, "integral") or 0.0, 0.0),
+                )
+            else:  # nobody watched during the gap: the delay starts again, flap onsets stay
+                slot.state = AlarmState.INACTIVE
+                slot.delay = DelayState(None, last_ms, False, onsets, 0.0)
+                slot.reason = "restored: delay restarts" if state is AlarmState.PENDING else slot.reason
+        chair.slots[name] = slot
+        return []
+
+    def _orphan_clear(self, chair: _Chair, name: str, raw: Mapping[str, Any], now_ms: int) -> AlarmEvent:
+        """The clear of an announced alarm whose condition left the profile."""
+        priority = raw.get("priority")
+        kind = raw.get("kind")
+        if priority not in PRIORITY_RANK or kind not in ("physiological", "technical"):
+            raise ValueError("announced alarm of an unknown condition without priority and kind")
+        thread = _opt_text(raw, "id") or self._thread_id(chair, name, _opt_int(raw, "since_ms") or now_ms)
+        log.warning("alarm state restore: %s/%s/%s is no longer in the profile: cleared",
+                    chair.site, chair.chair, name)
+        return AlarmEvent(
+            id=f"{thread}-c",
+            site=chair.site,
+            chair=chair.chair,
+            alarm=name,
+            priority=priority,
+            kind=kind,
+            event="cleared",
+            t=now_ms,
+            text=f"{name}: alarm ended, condition no longer in the alarm profile (chair {chair.chair})"[:MAX_TEXT],
+            drill=chair.chair.startswith(DRILL_PREFIX),
+            extra={"active": False, "level": PRIORITY_RANK[priority], "latching": False,
+                   "reason": "condition removed from the profile"},
+        )
+
     # ------------------------------------------------------------ internals
     def _chair(self, site: str, chair: str, now_ms: int, *, seen: bool = True) -> _Chair:
         key = (site, chair)
@@ -444,8 +713,14 @@ class AlarmEngine:
             rate = number(fields, "pr")
             if fields.get("st") == "ok" and rate is not None and not self._cuff_on(chair, now_ms):
                 chair.pulses.append(now_ms, rate)
-        elif reading.kind == "status" and fields.get("state") == "online":
-            chair.online_ms = now_ms
+        elif reading.kind == "status":
+            state = fields.get("state")
+            if state == "online" and chair.box_state != "online":
+                # a birth (first status, or back after the last will) restarts
+                # the staleness clock; the box's periodic status does not
+                chair.online_ms = now_ms
+            if state in ("online", "offline"):
+                chair.box_state = state
 
     def _cuff_on(self, chair: _Chair, now_ms: int) -> bool:
         profile = chair.profile.effective
@@ -529,15 +804,25 @@ class AlarmEngine:
         action: Action,
         obs: Observation | None,
         now_ms: int,
+        measured_ms: int | None = None,
     ) -> list[AlarmEvent]:
-        """Advance one slot's state machine with one observation."""
-        if action in ("skip", "hold"):
+        """Advance one slot's state machine with one observation.
+
+        ``measured_ms``: when the observed reading was measured (for the raise's
+        event id); ``None`` for clock-driven observations."""
+        if action == "skip":
+            return []
+        if action == "hold":
+            held = chair.slots.get(cond.name)
+            if held is not None:
+                held.clear_since_ms = None  # a held reading confirms no recovery
             return []
         slot = chair.slot(cond.name)
         if action == "invalid" or obs is None:
             # the value cannot be seen: a running delay cannot be confirmed; an
             # announced alarm stays (unknown is not recovered)
             slot.delay = reset_delay(slot.delay)
+            slot.clear_since_ms = None
             if slot.state is AlarmState.PENDING:
                 slot.state = AlarmState.INACTIVE
             return []
@@ -550,9 +835,11 @@ class AlarmEngine:
             ):
                 slot.rest(now_ms)
                 return []
+            if obs.present and not delay.was_present:
+                slot.cross_ms = measured_ms if measured_ms is not None else now_ms
             profile = chair.profile.effective
             decision = step_delay(
-                slot.delay,
+                delay,
                 obs,
                 now_ms,
                 mode=cond.mode,
@@ -569,32 +856,51 @@ class AlarmEngine:
             slot.state = AlarmState.PENDING if decision.pending else AlarmState.INACTIVE
             slot.reason = decision.reason
             return []
+        # announced (ACTIVE, ACKED, LATCHED): events show the latest value
+        self._remember(slot, obs)
         if obs.present:
-            self._remember(slot, obs)
+            slot.clear_since_ms = None
             if slot.state is AlarmState.LATCHED:
                 slot.state = AlarmState.ACTIVE  # back again before anyone acknowledged
+                self._changed.add((chair.site, chair.chair))
             return []
         if not obs.recovered:
-            return []  # inside the limit but within the hysteresis band: stay
+            slot.clear_since_ms = None  # inside the limit but within the hysteresis band: stay
+            return []
+        if slot.clear_since_ms is None:
+            slot.clear_since_ms = now_ms
+        if now_ms - slot.clear_since_ms < cond.clear_hold_s * 1000:
+            return []  # recovered, but not yet for clear_hold_s
         if slot.state is AlarmState.ACTIVE and cond.latching:
             slot.state = AlarmState.LATCHED
+            self._changed.add((chair.site, chair.chair))
             return []
         if slot.state in PRESENT:
-            self._remember(slot, obs)
             return [self._clear(chair, cond, slot, now_ms)]
         return []  # LATCHED waits for an acknowledgement
 
     @staticmethod
     def _remember(slot: _Slot, obs: Observation) -> None:
         slot.value, slot.limit, slot.detail = obs.value, obs.limit, obs.detail
-        slot.field, slot.op = obs.field, obs.op
+        slot.field, slot.op, slot.present = obs.field, obs.op, obs.present
+        slot.alt = obs.alt
 
     def _inhibitor(self, chair: _Chair, name: str) -> Condition | None:
+        """The inhibitor of ``name`` that is present (ACTIVE or ACKED): it holds ``name`` back."""
         for other in self._conditions(chair):
             if name in other.inhibits:
                 slot = chair.slots.get(other.name)
                 if slot is not None and slot.state in PRESENT:
                     return other
+        return None
+
+    def _announced_inhibitor(self, chair: _Chair, name: str) -> str | None:
+        """The inhibitor of ``name`` that is announced (also LATCHED): the thread it belongs to."""
+        for other in chair.profile.effective.conditions.values():
+            if name in other.inhibits:
+                slot = chair.slots.get(other.name)
+                if slot is not None and slot.state in ANNOUNCED:
+                    return other.name
         return None
 
     def _fire(
@@ -609,26 +915,36 @@ class AlarmEngine:
         for name in cond.inhibits:
             lower = chair.slots.get(name)
             lower_cond = chair.profile.effective.conditions[name]
-            if (
-                lower is not None
-                and lower.state in ANNOUNCED
-                and PRIORITY_RANK[cond.priority] > PRIORITY_RANK[lower_cond.priority]
-            ):
-                kind = "escalated"
+            if lower is not None and lower.state in ANNOUNCED:
+                lower.inhibited_by = cond.name  # its next event joins this thread
+                if PRIORITY_RANK[cond.priority] > PRIORITY_RANK[lower_cond.priority]:
+                    kind = "escalated"
         slot.state = AlarmState.ACTIVE
         slot.since_ms = now_ms
         slot.acked_ms = None
         slot.acked_by = None
         slot.reason = reason
         slot.delay = DelayState(last_ms=now_ms)
+        slot.clear_since_ms = None
+        slot.acks = slot.renotifies = 0
+        slot.thread = self._thread_id(chair, cond.name, slot.cross_ms if slot.cross_ms is not None else now_ms)
         return [self._event(chair, cond, slot, kind, now_ms)]
 
-    def _clear(self, chair: _Chair, cond: Condition, slot: _Slot, now_ms: int) -> AlarmEvent:
-        event = self._event(chair, cond, slot, "cleared", now_ms)
+    def _thread_id(self, chair: _Chair, alarm: str, crossed_ms: int) -> str:
+        """The raise's event id: the same crossing always gets the same id."""
+        key = f"{chair.site}\x1f{chair.chair}\x1f{alarm}\x1f{crossed_ms}".encode()
+        return f"{self._prefix}-{hashlib.sha256(key).hexdigest()[:20]}"
+
+    def _clear(
+        self, chair: _Chair, cond: Condition, slot: _Slot, now_ms: int, *, why: str | None = None
+    ) -> AlarmEvent:
+        event = self._event(chair, cond, slot, "cleared", now_ms, why=why)
         slot.state = AlarmState.INACTIVE
         slot.since_ms = None
         slot.acked_ms = None
         slot.acked_by = None
+        slot.clear_since_ms = None
+        slot.thread = None
         slot.delay = DelayState(last_ms=now_ms)
         return event
 
@@ -637,6 +953,7 @@ class AlarmEngine:
         if slot is None or slot.state not in ANNOUNCED:
             return []
         slot.acked_by = by
+        slot.acks += 1
         if slot.state is AlarmState.LATCHED:
             acked = self._event(chair, cond, slot, "acknowledged", now_ms, by=by)
             return [acked, self._clear(chair, cond, slot, now_ms)]
@@ -644,28 +961,30 @@ class AlarmEngine:
         slot.acked_ms = now_ms
         return [self._event(chair, cond, slot, "acknowledged", now_ms, by=by)]
 
-    def _text(self, chair: _Chair, cond: Condition, slot: _Slot, event: EventType) -> str:
-        where = f"(chair {chair.chair})"
-        if cond.check == "threshold" and slot.value is not None and slot.limit is not None:
-            unit = UNITS.get(slot.field or "", "")
-            label = {"spo2": "SpO2", "pr": "pulse"}.get(slot.field or "", slot.field or "")
-            body = (
-                f"{cond.text}: {label} {slot.value:g} {unit} {slot.op or ''} {slot.limit:g} {unit}"
-            )
-        elif slot.detail:
-            body = f"{cond.text}: {slot.detail}"
-        else:
-            body = cond.text
-        text = f"{body} {where}"
+    def _text(
+        self, chair: _Chair, cond: Condition, slot: _Slot, event: EventType, why: str | None = None
+    ) -> str:
+        body = f"{cond.text}: {why or _recovery(cond, slot)}" if event == "cleared" else _situation(cond, slot)
+        text = f"{body} (chair {chair.chair})"
         if event == "acknowledged" and slot.acked_by:
             text = f"{text}, acknowledged by {slot.acked_by}"
-        elif event == "cleared":
-            text = f"cleared: {text}"
         elif event == "renotify":
             text = f"still active: {text}"
         elif event == "escalated":
             text = f"escalated: {text}"
         return " ".join(text.split())[:MAX_TEXT]
+
+    def _event_id(self, chair: _Chair, cond: Condition, slot: _Slot, kind: EventType, now_ms: int) -> str:
+        if slot.thread is None:  # announced without a raise id (an old snapshot): one from its start
+            since = slot.since_ms if slot.since_ms is not None else now_ms
+            slot.thread = self._thread_id(chair, cond.name, since)
+        if kind == "cleared":
+            return f"{slot.thread}-c"
+        if kind == "acknowledged":
+            return f"{slot.thread}-a{slot.acks}"
+        if kind == "renotify":
+            return f"{slot.thread}-r{slot.renotifies}"
+        return slot.thread
 
     def _event(
         self,
@@ -676,9 +995,13 @@ class AlarmEngine:
         now_ms: int,
         *,
         by: str | None = None,
+        why: str | None = None,
     ) -> AlarmEvent:
+        inhibitor = self._announced_inhibitor(chair, cond.name)
+        inhibited_by = inhibitor if inhibitor is not None else slot.inhibited_by
+        slot.inhibited_by = inhibitor  # the sticky mark is carried by one event
         return AlarmEvent(
-            id=f"{self._prefix}-{next(self._ids)}",
+            id=self._event_id(chair, cond, slot, kind, now_ms),
             site=chair.site,
             chair=chair.chair,
             alarm=cond.name,
@@ -686,7 +1009,7 @@ class AlarmEngine:
             kind=cond.kind,
             event=kind,
             t=now_ms,
-            text=self._text(chair, cond, slot, kind),
+            text=self._text(chair, cond, slot, kind, why),
             value=slot.value,
             limit=slot.limit,
             by=by,
@@ -697,7 +1020,54 @@ class AlarmEngine:
                 "latching": cond.latching,
                 "reason": slot.reason,
             },
+            inhibits=tuple(sorted(cond.inhibits)),
+            inhibited_by=inhibited_by,
         )
+
+
+_LABELS: Final[dict[str, str]] = {"spo2": "SpO2", "pr": "pulse"}
+_RECOVERED: Final[dict[str, str]] = {
+    "probe": "SpO2 signal back",
+    "module": "module answering again",
+    "nibp_error": "next NIBP measurement succeeded",
+    "offline": "box back online",
+    "stale": "vitals received again",
+    "unsynced": "box clock synchronised",
+}
+
+
+def _measure(name: str | None, value: float) -> str:
+    unit = UNITS.get(name or "", "")
+    return f"{_LABELS.get(name or '', name or '')} {value:g} {unit}".strip()
+
+
+def _situation(cond: Condition, slot: _Slot) -> str:
+    """What is wrong, with the latest value (raise, escalation, ack, renotify)."""
+    if cond.check == "threshold" and slot.value is not None and slot.limit is not None:
+        unit = UNITS.get(slot.field or "", "")
+        now = _measure(slot.field, slot.value)
+        if slot.present:
+            return f"{cond.text}: {now} {slot.op or ''} {slot.limit:g} {unit}"
+        return f"{cond.text}: {now}, not yet recovered (limit {slot.limit:g} {unit})"
+    if slot.detail:
+        return f"{cond.text}: {slot.detail}"
+    return cond.text
+
+
+def _recovery(cond: Condition, slot: _Slot) -> str:
+    """What a clear means: the value back, or the technical problem gone."""
+    if cond.check == "threshold" and slot.value is not None and slot.limit is not None:
+        unit = UNITS.get(slot.field or "", "")
+        label = _LABELS.get(slot.field or "", slot.field or "")
+        text = f"{label} back to {slot.value:g} {unit} (limit {slot.limit:g} {unit})"
+        if slot.alt is not None:
+            name, value, limit = slot.alt
+            alt_unit = UNITS.get(name, "")
+            text += f", {_LABELS.get(name, name)} {value:g} {alt_unit} (limit {limit:g} {alt_unit})"
+        return text
+    if cond.check == "afib":
+        return f"no longer rapid and irregular: {slot.detail}" if slot.detail else "no longer rapid and irregular"
+    return _RECOVERED.get(cond.check, "condition ended")
 
 
 def _may_observe(check: str, measurement: str | None, kind: str) -> bool:
@@ -713,6 +1083,44 @@ def _may_observe(check: str, measurement: str | None, kind: str) -> bool:
     if check == "nibp_error":
         return kind == "nibp"
     return kind == measurement
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
+def _text_field(doc: Mapping[str, Any], key: str) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key}: expected a non-empty string, got {value!r}"[:120])
+    return value
+
+
+def _opt_text(doc: Mapping[str, Any], key: str) -> str | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{key}: expected a string or null, got {type(value).__name__}")
+    return value
+
+
+def _opt_int(doc: Mapping[str, Any], key: str) -> int | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key}: expected an integer or null, got {type(value).__name__}")
+    return value
+
+
+def _opt_float(doc: Mapping[str, Any], key: str) -> float | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{key}: expected a finite number or null, got {value!r}"[:120])
+    return float(value)
 
 
 __all__ = ["DRILL_PREFIX", "AlarmEngine", "AlarmState", "ProfileError"]

@@ -66,6 +66,7 @@ SETTABLE_CONDITION: Final[frozenset[str]] = frozenset(
         "alt_limit",
         "delay_s",
         "clear_hysteresis",
+        "clear_hold_s",
         "latching",
         "cuff_hold",
         "satseconds_limit",
@@ -111,6 +112,10 @@ class Condition:
     window_s: float | None = None
     irregularity: float | None = None
     min_valid_fraction: float = 0.8
+    clear_hold_s: float = 0.0
+    """an announced alarm counts as recovered only after every reading for this
+    long was recovered (an off-delay: a value flapping across the hysteresis
+    band stays one alarm)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +245,7 @@ def _condition(name: str, obj: Any, ck: _Checker, names: frozenset[str]) -> Cond
     hi_delay = MAX_PHYSIOLOGICAL_DELAY_S if kind == "physiological" else 3600.0
     delay_s = ck.number(obj, "delay_s", path, lo=0, hi=hi_delay, default=0.0) or 0.0
     hysteresis = ck.number(obj, "clear_hysteresis", path, lo=0, hi=50, default=0.0) or 0.0
+    clear_hold = ck.number(obj, "clear_hold_s", path, lo=0, hi=120, default=0.0, required=False) or 0.0
     latching = ck.boolean(obj, "latching", path)
     cuff_hold = ck.boolean(obj, "cuff_hold", path, default=False)
     measurement = ck.string(obj, "measurement", path, nullable=True)
@@ -329,6 +335,7 @@ def _condition(name: str, obj: Any, ck: _Checker, names: frozenset[str]) -> Cond
         window_s=window_s,
         irregularity=irregularity,
         min_valid_fraction=min_valid if min_valid is not None else 0.8,
+        clear_hold_s=clear_hold,
     )
 
 
@@ -462,6 +469,7 @@ WHOLE_NUMBER_PARAMS: Final = frozenset({"flap_violations"})
 RUNTIME_ANY_CONDITION: Final[dict[str, tuple[float, float]]] = {
     "delay_s": (0, 30),
     "clear_hysteresis": (0, 10),
+    "clear_hold_s": (0, 30),
     "cuff_hold": (0, 1),
     "latching": (0, 1),
 }

@@ -91,7 +91,7 @@ class LiveView:
                 view.alarms = [f"{a['alarm']}({a['priority'][0].upper()})" for a in data.get("active", [])]
             elif kind == "alarms":
                 stamp = time.strftime("%H:%M:%S")
-                self.events.append(f"{stamp} chair {chair}: {data.get('event')} {data.get('text')}")
+                self.events.append(f"{stamp} chair {chair}: [{data.get('event')}] {data.get('text')}")
                 self.events = self.events[-8:]
 
     def _on_page(self, payload: bytes) -> None:

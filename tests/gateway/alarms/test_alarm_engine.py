@@ -182,9 +182,13 @@ def test_spo2_low_escalates_to_critical_in_one_thread(engine: AlarmEngine) -> No
 def test_fast_drop_raises_critical_and_holds_low_while_critical(engine: AlarmEngine) -> None:
     events, t = run_vitals(engine, [vitals(spo2=88)] * 3 + [vitals(spo2=80)] * 30)
     assert [(e.alarm, e.event) for e in events] == [("spo2_critical", "raised")]
-    # critical ends (latched, unacknowledged) while SpO2 stays low: low now raises
-    events, t = run_vitals(engine, [vitals(spo2=88)] * 3, start=t)
-    assert [(e.alarm, e.event) for e in events] == [("spo2_low", "raised")]
+    # critical ends (latched, unacknowledged: 88 >= 85 + 2 held for clear_hold_s,
+    # 10 s) while SpO2 stays low: low now raises, in the critical alarm's thread
+    start = t
+    events, t = run_vitals(engine, [vitals(spo2=88)] * 11, start=t)
+    assert [(e.alarm, e.event, e.t, e.inhibited_by) for e in events] == [
+        ("spo2_low", "raised", start + 10 * S, "spo2_critical")
+    ]
     assert engine.state_of(SITE, CHAIR, "spo2_critical") is AlarmState.LATCHED
 
 
@@ -201,8 +205,9 @@ def test_hysteresis_clears_only_well_inside(engine: AlarmEngine) -> None:
     assert of(events, "spo2_low", "raised")
     events, t = run_vitals(engine, [vitals(spo2=90), vitals(spo2=91)] * 5, start=t)
     assert events == []
-    events, t = run_vitals(engine, [vitals(spo2=92)], start=t)
-    assert [(e.alarm, e.event) for e in events] == [("spo2_low", "cleared")]
+    start = t
+    events, t = run_vitals(engine, [vitals(spo2=92)] * 11, start=t)  # held for clear_hold_s
+    assert [(e.alarm, e.event, e.t) for e in events] == [("spo2_low", "cleared", start + 10 * S)]
     assert events[0].extra["active"] is False
 
 
@@ -218,6 +223,7 @@ def test_latched_alarm_survives_recovery_until_acknowledged(engine: AlarmEngine)
             "since": T0,
             "acked": False,
             "latched": True,
+            "id": events[0].id,
         }
     ]
     acked = engine.acknowledge(SITE, CHAIR, "spo2_critical", "nurse kim", t)
@@ -226,8 +232,8 @@ def test_latched_alarm_survives_recovery_until_acknowledged(engine: AlarmEngine)
 
 
 def test_non_latching_alarm_clears_by_itself(engine: AlarmEngine) -> None:
-    events, _ = run_vitals(engine, [vitals(pr=130)] * 12 + [vitals(pr=100)])
-    assert [e.event for e in of(events, "pulse_high")] == ["raised", "cleared"]
+    events, _ = run_vitals(engine, [vitals(pr=130)] * 12 + [vitals(pr=100)] * 11)
+    assert [(e.event, e.t) for e in of(events, "pulse_high")] == [("raised", T0 + 10 * S), ("cleared", T0 + 22 * S)]
 
 
 def test_acknowledge_pauses_then_renotifies_while_still_active(engine: AlarmEngine) -> None:
@@ -416,12 +422,12 @@ def test_slow_irregular_pulse_is_not_afib_rvr(engine: AlarmEngine) -> None:
 # --------------------------------------------------------------- technical
 def test_probe_off_after_delay_and_invalid_data_resets_spo2_delay(engine: AlarmEngine) -> None:
     off = [vitals(spo2=None, pr=None, st="no_finger")] * 20
-    events, _ = run_vitals(engine, [vitals(spo2=88)] * 10 + off + [vitals(spo2=88)] * 10)
+    events, _ = run_vitals(engine, [vitals(spo2=88)] * 10 + off + [vitals(spo2=88)] * 11)
     assert [(e.event, e.t) for e in of(events, "probe_off")] == [
         ("raised", T0 + 25 * S),
-        ("cleared", T0 + 30 * S),
+        ("cleared", T0 + 40 * S),  # signal back at 30 s, held for clear_hold_s (10 s)
     ]
-    assert of(events, "spo2_low") == []  # 10 s + 10 s low, never 15 s in a row
+    assert of(events, "spo2_low") == []  # 10 s + 11 s low, never 15 s in a row
 
 
 # (status fields, alarm)

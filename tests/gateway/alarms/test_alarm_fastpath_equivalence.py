@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from chairside.alarms import AlarmEngine, ProfileError, load_profile, parse_profile
+from chairside.alarms import engine as engine_module
 from chairside.alarms.profile import Profile
 from chairside.model import AlarmEvent, Reading
 
@@ -163,7 +164,8 @@ def snapshot(engine: Any) -> dict[tuple[str, str, str], tuple[Any, ...]]:
             out[(site, chair, name)] = (
                 str(slot.state), d.pending_since_ms, d.last_ms, d.was_present, d.onsets, d.integral,
                 slot.since_ms, slot.acked_ms, slot.acked_by, slot.value, slot.limit, slot.detail,
-                slot.field, slot.op, slot.reason,
+                slot.field, slot.op, slot.reason, slot.present, slot.thread, slot.clear_since_ms,
+                slot.inhibited_by,
             )
         out[(site, chair, "")] = (state.first_seen_ms, state.last_vitals_ms, state.online_ms,
                                   state.cuff_since_ms, state.standby_by, state.profile.overrides)
@@ -243,10 +245,10 @@ def canonical(obj: Any) -> str:
     return repr(obj)
 
 
-def stream_digests(seed: int, satseconds: bool) -> list[str]:
+def stream_digests(seed: int, satseconds: bool, engine: AlarmEngine | None = None) -> list[str]:
     """Checkpointed digests of every call's result and the engine's snapshot."""
     profile = satseconds_profile() if satseconds else load_profile()
-    engine = AlarmEngine(profile, id_prefix="x")
+    engine = engine if engine is not None else AlarmEngine(profile, id_prefix="x")
     digest = hashlib.sha256()
     out = []
     for step, call in enumerate(drive(seed, STEPS, profile)):
@@ -270,6 +272,19 @@ def test_engine_matches_the_recorded_streams(seed: int, satseconds: bool) -> Non
     assert first is None and len(got) == len(want), (
         f"calls {first * CHECKPOINT}..{first * CHECKPOINT + CHECKPOINT - 1} differ"
         if first is not None else "a different number of calls")
+
+
+def test_fast_path_equals_the_full_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Besides the recording: the same stream through an engine whose presence
+    checks always defer to the full path (``_observe`` then ``_apply``) gives
+    the same digests, so the fast path decides exactly what the full one would."""
+    want = stream_digests(0, False)
+    monkeypatch.setattr(engine_module, "presence", lambda cond, kind, profile: _always_full)
+    assert stream_digests(0, False, AlarmEngine(load_profile(), id_prefix="x")) == want
+
+
+def _always_full(chair: Any, fields: Any, now_ms: int, cuff_on: bool) -> bool | None:
+    return True
 
 
 def test_streams_alarm_often() -> None:
