@@ -43,7 +43,7 @@ def make_messages(chairs: int, readings: int) -> list[tuple[str, bytes, int]]:
     for k in range(readings):
         i, seq = k % chairs, k // chairs
         t = T0 + seq * 1000 + i
-        env = fw.envelope(seq, 1, 60_000 + seq * 1000, t, True, False)
+        env = fw.link(fw.envelope(seq, 1, 60_000 + seq * 1000, t, True, False), seq - 1)
         payload = fw.vitals_payload(env, 96 + (k % 4), 70 + (i % 20), 7, fw.ST_OK).encode()
         out.append((fw.Topics("clinic1", f"chair{i:04d}").vitals, payload, t + 40))
     return out

@@ -253,7 +253,7 @@ def _publish(plan: PubPlan) -> PubResult:
                 t_ms = max(now_wall, last_t[i] + 1)
                 last_t[i] = t_ms
                 up = boot_up[i] + int((time.monotonic() - up0) * 1000)
-                env = fw.envelope(cycle, 1, up, t_ms, True, False)
+                env = fw.link(fw.envelope(cycle, 1, up, t_ms, True, False), cycle - 1)
                 spo2 = SPO2_CRITICAL_PROBE if plan.alarm_at.get(chair) == cycle else 97 + (cycle + i) % 3
                 payload = fw.vitals_payload(env, spo2, 70 + (i % 20), 7, fw.ST_OK)
                 pub_times[chair].append(time.monotonic())

@@ -75,7 +75,7 @@ def queue_backlog(port: int, site: str, chairs: int, readings: int, t0_ms: int) 
         for seq in range(per_chair):
             for i, topic in enumerate(topics):
                 up = 60_000 + seq * PERIOD_MS
-                env = fw.envelope(seq, 1, up, t0_ms + seq * PERIOD_MS + i % PERIOD_MS, True, False)
+                env = fw.link(fw.envelope(seq, 1, up, t0_ms + seq * PERIOD_MS + i % PERIOD_MS, True, False), seq - 1)
                 conn.add(topic, fw.vitals_payload(env, 97 + (seq + i) % 3, 70 + i % 20, 7, fw.ST_OK))
                 if conn.buffered > 60_000:
                     conn.flush()

@@ -28,7 +28,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, separators=(",", ":"), sort_keys=True)
+        json.dump(data, f, separators=(",", ":"), sort_keys=True, allow_nan=False)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

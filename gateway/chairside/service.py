@@ -33,11 +33,13 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from chairside import contract, mqtt_auth
+from chairside.alarms import state_file
 from chairside.alarms.engine import AlarmEngine
 from chairside.config import Clock, GatewayConfig, SystemClock
 from chairside.health import HealthServer
@@ -48,7 +50,7 @@ from chairside.ingest.session import IngestSession, SessionConfig
 from chairside.ingest.timebase import Stamp, Timebase
 from chairside.ingest.validate import Accepted, Rejected, validate
 from chairside.metrics import Metrics
-from chairside.model import AlarmStage, Reading
+from chairside.model import AlarmEvent, AlarmStage, Reading
 from chairside.outbound import Outbound
 from chairside.paths import atomic_write_json
 from chairside.staff import controls
@@ -66,6 +68,9 @@ SUBSCRIBED_KINDS = ("vitals", "nibp", "status", "resp")
 TIME_SYNC_INTERVAL_MS = 60_000
 SPOOL_FULL_ALARM = "gateway_spool_full"
 WATERMARKS_FILE = "watermarks.json"
+ALARM_STATE_SAVE_S = 1.0
+"""how often the alarm state is saved when readings changed it without an event
+(pending delays, SatSeconds); events and latches save it at once"""
 WATERMARK_SAVE_S = 5.0
 """how often the stored watermarks are saved (a restart with older ones only makes boxes re-send more)"""
 
@@ -147,6 +152,11 @@ class Gateway:
         self.outbound = Outbound(f"{config.client_id}-pub", self.metrics, alarm_stage.active,
                                  self.clock.now_ms)
         self.client = self.outbound.client
+        self.engine = alarm_stage if isinstance(alarm_stage, AlarmEngine) else None
+        self._alarm_state_path = (config.state_dir / state_file.FILE_NAME
+                                  if config.state_dir is not None else None)
+        self._engine_dirty = False
+        self._engine_saved_at = 0.0
         self.controls = (
             StaffControls(alarm_stage, self.metrics, publish=self.outbound.publish,
                           emit=self.outbound.events, publish_active=self.outbound.active_set,
@@ -187,6 +197,7 @@ class Gateway:
         self._started = time.monotonic()
         if self.controls is not None:  # before the first reading is evaluated
             self.writer.submit(self.controls.restore_overrides(self.clock.now_ms()), None)
+        self._restore_alarm_state()
         self._restore_watermarks()
         self._stop_timer.clear()
         self._timer = threading.Thread(target=self._timer_loop, name="gw-timer", daemon=True)
@@ -206,6 +217,8 @@ class Gateway:
         if self._timer is not None:
             self._timer.join(max(0.0, deadline - time.monotonic()))
         self.timebase.flush()
+        with self._lock:
+            self._save_alarm_state()
         left = self.writer.stop(max(0.0, deadline - time.monotonic()) + 1.0)
         self._publish_watermarks(self.clock.now_ms())
         self._save_watermarks()
@@ -360,7 +373,8 @@ class Gateway:
             self.metrics.inc("processing_errors", stage="alarm_stage")
             log.exception("alarm stage failed on %s", result.topic)
             events = []
-        lines.extend(self.outbound.events(events))
+        self._engine_dirty = True
+        lines.extend(self._announce(events))
         self.writer.submit(lines, receipt)
 
     def _for_alarms(self, reading: Reading) -> Reading:
@@ -413,7 +427,10 @@ class Gateway:
             self.metrics.inc("control_rejected", reason="no_engine")
             self._ack(item.token.ack if item.token is not None else None)
             return
-        self.writer.submit(self.controls.handle(item, self.clock.now_ms()), item.token)
+        lines = self.controls.handle(item, self.clock.now_ms())
+        self._engine_dirty = True
+        lines.extend(self._announce([]))
+        self.writer.submit(lines, item.token)
 
     def _publish_watermarks(self, now_ms: int) -> None:
         """Publish the chairs' stored watermarks that advanced (rate-limited per
@@ -466,8 +483,51 @@ class Gateway:
             self.metrics.inc("processing_errors", stage="alarm_tick")
             log.exception("alarm stage tick failed")
             return
-        if events:
-            self.writer.submit(self.outbound.events(events), None)
+        lines = self._announce(events)
+        if lines:
+            self.writer.submit(lines, None)
+        if self._engine_dirty and time.monotonic() - self._engine_saved_at >= ALARM_STATE_SAVE_S:
+            self._save_alarm_state()
+
+    def _announce(self, events: Sequence[AlarmEvent]) -> list[str]:
+        """Save the alarm state (before anything is published: a restart
+        never repeats or loses what was announced), publish the events and
+        the active sets of chairs whose set changed without one (a latch);
+        the events' points."""
+        changed = self.engine.changed_chairs() if self.engine is not None else set()
+        if events or changed:
+            self._save_alarm_state()
+        lines = self.outbound.events(events)
+        evented = {(e.site, e.chair) for e in events}
+        for site, chair in sorted(changed - evented):
+            self.outbound.active_set(site, chair)
+        return lines
+
+    def _save_alarm_state(self) -> None:
+        self._engine_saved_at = time.monotonic()
+        self._engine_dirty = False
+        if self.engine is None or self._alarm_state_path is None:
+            return
+        try:
+            state_file.save(self.engine, self._alarm_state_path)
+        except (OSError, ValueError) as exc:
+            self.metrics.inc("persist_errors", what="alarm_state")
+            log.error("cannot save the alarm state to %s: %s", self._alarm_state_path, exc)
+
+    def _restore_alarm_state(self) -> None:
+        """Active, latched and acknowledged alarms, pending delays and standby
+        as they were before a restart (docs/alarms.md, "Restarts")."""
+        if self.engine is None or self._alarm_state_path is None:
+            return
+        with self._lock:
+            events = state_file.load(self.engine, self._alarm_state_path, self.clock.now_ms())
+            skipped = self.engine.restore_skipped
+            if skipped:
+                self.metrics.inc("alarm_state_skipped", skipped)
+            lines = self._announce(events)
+            for site, chair in self.engine.chairs():
+                self.outbound.active_set(site, chair)  # the retained sets, as restored
+        self.writer.submit(lines, None)
 
     def _spool_full_alarm(self, full: bool) -> None:
         """Raise (or, once the spool is half empty, clear) the technical alarm ``gateway_spool_full``."""
@@ -546,6 +606,7 @@ def _describe_metrics(m: Metrics) -> None:
     m.describe("spool_errors", "counter", "failed spool appends (disk errors)")
     m.describe("deadletters", "counter", "points InfluxDB rejected as malformed (dead-lettered)")
     m.describe("influx_reachable", "gauge", "1 while InfluxDB answers")
+    m.describe("alarm_state_skipped", "counter", "entries of the saved alarm state that could not be restored")
     m.describe("watermarks_published", "counter", "stored watermarks published to boxes")
     m.describe("watermark_gaps", "counter", "kept readings declared lost: never arrived within the gap timeout")
     m.describe("mqtt_sessions_lost", "counter", "reconnects on which the broker had lost the persistent session")

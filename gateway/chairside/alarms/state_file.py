@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Final
 
 from chairside.model import AlarmEvent
+from chairside.paths import atomic_write_json
 
 from .engine import AlarmEngine
 
@@ -29,13 +30,7 @@ log = logging.getLogger(__name__)
 
 def save(engine: AlarmEngine, path: Path) -> None:
     """Write the engine's snapshot to ``path`` atomically; OSError goes to the caller."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(engine.snapshot(), f, separators=(",", ":"), allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, engine.snapshot())
 
 
 def load(engine: AlarmEngine, path: Path, now_ms: int) -> list[AlarmEvent]:
