@@ -62,6 +62,8 @@ class GatewayConfig:
     health_write_age_s: float = 10.0
     """/health reports 503 when points are waiting and none was written, spooled or
     dead-lettered for this long (the writer cannot make progress)"""
+    watermark_interval_ms: int = 1_000
+    """a chair's stored watermark is published at most this often (docs/contract.md)"""
     probe_down_s: float = 1.0
     """while InfluxDB is unavailable, probe it this often, so writes resume within about this"""
     site: str = "gateway"
@@ -86,6 +88,7 @@ class GatewayConfig:
             "probe_interval_s": self.probe_interval_s,
             "health_write_age_s": self.health_write_age_s,
             "probe_down_s": self.probe_down_s,
+            "watermark_interval_ms": self.watermark_interval_ms,
         }
         for name, value in positive.items():
             if value <= 0:

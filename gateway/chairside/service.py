@@ -134,7 +134,7 @@ class Gateway:
             _writer_config(config), self.influx, self.spool, self.deadletters, self.metrics,
             on_durable=self._durable, now_ms=self.clock.now_ms, on_spool_full=self._spool_full_alarm,
         )
-        self.watermarks = Watermarks()
+        self.watermarks = Watermarks(min_interval_ms=config.watermark_interval_ms)
         self._wm_lock = threading.Lock()  # the writer (durable) vs the timer (publish, save)
         self._wm_path = storage_dir / WATERMARKS_FILE if config.state_dir is not None else None
         self._wm_saved_at = 0.0
@@ -157,6 +157,9 @@ class Gateway:
                                   if config.state_dir is not None else None)
         self._engine_dirty = False
         self._engine_saved_at = 0.0
+        self._state_taken = 0  # snapshots taken (under the ingest lock)
+        self._state_written = 0  # the newest of them on disk
+        self._state_write_lock = threading.Lock()
         self.controls = (
             StaffControls(alarm_stage, self.metrics, publish=self.outbound.publish,
                           emit=self.outbound.events, publish_active=self.outbound.active_set,
@@ -313,10 +316,14 @@ class Gateway:
         while not self._stop_timer.wait(self.config.tick_interval_s):
             try:
                 with self._lock:
-                    self._tick()
+                    snapshot = self._tick()
                     if time.monotonic() >= next_rejects:
                         next_rejects = time.monotonic() + self.config.reject_interval_s
                         self.writer.submit(self._rejects.flush(self.clock.now_ms()), None)
+                # outside the ingest lock: neither holds up the next message
+                self._publish_watermarks(self.clock.now_ms())
+                if snapshot is not None:
+                    self._write_alarm_state(snapshot)
             except Exception:
                 self.metrics.inc("processing_errors", stage="timer")
                 log.exception("unexpected error in the timer")
@@ -474,20 +481,25 @@ class Gateway:
             return
         log.info("restored %d stored watermark(s) from %s", restored, self._wm_path)
 
-    def _tick(self) -> None:
+    def _tick(self) -> dict[str, Any] | None:
+        """Tick the alarm stage; the alarm state to save, when a periodic save is due."""
         self.timebase.flush()
-        self._publish_watermarks(self.clock.now_ms())
         try:
             events = self.alarm_stage.tick(self.clock.now_ms())
         except Exception:
             self.metrics.inc("processing_errors", stage="alarm_tick")
             log.exception("alarm stage tick failed")
-            return
+            return None
         lines = self._announce(events)
         if lines:
             self.writer.submit(lines, None)
-        if self._engine_dirty and time.monotonic() - self._engine_saved_at >= ALARM_STATE_SAVE_S:
-            self._save_alarm_state()
+        if (self.engine is None or not self._engine_dirty
+                or time.monotonic() - self._engine_saved_at < ALARM_STATE_SAVE_S):
+            return None
+        self._engine_saved_at = time.monotonic()
+        self._engine_dirty = False
+        self._state_taken += 1
+        return {"n": self._state_taken, "state": self.engine.snapshot()}
 
     def _announce(self, events: Sequence[AlarmEvent]) -> list[str]:
         """Save the alarm state (before anything is published: a restart
@@ -506,10 +518,22 @@ class Gateway:
     def _save_alarm_state(self) -> None:
         self._engine_saved_at = time.monotonic()
         self._engine_dirty = False
-        if self.engine is None or self._alarm_state_path is None:
+        if self.engine is not None:
+            self._state_taken += 1
+            self._write_alarm_state({"n": self._state_taken, "state": self.engine.snapshot()})
+
+    def _write_alarm_state(self, taken: dict[str, Any]) -> None:
+        """Write a snapshot unless a newer one is already on disk (the timer
+        writes its periodic one outside the ingest lock, an event's is written
+        under it)."""
+        if self._alarm_state_path is None:
             return
         try:
-            state_file.save(self.engine, self._alarm_state_path)
+            with self._state_write_lock:
+                if taken["n"] <= self._state_written:
+                    return
+                atomic_write_json(self._alarm_state_path, taken["state"])
+                self._state_written = taken["n"]
         except (OSError, ValueError) as exc:
             self.metrics.inc("persist_errors", what="alarm_state")
             log.error("cannot save the alarm state to %s: %s", self._alarm_state_path, exc)
