@@ -1,0 +1,44 @@
+"""Issue 15, "Done when": mutated payloads on every topic the gateway and the
+pager subscribe to, while good chairs publish, against real Mosquitto, real
+InfluxDB, the real gateway and the real pager.
+
+The harness (strategies, services, checks) is ``benchmarks/fuzz_services.py``;
+here it runs with hypothesis's fixed derandomized sequence and a CI-sized
+number of messages.  Asserted: both services answer ``/health``/``/healthz``
+200 throughout and stay alive, good chairs lose no reading, every refused
+message is counted with a reason (gateway ``rejected`` exactly as its own
+validator decides, ``control_rejected`` = the refusals answered on
+``staff/result``, the pager counts every message once), and nothing invalid is
+stored (InfluxDB) or applied (saved limits, pager threads).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from chairside.sim.services import InfluxDB, Mosquitto
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import fuzz_services
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+EXAMPLES = 400
+
+
+@pytest.mark.timeout(120)
+def test_services_survive_fuzzed_messages_while_good_chairs_publish(
+    mosquitto: Mosquitto, influxdb: InfluxDB, tmp_path: Path
+) -> None:
+    report = fuzz_services.fuzz(mosquitto, influxdb, tmp_path, EXAMPLES, seed=None, good_interval_s=0.1)
+    print(report.text())
+    assert sum(report.sent.values()) >= EXAMPLES * 0.9, report.text()
+    # every target and every mutation class was exercised
+    assert set(report.sent) == {"box", "staff", "pager_alarm", "pager_ack"}, report.text()
+    assert set(report.mutations) == set(fuzz_services.MUTATIONS), report.text()
+    assert report.refused["box"] > 0 and report.refused["staff"] > 0 and report.refused["pager_alarm"] > 0
+    assert report.counts["good readings sent"] > 0
+    assert not report.failures, report.text()
