@@ -42,3 +42,27 @@ def test_services_survive_fuzzed_messages_while_good_chairs_publish(
     assert report.refused["box"] > 0 and report.refused["staff"] > 0 and report.refused["pager_alarm"] > 0
     assert report.counts["good readings sent"] > 0
     assert not report.failures, report.text()
+
+
+def test_ids_with_a_trailing_newline_are_refused() -> None:
+    """What the fuzz found: ``^...$`` with ``re.match`` lets ``"spo2_low\\n"``
+    through (``$`` also matches before a final newline), so the pager accepted
+    alarm events naming such an alarm or inhibitor, the drill command such a
+    site, and the pager policy such a person id or e-mail address."""
+    from chairside.pager.policy import PolicyError, parse_policy
+    from chairside.pager.service import parse_event
+    from chairside.staff.drill import SCENARIOS, DrillConfig
+
+    event = {"v": 1, "id": "e1", "site": "clinic1", "chair": "c3", "alarm": "spo2_low", "priority": "high",
+             "kind": "physiological", "event": "raised", "t": 1, "text": "SpO2 84 %"}  # fmt: skip
+    topic = "chairside/v1/clinic1/c3/alarms"
+    assert not isinstance(parse_event(topic, event), str)
+    for change in ({"alarm": "spo2_low\n"}, {"inhibits": ["pulse_high\n"]}, {"inhibited_by": "pulse_high\n"}):
+        assert isinstance(parse_event(topic, {**event, **change}), str), change
+    scenario = next(iter(SCENARIOS))
+    with pytest.raises(ValueError, match="site"):
+        DrillConfig(site="clinic1\n", chair="3", scenario=scenario)
+    for people in ({"alice\n": {"channels": [{"type": "mqtt"}]}},
+                   {"alice": {"channels": [{"type": "email", "to": "a@example.org\n"}]}}):  # fmt: skip
+        with pytest.raises(PolicyError):
+            parse_policy({"timezone": "UTC", "people": people, "fallback": [next(iter(people))]})
