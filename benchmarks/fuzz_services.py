@@ -18,7 +18,9 @@ them) with one mutation: byte flips, truncation, lone surrogates
 numbers (``1e400``, 400-digit integers), NaN/Infinity, wrong types, unknown
 keys, oversized payloads, invalid UTF-8, dropped fields, random bytes,
 invalid ids in the topic (``G2``, ``Chair 3``, emoji), ids with a trailing
-newline, staff messages with a blank ``by``.  A share is left valid.
+newline, staff messages with a blank ``by``, and duplicates (an accepted
+``(boot, seq)`` again with other content; an alarm event id again).  A share
+is left valid.
 
 Checked at the end (each failure is printed; the exit status is 1 if any):
 
@@ -34,10 +36,13 @@ Checked at the end (each failure is printed; the exit status is 1 if any):
   rule refuses; the pager counts every message on its topics exactly once,
   and refuses at least those its own ``decode_payload``/``parse_event`` refuse;
 * nothing refused is stored or applied: every stored box point of a fuzzed
-  chair is a ``(chair, measurement, boot, seq)`` the validator accepted, every
+  chair is the first copy the validator accepted of its ``(boot, seq)``, with
+  that copy's kind and values (a later duplicate never overwrites it); every
   tag is a valid id and every stored string is printable UTF-8 text; the
   saved per-chair limits name valid chairs only; every pager thread key is
-  made of valid ids; nothing was dead-lettered and no unexpected error counted.
+  made of valid ids, and no alarm event the pager accepted breaks the id rule
+  (checked with ``fullmatch``); nothing was dead-lettered and no unexpected
+  error counted.
 
 ``tests/fuzz/test_fuzz_services.py`` runs the same harness with a fixed seed
 and a small number of messages in CI.
@@ -49,6 +54,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import logging
 import math
 import sys
 import tempfile
@@ -95,10 +101,12 @@ BOX_KINDS = ("vitals", "nibp", "status", "resp")
 STAFF_KINDS = ("alarm_ack", "limits_set", "chair_standby", "drill_end")
 ALARMS = ("spo2_low", "spo2_critical", "pulse_high", "box_offline")
 MEASUREMENT = {"vitals": "vitals", "nibp": "nibp", "status": "device"}
+COMPARED = {"vitals": ("spo2", "pr", "sig", "st"), "nibp": ("sys", "dia", "map", "st"), "device": ("state", "fw")}
+"""fields compared between a stored point and the first copy of its message"""
 MUTATIONS = (
     "none", "flip", "truncate", "surrogate", "control", "nesting", "huge", "nan", "wrong_type",
     "unknown_key", "oversized", "bad_utf8", "drop_field", "random", "bad_topic_id", "newline_id",
-    "blank_by",
+    "blank_by", "duplicate",
 )  # fmt: skip
 HUGE = ("1e400", "-1e400", "9" * 400, "-" + "9" * 400, "1" + "0" * 30)
 NON_FINITE = ("NaN", "Infinity", "-Infinity")
@@ -178,7 +186,7 @@ def _mutated(draw: st.DrawFn, doc: dict[str, Any], mutation: str) -> bytes:
     keys = sorted(doc)
     text_keys = [k for k in keys if isinstance(doc[k], str)] or keys
     doc = dict(doc)
-    if mutation in ("none", "bad_topic_id"):
+    if mutation in ("none", "bad_topic_id", "duplicate"):
         return json.dumps(doc).encode()
     if mutation in ("surrogate", "control"):
         pool = BAD_TEXT[:2] if mutation == "surrogate" else BAD_TEXT[2:]
@@ -230,12 +238,12 @@ def _mutated(draw: st.DrawFn, doc: dict[str, Any], mutation: str) -> bytes:
     raw = bytearray(json.dumps(doc).encode())
     if mutation == "flip":
         for _ in range(draw(st.integers(1, 4))):
-            raw[draw(st.integers(0, len(raw) - 1))] = draw(st.integers(0, 255))
+            raw[draw(st.integers(0, 1 << 16)) % len(raw)] = draw(st.integers(0, 255))
         return bytes(raw)
     if mutation == "truncate":
-        return bytes(raw[: draw(st.integers(0, len(raw) - 1))])
+        return bytes(raw[: draw(st.integers(0, 1 << 16)) % len(raw)])
     if mutation == "bad_utf8":
-        at = draw(st.integers(0, len(raw)))
+        at = draw(st.integers(0, 1 << 16)) % (len(raw) + 1)
         bad = draw(st.sampled_from((b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x80")))
         return bytes(raw[:at]) + bad + bytes(raw[at:])
     assert mutation == "random", mutation
@@ -255,9 +263,14 @@ class Numbers:
 
     def __init__(self) -> None:
         self._n = itertools.count(1000)
+        self.accepted: dict[tuple[str, str], list[int]] = {}
 
     def next(self) -> int:
         return next(self._n)
+
+    def remember(self, site: str, chair: str, seq: int) -> None:
+        """A box message the validator accepted: a later ``duplicate`` may reuse its seq."""
+        self.accepted.setdefault((site, chair), []).append(seq)
 
 
 @st.composite
@@ -270,10 +283,24 @@ def fuzzed_message(draw: st.DrawFn, numbers: Numbers) -> Sent:
         kind = draw(st.sampled_from(BOX_KINDS))
         site, chair = _ids(draw, mutation, FUZZ_SITE, FUZZ_CHAIRS)
         topic = f"{contract.topic_root()}/{site}/{chair}/{kind}"
-        payload = draw(_mutated(_box_base(kind, n, wall_ms()), mutation))
+        # draws never depend on what was sent before (hypothesis replays choice sequences)
+        earlier = numbers.accepted.get((site, chair), [])
+        if mutation == "duplicate":  # an earlier (boot, seq) of this box, other content
+            back, jitter = draw(st.integers(1, 30)), draw(st.integers(-5000, 5000))
+            seq = earlier[-min(back, len(earlier))] if earlier else n
+            doc = _box_base(kind, seq, wall_ms() + jitter)
+            other: dict[str, dict[str, Any]] = {"vitals": {"spo2": 81, "pr": 140}, "nibp": {"sys": 190},
+                                                "status": {"fw": "dup"}, "resp": {"ok": 0}}  # fmt: skip
+            doc.update(other[kind])
+        else:
+            doc = _box_base(kind, n, wall_ms())
+        payload = draw(_mutated(doc, mutation))
         result = validate(topic, payload)
-        refused = isinstance(result, Rejected)
-        return Sent(target, topic, payload, mutation, refused, result.reason if isinstance(result, Rejected) else "")
+        if isinstance(result, Rejected):
+            return Sent(target, topic, payload, mutation, True, result.reason)
+        if isinstance(result.fields.get("seq"), int):
+            numbers.remember(site, chair, result.fields["seq"])
+        return Sent(target, topic, payload, mutation, False)
     if target == "staff":
         kind = draw(st.sampled_from(STAFF_KINDS))
         site, chair = _ids(draw, mutation, FUZZ_SITE, FUZZ_CHAIRS)
@@ -285,17 +312,20 @@ def fuzzed_message(draw: st.DrawFn, numbers: Numbers) -> Sent:
     alarm = draw(st.sampled_from(ALARMS))
     if target == "pager_alarm":
         topic = f"{contract.topic_root()}/{site}/{chair}/alarms"
-        payload = draw(_mutated(_alarm_base(n, FUZZ_SITE, chair, alarm, wall_ms()), mutation))
-        doc = decode_payload(payload)
-        parsed = doc if isinstance(doc, str) else parse_event(topic, doc)
+        doc = _alarm_base(n, FUZZ_SITE, chair, alarm, wall_ms())
+        if mutation == "duplicate":  # an earlier event id, other content
+            doc.update(id=f"fz-evt-{n - draw(st.integers(1, 30))}", event="cleared")
+        payload = draw(_mutated(doc, mutation))
+        decoded = decode_payload(payload)
+        parsed = decoded if isinstance(decoded, str) else parse_event(topic, decoded)
         if isinstance(parsed, str):
             return Sent(target, topic, payload, mutation, True, parsed)
         return Sent(target, topic, payload, mutation, None, "", strict_event_problem(parsed))
     topic = f"{contract.topic_root()}/{site}/pages/ack"
     payload = draw(_mutated(_ack_base(FUZZ_SITE, chair, alarm), mutation))
-    doc = decode_payload(payload)
-    return Sent(target, topic, payload, mutation, True if isinstance(doc, str) else None,
-                doc if isinstance(doc, str) else "")  # fmt: skip
+    decoded = decode_payload(payload)
+    return Sent(target, topic, payload, mutation, True if isinstance(decoded, str) else None,
+                decoded if isinstance(decoded, str) else "")  # fmt: skip
 
 
 def strict_event_problem(event: Any) -> str | None:
@@ -695,15 +725,14 @@ class Harness:
 
     def _check_nothing_invalid_stored(self, box: list[Sent]) -> None:
         rep = self.report
-        accepted: set[tuple[str, str, str, int, int]] = set()
+        first: dict[tuple[Any, ...], Any] = {}  # (site, chair, boot, seq) -> first accepted copy
         for m in box:
             if m.refused:
                 continue
             result = validate(m.topic, m.payload)
             assert not isinstance(result, Rejected)
-            if result.kind in MEASUREMENT:
-                accepted.add((result.site, result.chair, MEASUREMENT[result.kind],
-                              result.fields.get("boot", -1), result.fields.get("seq", -1)))  # fmt: skip
+            key = (result.site, result.chair, result.fields.get("boot"), result.fields.get("seq"))
+            first.setdefault(key, result)
         ids = contract.id_regex()
         for measurement in ("vitals", "nibp", "device", "alarm_events", "limit_audit", "drills"):
             for row in self._rows(f"SELECT * FROM {measurement}", group_by_tags=True):
@@ -718,9 +747,21 @@ class Harness:
                     if isinstance(value, float) and not math.isfinite(value):
                         rep.fail(f"{measurement}.{name} stores {value}")
                 if measurement in ("vitals", "nibp", "device") and site == FUZZ_SITE and row.get("seq") is not None:
-                    key = (site, chair, measurement, row.get("boot"), row.get("seq"))
-                    if key not in accepted:
-                        rep.fail(f"stored {key} that the validator refused or that was never sent")
+                    self._check_stored_copy(measurement, row, first.get((site, chair, row.get("boot"), row.get("seq"))))
+
+    def _check_stored_copy(self, measurement: str, row: dict[str, Any], copy: Any) -> None:
+        """A stored point of a fuzzed chair is the first accepted message with its (boot, seq), as sent."""
+        key = (row.get("site"), row.get("chair"), row.get("boot"), row.get("seq"))
+        if copy is None:
+            self.report.fail(f"{measurement} {key} stored: the validator refused it or it was never sent")
+            return
+        if MEASUREMENT.get(copy.kind) != measurement:
+            self.report.fail(f"{measurement} {key} stored; the first copy was a {copy.kind} message")
+            return
+        for name in COMPARED[measurement]:
+            if row.get(name) != copy.fields.get(name):
+                self.report.fail(f"{measurement} {key}: stored {name}={row.get(name)!r}, "
+                                 f"the first copy had {copy.fields.get(name)!r}")  # fmt: skip
 
     def _check_nothing_invalid_applied(self) -> None:
         rep = self.report
@@ -800,7 +841,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="hypothesis seed (default 1)")
     parser.add_argument("--good-interval", type=float, default=0.05,
                         help="seconds between two readings of each good chair (default 0.05)")  # fmt: skip
+    parser.add_argument("--log-level", default="ERROR",
+                        help="the services' log level (default ERROR: refusals are logged as warnings)")  # fmt: skip
     args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="chairside-fuzz-") as tmp:
         work = Path(tmp)
