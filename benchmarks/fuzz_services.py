@@ -145,6 +145,8 @@ class Sent:
     reason: str = ""
     problem: str | None = None
     """why the message is invalid although the service's parser accepts it (a bug)"""
+    retain: bool = False
+    """published retained (box status, as the contract says): the broker hands it to every new subscription"""
 
 
 def _box_base(kind: str, chair_seq: int, t: int) -> dict[str, Any]:
@@ -295,12 +297,13 @@ def fuzzed_message(draw: st.DrawFn, numbers: Numbers) -> Sent:
         else:
             doc = _box_base(kind, n, wall_ms())
         payload = draw(_mutated(doc, mutation))
+        retain = kind == "status" and draw(st.booleans())
         result = validate(topic, payload)
         if isinstance(result, Rejected):
-            return Sent(target, topic, payload, mutation, True, result.reason)
+            return Sent(target, topic, payload, mutation, True, result.reason, retain=retain)
         if isinstance(result.fields.get("seq"), int):
             numbers.remember(site, chair, result.fields["seq"])
-        return Sent(target, topic, payload, mutation, False)
+        return Sent(target, topic, payload, mutation, False, retain=retain)
     if target == "staff":
         kind = draw(st.sampled_from(STAFF_KINDS))
         site, chair = _ids(draw, mutation, FUZZ_SITE, FUZZ_CHAIRS)
@@ -388,8 +391,8 @@ class Peer:
         with self.lock:
             return list(self.received)
 
-    def send(self, topic: str, payload: bytes) -> bool:
-        info = self.client.publish(topic, payload, qos=1)
+    def send(self, topic: str, payload: bytes, retain: bool = False) -> bool:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
         info.wait_for_publish(timeout=10)
         return info.is_published()
 
@@ -519,12 +522,12 @@ class Harness:
         self.unpublished = 0
         port = mosquitto.port
         self.state_dir = workdir / "gateway-state"
-        self.gateway = Gateway(
-            GatewayConfig(mqtt_port=port, influx_url=influx.url, database=DB, state_dir=self.state_dir,
-                          client_id="fuzz-gateway", reject_interval_s=0.3, retry_min_s=0.1, retry_max_s=0.5,
-                          influx_timeout_s=2.0, metrics_port=free_port()),
-            default_alarm_stage(),
+        self.gateway_config = GatewayConfig(
+            mqtt_port=port, influx_url=influx.url, database=DB, state_dir=self.state_dir,
+            client_id="fuzz-gateway", reject_interval_s=0.3, retry_min_s=0.1, retry_max_s=0.5,
+            influx_timeout_s=2.0, metrics_port=free_port(),
         )  # fmt: skip
+        self.gateway = Gateway(self.gateway_config, default_alarm_stage())
         ack_port = free_port()
         policy = parse_policy({
             "timezone": "UTC", "people": {"alice": {"channels": [{"type": "mqtt"}]},
@@ -583,7 +586,7 @@ class Harness:
 
     # -- fuzzing ----------------------------------------------------------------------
     def send(self, msg: Sent) -> None:
-        if not self.fuzzer.send(msg.topic, msg.payload):
+        if not self.fuzzer.send(msg.topic, msg.payload, msg.retain):
             self.unpublished += 1  # the broker refused it (never happened so far): not counted as sent
             return
         self.sent.append(msg)
@@ -723,6 +726,43 @@ class Harness:
         })  # fmt: skip
         return rep
 
+    def restart_gateway(self) -> None:
+        """Restart the gateway on its state dir: it gets every retained box
+        message again (its SUBSCRIBE on connect), restores the saved limits,
+        and must come up healthy, refusing the bad ones and dropping the
+        accepted ones as duplicates of what it stored (``Duplicates`` starts
+        empty: an accepted retained status is stored again at its own time,
+        the same point)."""
+        rep = self.report
+        last: dict[str, Sent] = {}
+        for m in self.sent:
+            if m.retain:
+                last[m.topic] = m
+        retained = [m for m in last.values() if m.payload]  # an empty retained payload clears the topic
+        self.gateway.stop()
+        self.gateway = gw = Gateway(self.gateway_config, default_alarm_stage())
+        gw.start()
+        if not gw.wait_subscribed(15):
+            rep.fail("gateway: no subscription after the restart")
+            return
+        self._wait(lambda: gw.metrics.total("messages_in") >= len(retained), 20)
+        self._wait(lambda: gw.wait_idle(1), 20)
+        self._wait(lambda: gw.health()[0], 10)
+        status, body = http_get(f"http://127.0.0.1:{self.gateway_config.metrics_port}/health")
+        if status != 200:
+            rep.fail(f"gateway after a restart: /health {status} ({body[:200]!r})")
+        got = gw.metrics.total("messages_in")
+        if got != len(retained):
+            rep.fail(f"gateway after a restart received {got:g} messages; {len(retained)} retained on its topics")
+        want = sum(1 for m in retained if m.refused)
+        if gw.metrics.total("rejected") != want:
+            rep.fail(f"gateway after a restart rejected {gw.metrics.total('rejected'):g} of the retained "
+                     f"messages; its validator refuses {want}")  # fmt: skip
+        if gw.metrics.total("processing_errors") or gw.deadletters.written:
+            rep.fail("gateway after a restart: processing errors or dead letters")
+        rep.counts.update({"retained topics replayed at restart": len(retained),
+                           "  of them refused": want})  # fmt: skip
+
     def _check_nothing_invalid_stored(self, box: list[Sent]) -> None:
         rep = self.report
         first: dict[tuple[Any, ...], Any] = {}  # (site, chair, boot, seq) -> first accepted copy
@@ -734,12 +774,11 @@ class Harness:
             key = (result.site, result.chair, result.fields.get("boot"), result.fields.get("seq"))
             first.setdefault(key, result)
         ids = contract.id_regex()
-        for measurement in ("vitals", "nibp", "device", "alarm_events", "limit_audit", "drills"):
+        for measurement in ("vitals", "nibp", "device", "alarm_events", "limit_audit", "drills", "rejects"):
             for row in self._rows(f"SELECT * FROM {measurement}", group_by_tags=True):
                 site, chair = row.get("site"), row.get("chair")
-                if not (isinstance(site, str) and ids.fullmatch(site)) or not (
-                    isinstance(chair, str) and ids.fullmatch(chair)
-                ):
+                valid_ids = all(isinstance(x, str) and ids.fullmatch(x) for x in (site, chair))
+                if measurement != "rejects" and not valid_ids:  # rejects: no site/chair tags
                     rep.fail(f"{measurement} point with invalid ids {site!r}/{chair!r}")
                 for name, value in row.items():
                     if isinstance(value, str) and text_problem(value) is not None:
@@ -830,7 +869,9 @@ def fuzz(mosquitto: Mosquitto, influx: InfluxDB, workdir: Path, examples: int, s
     try:
         harness.start()
         harness.run(examples, seed)
-        return harness.finish()
+        report = harness.finish()
+        harness.restart_gateway()
+        return report
     finally:
         harness.stop()
 

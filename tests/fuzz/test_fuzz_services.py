@@ -9,7 +9,9 @@ number of messages.  Asserted: both services answer ``/health``/``/healthz``
 message is counted with a reason (gateway ``rejected`` exactly as its own
 validator decides, ``control_rejected`` = the refusals answered on
 ``staff/result``, the pager counts every message once), and nothing invalid is
-stored (InfluxDB) or applied (saved limits, pager threads).
+stored (InfluxDB) or applied (saved limits, pager threads).  Then the gateway
+is restarted on its state dir: it gets every retained (fuzzed) status again and
+comes up healthy, refusing the bad ones.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def test_services_survive_fuzzed_messages_while_good_chairs_publish(
     assert report.refused["box"] > 0 and report.refused["staff"] > 0 and report.refused["pager_alarm"] > 0
     assert report.counts["good readings sent"] > 0
     assert report.counts["gateway duplicates"] > 0  # same (boot, seq), other content: the first copy stays
+    assert report.counts["retained topics replayed at restart"] > 0
     assert not report.failures, report.text()
 
 
