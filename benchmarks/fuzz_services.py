@@ -481,6 +481,19 @@ def http_get(url: str) -> tuple[int, str]:
         return 0, str(exc)
 
 
+def metric_total(url: str, family: str) -> float | None:
+    """Sum of a counter's samples as served in Prometheus text on ``url``; None if unreachable."""
+    status, text = http_get(url)
+    if status != 200:
+        return None
+    total = 0.0
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name == family:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def pager_accounted(pager: Pager) -> float:
     """Messages on the pager's topics that it counted with an outcome."""
     m = pager.metrics
@@ -547,7 +560,7 @@ class Harness:
         self.fuzzer = Peer(port, "fuzz-publisher")
         self.good = GoodChairs(port, good_interval_s)
         self.monitor = Monitor({
-            "gateway": f"http://127.0.0.1:{self.gateway.config.metrics_port}/health",
+            "gateway": self.gateway_url("/health"),
             "pager": f"http://127.0.0.1:{ack_port}/healthz",
         })  # fmt: skip
         self._started = False
@@ -675,6 +688,19 @@ class Harness:
         if stored_rejects != rejected:
             rep.fail(f"rejects measurement holds {self._scalar('SELECT sum(n) FROM rejects')}, counter {rejected:g}")
 
+        # what /metrics serves is what was counted
+        served = {
+            "gateway rejected": (self.gateway_url("/metrics"), "chairside_gateway_rejected_total",
+                                 metrics.total("rejected")),
+            "gateway control_rejected": (self.gateway_url("/metrics"), "chairside_gateway_control_rejected_total",
+                                         metrics.total("control_rejected")),
+            "pager rejected": (f"http://127.0.0.1:{pager.ack_port}/metrics", "chairside_pager_rejected_total",
+                               pager.metrics.total("rejected")),
+        }  # fmt: skip
+        for what, (url, family, counted) in served.items():
+            if metric_total(url, family) != counted:
+                rep.fail(f"{what}: {url} serves {metric_total(url, family)}, counted {counted:g}")
+
         # staff: every message answered, every refusal counted with a reason
         refused_answers = [a for a in answers if a.get("ok") == 0]
         control_rejected = metrics.total("control_rejected") - self.base["control_rejected"]
@@ -726,6 +752,9 @@ class Harness:
         })  # fmt: skip
         return rep
 
+    def gateway_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.gateway_config.metrics_port}{path}"
+
     def restart_gateway(self) -> None:
         """Restart the gateway on its state dir: it gets every retained box
         message again (its SUBSCRIBE on connect), restores the saved limits,
@@ -748,7 +777,7 @@ class Harness:
         self._wait(lambda: gw.metrics.total("messages_in") >= len(retained), 20)
         self._wait(lambda: gw.wait_idle(1), 20)
         self._wait(lambda: gw.health()[0], 10)
-        status, body = http_get(f"http://127.0.0.1:{self.gateway_config.metrics_port}/health")
+        status, body = http_get(self.gateway_url("/health"))
         if status != 200:
             rep.fail(f"gateway after a restart: /health {status} ({body[:200]!r})")
         got = gw.metrics.total("messages_in")
