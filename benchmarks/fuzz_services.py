@@ -232,7 +232,7 @@ def _mutated(draw: st.DrawFn, doc: dict[str, Any], mutation: str) -> bytes:
         doc["pad"] = "x" * draw(st.sampled_from((1100, 5000, 17000)))
         return json.dumps(doc).encode()
     if mutation == "nesting":
-        depth = draw(st.integers(500, 1100))
+        depth = draw(st.sampled_from((1100, 1000, 990)) | st.integers(500, 1100))
         opener = draw(st.sampled_from(("[", '{"a":', '{"v":1,"x":[')))
         if draw(st.booleans()):
             return (opener * depth).encode()
