@@ -82,8 +82,9 @@ from chairside import contract  # noqa: E402
 from chairside.alarms import adapter  # noqa: E402
 from chairside.config import GatewayConfig  # noqa: E402
 from chairside.ingest.validate import Rejected, text_problem, validate  # noqa: E402
+from chairside.pager.inbound import decode_payload, parse_event  # noqa: E402
 from chairside.pager.policy import parse_policy  # noqa: E402
-from chairside.pager.service import ALARMS_SUB, PAGE_ACK_SUB, Pager, decode_payload, parse_event  # noqa: E402
+from chairside.pager.service import ALARMS_SUB, PAGE_ACK_SUB, Pager  # noqa: E402
 from chairside.service import SUBSCRIBED_KINDS, Gateway, default_alarm_stage  # noqa: E402
 from chairside.sim.services import InfluxDB, Mosquitto, free_port  # noqa: E402
 from chairside.staff import controls  # noqa: E402

@@ -53,8 +53,8 @@ def test_ids_with_a_trailing_newline_are_refused() -> None:
     through (``$`` also matches before a final newline), so the pager accepted
     alarm events naming such an alarm or inhibitor, the drill command such a
     site, and the pager policy such a person id or e-mail address."""
+    from chairside.pager.inbound import parse_event
     from chairside.pager.policy import PolicyError, parse_policy
-    from chairside.pager.service import parse_event
     from chairside.staff.drill import SCENARIOS, DrillConfig
 
     event = {"v": 1, "id": "e1", "site": "clinic1", "chair": "c3", "alarm": "spo2_low", "priority": "high",
