@@ -113,6 +113,9 @@ HUGE = ("1e400", "-1e400", "9" * 400, "-" + "9" * 400, "1" + "0" * 30)
 NON_FINITE = ("NaN", "Infinity", "-Infinity")
 BAD_TEXT = ("\ud800", "ok\udfff", "a\x00b", "\x1b[2J", "line\nbreak", "\x7f", "\x9b", "tab\there")
 _HTTP_TIMEOUT_S = 2.0
+TOKENS = ("", ".", "a.b", "eyJrIjoxfQ.é", "eyJrIjoxfQ.\ud800", "é.abc", "x" * 2000, "a.b.c",
+          "AAAA.AAAAAAAAAAAAAAAAAAAAAA")
+"""page-ack tokens (``payload.signature``) no pager signed"""
 BOX_FILTERS = tuple(contract.subscription(kind) for kind in SUBSCRIBED_KINDS)
 STAFF_FILTERS = tuple(contract.subscription(kind) for kind in controls.KINDS)
 GATEWAY_FILTERS = BOX_FILTERS + STAFF_FILTERS
@@ -326,7 +329,10 @@ def fuzzed_message(draw: st.DrawFn, numbers: Numbers) -> Sent:
             return Sent(target, topic, payload, mutation, True, parsed)
         return Sent(target, topic, payload, mutation, None, "", strict_event_problem(parsed))
     topic = f"{contract.topic_root()}/{site}/pages/ack"
-    payload = draw(_mutated(_ack_base(FUZZ_SITE, chair, alarm), mutation))
+    ack = _ack_base(FUZZ_SITE, chair, alarm)
+    if draw(st.booleans()):  # the link form: a forged or garbled token
+        ack = {"v": 1, "token": draw(st.sampled_from(TOKENS) | st.sampled_from(TOKENS) | st.text(max_size=60))}
+    payload = draw(_mutated(ack, mutation))
     decoded = decode_payload(payload)
     return Sent(target, topic, payload, mutation, True if isinstance(decoded, str) else None,
                 decoded if isinstance(decoded, str) else "")  # fmt: skip
@@ -726,7 +732,10 @@ class Harness:
             if m.problem is not None:
                 rep.fail(f"pager parser {m.problem} on {m.topic} ({m.mutation})")
         if pager.metrics.total("errors"):
-            rep.fail(f"pager counted {pager.metrics.total('errors'):g} unexpected errors")
+            _status, text = http_get(f"http://127.0.0.1:{pager.ack_port}/metrics")
+            which = [line for line in text.splitlines() if "handler error" in line or line.startswith(
+                "chairside_pager_errors_total")]  # fmt: skip
+            rep.fail(f"pager counted {pager.metrics.total('errors'):g} unexpected errors: {which}")
 
         self._check_nothing_invalid_stored(box)
         self._check_nothing_invalid_applied()
