@@ -70,3 +70,38 @@ def test_ids_with_a_trailing_newline_are_refused() -> None:
                    {"alice": {"channels": [{"type": "email", "to": "a@example.org\n"}]}}):  # fmt: skip
         with pytest.raises(PolicyError):
             parse_policy({"timezone": "UTC", "people": people, "fallback": [next(iter(people))]})
+
+
+def test_token_with_a_non_ascii_signature_is_refused_not_raised(tmp_path: Path) -> None:
+    """What the fuzz found: ``hmac.compare_digest`` raises ``TypeError`` on a
+    str holding non-ASCII characters, so a page ack ``{"v":1,"token":"x.é"}``
+    on MQTT ended in the pager's last-resort guard (an unexpected error, no
+    ``ack_result`` answer) and ``GET /ack?token=x.é`` got no HTTP answer."""
+    import urllib.error
+    import urllib.request
+
+    from chairside.pager.ackserver import AckServer
+    from chairside.pager.policy import parse_policy
+    from chairside.pager.service import Pager
+    from chairside.pager.tokens import TokenError, verify_token
+
+    for token in ("eyJrIjoxfQ.é", "eyJrIjoxfQ.\ud800"):
+        with pytest.raises(TokenError, match="bad signature"):
+            verify_token(b"s" * 20, token, 0.0)
+    policy = parse_policy({"timezone": "UTC", "people": {"alice": {"channels": [{"type": "mqtt"}]}},
+                           "fallback": ["alice"],
+                           "priorities": {"high": {"delay_s": 0, "ack_timeout_s": 60},
+                                          "medium": {"delay_s": 0, "ack_timeout_s": 60},
+                                          "low": {"page": False, "ack_timeout_s": 60}}})  # fmt: skip
+    pager = Pager(policy, secret=b"s" * 20, state_path=tmp_path / "pager.json", clock=lambda: 1_717_408_800.0)
+    why = pager.handle_message("chairside/v1/clinic1/pages/ack", b'{"v":1,"token":"eyJrIjoxfQ.\\u00e9"}', 0.0)
+    assert why == "bad signature"
+    assert pager.metrics.get("page_acks", result="refused") == 1 and pager.metrics.total("errors") == 0
+    server = AckServer("127.0.0.1", 0, pager.check_token, pager.ack_token)
+    server.start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/ack?token=eyJrIjoxfQ.%C3%A9", timeout=5)
+        assert answer.value.code == 400 and b"bad signature" in answer.value.read()
+    finally:
+        server.stop()
