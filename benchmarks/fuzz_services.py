@@ -18,7 +18,9 @@ them) with one mutation: byte flips, truncation, lone surrogates
 numbers (``1e400``, 400-digit integers), NaN/Infinity, wrong types, unknown
 keys, oversized payloads, invalid UTF-8, dropped fields, random bytes,
 invalid ids in the topic (``G2``, ``Chair 3``, emoji), ids with a trailing
-newline, staff messages with a blank ``by``, and duplicates (an accepted
+newline, staff messages with a blank ``by``, limit changes of every settable
+parameter to any finite value, page acks with forged or garbled tokens
+(non-ASCII signatures included), and duplicates (an accepted
 ``(boot, seq)`` again with other content; an alarm event id again).  A share
 is left valid.
 
@@ -80,6 +82,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from chairside import contract  # noqa: E402
 from chairside.alarms import adapter  # noqa: E402
+from chairside.alarms.profile import SETTABLE_CONDITION, SETTABLE_TOP, load_profile  # noqa: E402
 from chairside.config import GatewayConfig  # noqa: E402
 from chairside.ingest.validate import Rejected, text_problem, validate  # noqa: E402
 from chairside.pager.inbound import decode_payload, parse_event  # noqa: E402
@@ -116,6 +119,10 @@ _HTTP_TIMEOUT_S = 2.0
 TOKENS = ("", ".", "a.b", "eyJrIjoxfQ.é", "eyJrIjoxfQ.\ud800", "é.abc", "x" * 2000, "a.b.c",
           "AAAA.AAAAAAAAAAAAAAAAAAAAAA")
 """page-ack tokens (``payload.signature``) no pager signed"""
+SETTABLE_PARAMS = tuple(sorted(SETTABLE_TOP)) + tuple(
+    f"{cond}.{key}" for cond in sorted(load_profile().conditions) for key in sorted(SETTABLE_CONDITION)
+)
+"""every parameter a staff limits_set may name (adult profile)"""
 BOX_FILTERS = tuple(contract.subscription(kind) for kind in SUBSCRIBED_KINDS)
 STAFF_FILTERS = tuple(contract.subscription(kind) for kind in controls.KINDS)
 GATEWAY_FILTERS = BOX_FILTERS + STAFF_FILTERS
@@ -312,7 +319,12 @@ def fuzzed_message(draw: st.DrawFn, numbers: Numbers) -> Sent:
         kind = draw(st.sampled_from(STAFF_KINDS))
         site, chair = _ids(draw, mutation, FUZZ_SITE, FUZZ_CHAIRS)
         topic = contract.topic(kind, site, chair)
-        payload = draw(_mutated(_staff_base(kind, n), mutation))
+        staff = _staff_base(kind, n)
+        if kind == "limits_set":  # any settable parameter, any finite value
+            staff["param"] = draw(st.sampled_from(SETTABLE_PARAMS))
+            staff["value"] = draw(st.sampled_from((None, 0, 1, 88, 1e308, -1e308, 5e-324, 2**63))
+                                  | st.integers(-(10**6), 10**6) | st.floats(allow_nan=False, allow_infinity=False))
+        payload = draw(_mutated(staff, mutation))
         why = staff_refusal(kind, site, chair, payload)
         return Sent(target, topic, payload, mutation, True if why else None, why or "")
     site, chair = _ids(draw, mutation, FUZZ_SITE, FUZZ_CHAIRS)

@@ -105,3 +105,30 @@ def test_token_with_a_non_ascii_signature_is_refused_not_raised(tmp_path: Path) 
         assert answer.value.code == 400 and b"bad signature" in answer.value.read()
     finally:
         server.stop()
+
+
+def test_fuzz_ack_link_tokens_never_raise(tmp_path: Path) -> None:
+    """The ack page's other inbound path: any token on GET/POST /ack is
+    answered (check_token/ack_token return a reason), never raised."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from chairside.pager.policy import parse_policy
+    from chairside.pager.service import Pager
+
+    policy = parse_policy({"timezone": "UTC", "people": {"alice": {"channels": [{"type": "mqtt"}]}},
+                           "fallback": ["alice"],
+                           "priorities": {"high": {"delay_s": 0, "ack_timeout_s": 60},
+                                          "medium": {"delay_s": 0, "ack_timeout_s": 60},
+                                          "low": {"page": False, "ack_timeout_s": 60}}})  # fmt: skip
+    pager = Pager(policy, secret=b"s" * 20, state_path=tmp_path / "pager.json", clock=lambda: 1_717_408_800.0)
+    parts = st.text(max_size=40) | st.text(alphabet="ABCDEFabcdef0123456789-_=", max_size=40)
+
+    @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(parts, parts, st.booleans())
+    def one(payload: str, signature: str, dotted: bool) -> None:
+        token = f"{payload}.{signature}" if dotted else payload + signature
+        for answer in (pager.check_token(token), pager.ack_token(token)):
+            assert answer[0] is False and isinstance(answer[1], str) and answer[1]
+
+    one()
