@@ -657,16 +657,12 @@ class Harness:
         to_pager = [m for m in self.sent if m.target in ("pager_alarm", "pager_ack")]
         expected_in = good_sent + len(box) + len(staff)
         self._wait(lambda: self._delivered(GATEWAY_FILTERS) >= expected_in, 30)
-        self._wait(lambda: metrics.total("messages_in") - self.base["messages_in"] >= self._delivered(GATEWAY_FILTERS),
-                   60)  # fmt: skip
-        self._wait(lambda: gw.wait_idle(1), 60)
-        staff_in = self._wait(lambda: (n := self._delivered(STAFF_FILTERS)) >= len(staff) and n, 10)
-        answers = self._wait(lambda: len(self._results()) >= staff_in and self._results(), 30) or []
-        time.sleep(0.5)  # the pager's own answers (alarms/ack) and alarm events in flight
-        delivered = self._delivered(PAGER_FILTERS)
-        self._wait(lambda: pager_accounted(pager) - self.base["pager"] >= delivered, 30)
+        self._settle(60)
         time.sleep(0.5)  # one more reject flush
         self._wait(lambda: gw.wait_idle(1), 30)
+        staff_in = self._delivered(STAFF_FILTERS)
+        answers = self._results()
+        delivered = self._delivered(PAGER_FILTERS)
         self.monitor.stop()
         self.monitor.check()
         for problem in self.monitor.problems:
@@ -773,6 +769,28 @@ class Harness:
             "not published (broker)": self.unpublished,
         })  # fmt: skip
         return rep
+
+    def _settle(self, timeout_s: float) -> None:
+        """Wait until messages stop flowing: what the gateway and the pager
+        received, the staff answers and the pager's own acknowledgements to
+        the gateway (and the events they cause) all stay the same for 0.5 s,
+        and each service has taken what was delivered to it."""
+        gw, pager = self.gateway, self.pager
+
+        def snapshot() -> tuple[float, ...]:
+            return (self._delivered(GATEWAY_FILTERS), gw.metrics.total("messages_in") - self.base["messages_in"],
+                    self._delivered(STAFF_FILTERS), len(self._results()), self._delivered(PAGER_FILTERS),
+                    pager_accounted(pager) - self.base["pager"])  # fmt: skip
+
+        end = time.monotonic() + timeout_s
+        previous: tuple[float, ...] = ()
+        while time.monotonic() < end:
+            gw.wait_idle(5)
+            now = snapshot()
+            if now == previous and now[0] == now[1] and now[2] == now[3] and now[4] == now[5]:
+                return
+            previous = now
+            time.sleep(0.5)
 
     def gateway_url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.gateway_config.metrics_port}{path}"
