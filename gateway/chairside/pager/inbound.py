@@ -79,7 +79,7 @@ def printable(text: str) -> bool:
 
 
 def is_id(value: object) -> bool:
-    return isinstance(value, str) and contract.id_regex().match(value) is not None
+    return isinstance(value, str) and contract.id_regex().fullmatch(value) is not None
 
 
 def parse_event(topic: str, payload: Mapping[str, Any]) -> EventIn | str:

@@ -248,7 +248,7 @@ class _Checker:
 
 
 def _hhmm(c: _Checker, value: Any, path: str) -> int:
-    if not isinstance(value, str) or not _HHMM.match(value):
+    if not isinstance(value, str) or not _HHMM.fullmatch(value):
         c.err(path, f"expected HH:MM (00:00-23:59), got {value!r}")
         return 0
     return int(value[:2]) * 60 + int(value[3:])
@@ -262,7 +262,7 @@ def _channel(c: _Checker, raw: Any, path: str) -> ChannelSpec | None:
         return None
     if kind in ("email", "sms"):
         to = c.text(data, "to", path, None)
-        if to and not _EMAIL.match(to):
+        if to and not _EMAIL.fullmatch(to):
             c.err(f"{path}.to", f"expected an email address, got {to!r}")
         return ChannelSpec(type=kind, to=to)
     if kind == "webhook":
@@ -328,7 +328,7 @@ def parse_policy(raw: Any) -> Policy:
         raw_people = {}
     for pid, praw in raw_people.items():
         path = f"people.{pid}"
-        if not isinstance(pid, str) or not _ID.match(pid):
+        if not isinstance(pid, str) or not _ID.fullmatch(pid):
             c.err(path, "person id must match [a-z0-9][a-z0-9_.-]{0,31}")
         pdata = c.obj(praw, path, ("name", "channels"))
         name = c.text(pdata, "name", path, pid)

@@ -68,7 +68,8 @@ def verify_token(secret: bytes, token: str, now: float) -> AckClaim:
         expected = _sign(secret, payload)
     except UnicodeEncodeError as exc:
         raise TokenError("malformed token") from exc
-    if not hmac.compare_digest(expected, sig):
+    # compare_digest raises TypeError on a str with non-ASCII characters
+    if not sig.isascii() or not hmac.compare_digest(expected, sig):
         raise TokenError("bad signature")
     try:
         data = json.loads(_unb64(payload))

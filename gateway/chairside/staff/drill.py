@@ -173,9 +173,9 @@ class DrillConfig:
         if self.scenario not in SCENARIOS:
             raise ValueError(f"scenario: unknown {self.scenario!r} (one of {', '.join(SCENARIOS)})")
         ids = contract.id_regex()
-        if not ids.match(self.site):
+        if not ids.fullmatch(self.site):
             raise ValueError(f"site: {self.site!r} does not match {ids.pattern}")
-        if not ids.match(self.drill_chair):
+        if not ids.fullmatch(self.drill_chair):
             raise ValueError(f"chair: {self.drill_chair!r} does not match {ids.pattern}")
         if self.chair.startswith(DRILL_PREFIX):
             raise ValueError("chair: give the real chair id; the drill box adds the drill- prefix")
