@@ -214,6 +214,30 @@ def test_gateway_sigkill_mid_stream(
     assert min(counts.values()) >= 40
 
 
+def test_gateway_paused_while_boxes_resend(
+    mosquitto: Mosquitto, influxdb: InfluxDB, gateway: GatewayProcess, world: World
+) -> None:
+    """SIGSTOP: the gateway's connection stays open but nothing is read,
+    stored or confirmed.  The boxes keep every reading and, the watermark not
+    moving for 30 s, send everything they hold again (the broker queues both
+    copies for the gateway's session); woken, the gateway stores each once and
+    confirms them all."""
+    world.pace(20)
+    assert all(box.app.confirmed >= 5 for box in world.boxes)
+    assert gateway.proc is not None
+    gateway.proc.send_signal(signal.SIGSTOP)
+    try:
+        world.pace(45, 0.02)  # ~1 s of real time: the broker keeps the gateway's connection
+        assert all(box.app.resends >= 1 and box.app.spool.depth >= 40 for box in world.boxes), [
+            (box.app.resends, box.app.spool.depth, box.app.confirmed) for box in world.boxes]
+    finally:
+        gateway.proc.send_signal(signal.SIGCONT)
+    world.pace(10)
+    world.settle(gateway, influxdb)
+    counts = assert_complete(world, influxdb)
+    assert min(counts.values()) >= 60
+
+
 def test_box_wifi_cut_and_restore(
     mosquitto: Mosquitto, influxdb: InfluxDB, gateway: GatewayProcess, world: World
 ) -> None:
