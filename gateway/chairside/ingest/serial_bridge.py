@@ -89,6 +89,13 @@ class SerialBridge:
 
     # -- serial side ---------------------------------------------------
     def _send(self, data: bytes) -> None:
+        if self._stop.is_set():
+            # a stopped bridge no longer speaks for the host: paho may still
+            # deliver a `stored` watermark, a command or a PUBACK until its
+            # loop is stopped, and any line would tell the box the host is
+            # there (it would keep publishing into a port nobody reads)
+            self.counters["dropped_after_stop"] += 1
+            return
         with self._write_lock:
             try:
                 self.port.write(data)
@@ -168,6 +175,8 @@ class SerialBridge:
         return thread
 
     def stop(self) -> None:
+        """Stop reading and writing the port (lines for the box are dropped
+        from here on); the MQTT client is the caller's to stop."""
         self._stop.set()
 
 
