@@ -63,7 +63,9 @@ class GatewayConfig:
     """/health reports 503 when points are waiting and none was written, spooled or
     dead-lettered for this long (the writer cannot make progress)"""
     watermark_interval_ms: int = 1_000
-    """a chair's stored watermark is published at most this often (docs/contract.md)"""
+    """a chair's stored watermark is published at most this often (docs/contract.md);
+    1,000 chairs cost up to 1,000 retained messages a second: raise it for a large
+    clinic (its cost is measured in benchmarks/throughput.py, docs/performance.md)"""
     probe_down_s: float = 1.0
     """while InfluxDB is unavailable, probe it this often, so writes resume within about this"""
     site: str = "gateway"

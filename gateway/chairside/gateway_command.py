@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile", type=Path, default=None, help="alarm profile JSON (default: the adult profile)"
     )
+    parser.add_argument(
+        "--watermark-interval-ms", type=int, default=1000,
+        help="publish a chair's stored watermark at most this often (docs/contract.md)",
+    )
     mqtt_auth.add_arguments(parser)
     # The top-level parser may already define --log-level; don't override its value.
     parser.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, ...")
@@ -55,6 +59,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         metrics_port=args.metrics_port,
         spool_max_bytes=int(args.spool_max_mb * 1024 * 1024),
         site=args.site,
+        watermark_interval_ms=args.watermark_interval_ms,
     )
 
 

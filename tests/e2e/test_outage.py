@@ -78,7 +78,7 @@ def pace(fleet: Fleet, sim_ms: int, chunk_ms: int = 200, pause_s: float = 0.002)
         time.sleep(pause_s)
 
 
-CONFIRM_LAG_MS = 10_000
+CONFIRM_LAG_MS = 15_000
 """simulated time the newest readings may wait for the gateway's stored watermark
 (published at most once a second per chair; the simulation runs ~100x real time)"""
 

@@ -39,8 +39,8 @@ watermark W only along it:
   comes back, the retained watermark would tell it to forget that reading.
 * :meth:`Watermarks.due` (which also applies the start and gap rules)
   returns the watermarks to publish, at most once per
-  ``min_interval_ms`` per chair, so 1,000 chairs cost about 1,000 small
-  messages a second at most; :meth:`Watermarks.mark_published` records a
+  ``min_interval_ms`` per chair (the gateway's default 1 s: 1,000 chairs cost
+  about 1,000 small messages a second); :meth:`Watermarks.mark_published` records a
   publish.
 * A durable reading at or below W means the box missed the watermark (it
   rebooted, and the retained message is its new boot's): that boot's W is due
