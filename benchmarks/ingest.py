@@ -588,7 +588,7 @@ def run_once(args: argparse.Namespace, chairs: int, rate: float, seconds: float,
 
     # -- 2. through the gateway ------------------------------------------------
     site = f"g{tag}"
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = dict(getattr(args, "set_fields", {}) or {})
     if args.batch_max:
         overrides["batch_max"] = args.batch_max
     if args.batch_interval:
@@ -775,9 +775,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="let the gateway use every CPU too (default: only the first)")
     parser.add_argument("--poll-ms", type=float, default=50.0, help="probe poll interval (default 50 ms)")
     parser.add_argument("--batch-max", type=int, default=0, help="override GatewayConfig.batch_max")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="set_pairs",
+                        help="override another GatewayConfig field, e.g. watermark_interval_ms=5000")
     parser.add_argument("--batch-interval", type=float, default=0.0,
                         help="override GatewayConfig.batch_interval_s (seconds)")
     args = parser.parse_args(argv)
+    args.set_fields = {name: float(value) if "." in value else int(value)
+                       for name, _, value in (pair.partition("=") for pair in args.set_pairs)}
     loads = PRESETS[args.preset] if args.preset else [(args.chairs, args.rate, args.seconds)]
     for chairs, rate, seconds in loads:
         if chairs < 1 or rate <= 0 or seconds <= 0 or chairs * rate > 50_000 or seconds > 600:
@@ -801,7 +805,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             influx.stop()
             broker.stop()
     tuned = {"batch_max": args.batch_max, "batch_interval_s": args.batch_interval}
-    gateway = f"overrides {tuned}" if args.batch_max or args.batch_interval else "defaults"
+    tuned.update(args.set_fields)
+    gateway = f"overrides {tuned}" if args.batch_max or args.batch_interval or args.set_fields else "defaults"
     where = ("every CPU shared" if args.no_pin
              else f"gateway pinned to CPU {sorted(gw_cpus)}, the rest unpinned")
     print(f"ingest benchmark: broker limits {args.broker_limits}, gateway {gateway}; {where}")

@@ -156,6 +156,7 @@ class Gateway:
         self._alarm_state_path = (config.state_dir / state_file.FILE_NAME
                                   if config.state_dir is not None else None)
         self._engine_dirty = False
+        self._save_now = False  # an event or a latch: save at the next tick
         self._engine_saved_at = 0.0
         self._state_taken = 0  # snapshots taken (under the ingest lock)
         self._state_written = 0  # the newest of them on disk
@@ -493,22 +494,25 @@ class Gateway:
         lines = self._announce(events)
         if lines:
             self.writer.submit(lines, None)
-        if (self.engine is None or not self._engine_dirty
-                or time.monotonic() - self._engine_saved_at < ALARM_STATE_SAVE_S):
+        if self.engine is None or not self._engine_dirty or (
+                not self._save_now and time.monotonic() - self._engine_saved_at < ALARM_STATE_SAVE_S):
             return None
+        self._save_now = False
         self._engine_saved_at = time.monotonic()
         self._engine_dirty = False
         self._state_taken += 1
         return {"n": self._state_taken, "state": self.engine.snapshot()}
 
     def _announce(self, events: Sequence[AlarmEvent]) -> list[str]:
-        """Save the alarm state (before anything is published: a restart
-        never repeats or loses what was announced), publish the events and
-        the active sets of chairs whose set changed without one (a latch);
-        the events' points."""
+        """Publish the events and the active sets of chairs whose set changed
+        without one (a latch); the events' points.  The alarm state is saved
+        by the next tick (within ``tick_interval_s``), outside the ingest lock:
+        a crash before that redelivers the unacknowledged reading, which
+        raises the same event id again (the pager drops the repeat)."""
         changed = self.engine.changed_chairs() if self.engine is not None else set()
         if events or changed:
-            self._save_alarm_state()
+            self._engine_dirty = True
+            self._save_now = True
         lines = self.outbound.events(events)
         evented = {(e.site, e.chair) for e in events}
         for site, chair in sorted(changed - evented):
