@@ -51,7 +51,6 @@ from chairside.ingest.validate import Accepted, Rejected, validate
 from chairside.metrics import Metrics
 from chairside.model import AlarmEvent, AlarmStage, Reading
 from chairside.outbound import Outbound
-from chairside.paths import atomic_write_json
 from chairside.staff import controls
 from chairside.staff.controls import StaffControls
 from chairside.store.confirm import WATERMARKS_FILE, Ack, Confirmations, Receipt, kept_of
@@ -108,7 +107,7 @@ class Gateway:
             storage_dir / "deadletter", max_bytes=config.deadletter_max_bytes, fsync=config.spool_fsync
         )
         self.writer: Writer[Receipt] = Writer(
-            _writer_config(config), self.influx, self.spool, self.deadletters, self.metrics,
+            WriterConfig.of_gateway(config), self.influx, self.spool, self.deadletters, self.metrics,
             on_durable=self._durable, now_ms=self.clock.now_ms, on_spool_full=self._spool_full_alarm,
         )
         self.watermarks = Watermarks(min_interval_ms=config.watermark_interval_ms)
@@ -134,9 +133,7 @@ class Gateway:
                                   if config.state_dir is not None else None)
         self._engine_dirty = False
         self._engine_saved_at = 0.0
-        self._state_taken = 0  # snapshots taken (under the ingest lock)
-        self._state_written = 0  # the newest of them on disk
-        self._state_write_lock = threading.Lock()
+        self._state_writer = state_file.StateWriter(self._alarm_state_path, self.metrics)
         self.controls = (
             StaffControls(alarm_stage, self.metrics, publish=self.outbound.publish,
                           emit=self.outbound.events, publish_active=self.outbound.active_set,
@@ -298,7 +295,7 @@ class Gateway:
                 # outside the ingest lock: neither holds up the next message
                 self.confirmations.publish_due(self.clock.now_ms())
                 if snapshot is not None:
-                    self._write_alarm_state(snapshot)
+                    self._state_writer.write(snapshot)
             except Exception:
                 self.metrics.inc("processing_errors", stage="timer")
                 log.exception("unexpected error in the timer")
@@ -431,8 +428,7 @@ class Gateway:
             return None
         self._engine_saved_at = time.monotonic()
         self._engine_dirty = False
-        self._state_taken += 1
-        return {"n": self._state_taken, "state": self.engine.snapshot()}
+        return self._state_writer.take(self.engine)
 
     def _announce(self, events: Sequence[AlarmEvent]) -> list[str]:
         """Save the alarm state (before anything is published: a restart
@@ -452,24 +448,7 @@ class Gateway:
         self._engine_saved_at = time.monotonic()
         self._engine_dirty = False
         if self.engine is not None:
-            self._state_taken += 1
-            self._write_alarm_state({"n": self._state_taken, "state": self.engine.snapshot()})
-
-    def _write_alarm_state(self, taken: dict[str, Any]) -> None:
-        """Write a snapshot unless a newer one is already on disk (the timer
-        writes its periodic one outside the ingest lock, an event's is written
-        under it)."""
-        if self._alarm_state_path is None:
-            return
-        try:
-            with self._state_write_lock:
-                if taken["n"] <= self._state_written:
-                    return
-                atomic_write_json(self._alarm_state_path, taken["state"])
-                self._state_written = taken["n"]
-        except (OSError, ValueError) as exc:
-            self.metrics.inc("persist_errors", what="alarm_state")
-            log.error("cannot save the alarm state to %s: %s", self._alarm_state_path, exc)
+            self._state_writer.write(self._state_writer.take(self.engine))
 
     def _restore_alarm_state(self) -> None:
         """Active, latched and acknowledged alarms, pending delays and standby
@@ -499,14 +478,6 @@ class Gateway:
         """(healthy, details) as served on /health."""
         return gateway_health(self.writer, self.spool, self.deadletters, self.metrics,
                               subscribed=self._subscribed.is_set(), publisher=self.outbound.connected)
-def _writer_config(config: GatewayConfig) -> WriterConfig:
-    return WriterConfig(
-        database=config.database, store_max_lines=config.store_max_lines, batch_max=config.batch_max,
-        batch_interval_s=config.batch_interval_s, ack_window=config.ack_window,
-        retry_min_s=config.retry_min_s, retry_max_s=config.retry_max_s,
-        probe_interval_s=config.probe_interval_s, probe_down_s=config.probe_down_s,
-        stall_s=config.health_write_age_s, spool_max_bytes=config.spool_max_bytes,
-    )
 
 
 # ---- command line -----------------------------------------------------------
