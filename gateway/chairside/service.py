@@ -9,7 +9,8 @@ time, start to finish:
 3. drop duplicates (:mod:`chairside.ingest.dedup`),
 4. evaluate alarms (:mod:`chairside.alarms`) and publish alarm events,
 5. hand the points to the writer (:mod:`chairside.store.writer`), which
-   acknowledges the MQTT message only once its points are durable.
+   acknowledges the MQTT message only once its points are durable (and a
+   kept reading is then confirmed to its box, :mod:`chairside.store.confirm`).
 
 Staff messages (acknowledge, standby, limits, drill end) take the same path
 into :mod:`chairside.staff.controls`.  A timer thread ticks the alarm engine
@@ -27,14 +28,12 @@ through a separate paho client.  ``/health`` and ``/metrics`` are served by
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from chairside import contract, mqtt_auth
 from chairside.alarms import state_file
 from chairside.alarms.engine import AlarmEngine
 from chairside.config import Clock, GatewayConfig, SystemClock
-from chairside.health import HealthServer
+from chairside.health import HealthServer, describe_gateway_metrics, gateway_health
 from chairside.ingest.clockwatch import CLOCK_WRONG_ALARM, ClockWatch
 from chairside.ingest.dedup import Duplicates, SkewLog
 from chairside.ingest.rejects import RejectLog
@@ -52,14 +51,14 @@ from chairside.ingest.validate import Accepted, Rejected, validate
 from chairside.metrics import Metrics
 from chairside.model import AlarmEvent, AlarmStage, Reading
 from chairside.outbound import Outbound
-from chairside.paths import atomic_write_json
 from chairside.staff import controls
 from chairside.staff.controls import StaffControls
+from chairside.store.confirm import WATERMARKS_FILE, Ack, Confirmations, Receipt, kept_of
 from chairside.store.deadletter import DeadLetters
 from chairside.store.influx import InfluxWriter
 from chairside.store.points import reading_line
 from chairside.store.spool import PointSpool
-from chairside.store.watermark import Watermarks, stored_payload
+from chairside.store.watermark import Watermarks
 from chairside.store.writer import Writer, WriterConfig
 
 log = logging.getLogger("chairside.service")
@@ -67,32 +66,9 @@ log = logging.getLogger("chairside.service")
 SUBSCRIBED_KINDS = ("vitals", "nibp", "status", "resp")
 TIME_SYNC_INTERVAL_MS = 60_000
 SPOOL_FULL_ALARM = "gateway_spool_full"
-WATERMARKS_FILE = "watermarks.json"
 ALARM_STATE_SAVE_S = 1.0
 """how often the alarm state is saved when readings changed it without an event
 (pending delays, SatSeconds); events and latches save it at once"""
-WATERMARK_SAVE_S = 5.0
-"""how often the stored watermarks are saved (a restart with older ones only makes boxes re-send more)"""
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """A received QoS 1 message: acknowledged once its points are durable."""
-
-    pid: int
-    generation: int
-    """the ingest session's connection the message came on"""
-
-
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """What the gateway owes a message once its points are durable: the
-    PUBACK, and, for a kept reading (``p`` set), its place in the box's
-    stored watermark (docs/contract.md, "End-to-end delivery")."""
-
-    ack: Ack | None
-    kept: tuple[str, str, int, int, int] | None = None
-    """(site, chair, boot, seq, p)"""
 
 
 class Gateway:
@@ -108,7 +84,7 @@ class Gateway:
         self.alarm_stage = alarm_stage
         self.clock: Clock = clock or SystemClock()
         self.metrics = Metrics()
-        _describe_metrics(self.metrics)
+        describe_gateway_metrics(self.metrics)
         self.timebase = Timebase(config.state_dir, skew_limit_ms=config.skew_limit_ms)
         self.influx = InfluxWriter(config.influx_url, config.database, config.influx_timeout_s)
         self._lock = threading.Lock()  # the alarm stage and per-chair state: ingest vs timer
@@ -131,13 +107,10 @@ class Gateway:
             storage_dir / "deadletter", max_bytes=config.deadletter_max_bytes, fsync=config.spool_fsync
         )
         self.writer: Writer[Receipt] = Writer(
-            _writer_config(config), self.influx, self.spool, self.deadletters, self.metrics,
+            WriterConfig.of_gateway(config), self.influx, self.spool, self.deadletters, self.metrics,
             on_durable=self._durable, now_ms=self.clock.now_ms, on_spool_full=self._spool_full_alarm,
         )
         self.watermarks = Watermarks(min_interval_ms=config.watermark_interval_ms)
-        self._wm_lock = threading.Lock()  # the writer (durable) vs the timer (publish, save)
-        self._wm_path = storage_dir / WATERMARKS_FILE if config.state_dir is not None else None
-        self._wm_saved_at = 0.0
         self._started = time.monotonic()
         self._stop_timer = threading.Event()
         self._subscribed = threading.Event()
@@ -152,15 +125,16 @@ class Gateway:
         self.outbound = Outbound(f"{config.client_id}-pub", self.metrics, alarm_stage.active,
                                  self.clock.now_ms)
         self.client = self.outbound.client
+        self.confirmations = Confirmations(
+            self.watermarks, self.outbound.publish, self.metrics,
+            storage_dir / WATERMARKS_FILE if config.state_dir is not None else None)
         self.engine = alarm_stage if isinstance(alarm_stage, AlarmEngine) else None
         self._alarm_state_path = (config.state_dir / state_file.FILE_NAME
                                   if config.state_dir is not None else None)
         self._engine_dirty = False
         self._save_now = False  # an event or a latch: save at the next tick
         self._engine_saved_at = 0.0
-        self._state_taken = 0  # snapshots taken (under the ingest lock)
-        self._state_written = 0  # the newest of them on disk
-        self._state_write_lock = threading.Lock()
+        self._state_writer = state_file.StateWriter(self._alarm_state_path, self.metrics)
         self.controls = (
             StaffControls(alarm_stage, self.metrics, publish=self.outbound.publish,
                           emit=self.outbound.events, publish_active=self.outbound.active_set,
@@ -202,7 +176,7 @@ class Gateway:
         if self.controls is not None:  # before the first reading is evaluated
             self.writer.submit(self.controls.restore_overrides(self.clock.now_ms()), None)
         self._restore_alarm_state()
-        self._restore_watermarks()
+        self.confirmations.restore(self.clock.now_ms())
         self._stop_timer.clear()
         self._timer = threading.Thread(target=self._timer_loop, name="gw-timer", daemon=True)
         self._timer.start()
@@ -224,8 +198,8 @@ class Gateway:
         with self._lock:
             self._save_alarm_state()
         left = self.writer.stop(max(0.0, deadline - time.monotonic()) + 1.0)
-        self._publish_watermarks(self.clock.now_ms())
-        self._save_watermarks()
+        self.confirmations.publish_due(self.clock.now_ms())
+        self.confirmations.save()
         if left:
             self.metrics.inc("queue_dropped", left, queue="store_at_stop")
             log.warning("%d points neither written nor spooled at stop (unacked: redelivered)", left)
@@ -305,9 +279,7 @@ class Gateway:
     def _durable(self, receipt: Receipt) -> None:
         """The writer's report: the message's points are in InfluxDB or the disk spool."""
         if receipt.kept is not None:
-            site, chair, boot, seq, p = receipt.kept
-            with self._wm_lock:
-                self.watermarks.durable(site, chair, boot, seq, p, self.clock.now_ms())
+            self.confirmations.durable(receipt.kept, self.clock.now_ms())
         self._ack(receipt.ack)
 
     # ---- processing (under self._lock) -----------------------------------------
@@ -322,9 +294,9 @@ class Gateway:
                         next_rejects = time.monotonic() + self.config.reject_interval_s
                         self.writer.submit(self._rejects.flush(self.clock.now_ms()), None)
                 # outside the ingest lock: neither holds up the next message
-                self._publish_watermarks(self.clock.now_ms())
+                self.confirmations.publish_due(self.clock.now_ms())
                 if snapshot is not None:
-                    self._write_alarm_state(snapshot)
+                    self._state_writer.write(snapshot)
             except Exception:
                 self.metrics.inc("processing_errors", stage="timer")
                 log.exception("unexpected error in the timer")
@@ -339,7 +311,7 @@ class Gateway:
         if result.ignored:
             self.metrics.inc("unknown_fields_ignored")
             log.info("ignored unknown fields %r on %r", result.ignored, result.topic)
-        receipt = Receipt(ack, _kept(result))
+        receipt = Receipt(ack, kept_of(result.site, result.chair, result.fields))
         if self.duplicates.seen_before(result.site, result.chair, result.fields.get("boot"),
                                        result.fields.get("seq")):
             # the first copy was evaluated and is stored, or will be before this
@@ -440,48 +412,6 @@ class Gateway:
         lines.extend(self._announce([]))
         self.writer.submit(lines, item.token)
 
-    def _publish_watermarks(self, now_ms: int) -> None:
-        """Publish the chairs' stored watermarks that advanced (rate-limited per
-        chair), report readings declared lost, save the watermarks now and then."""
-        with self._wm_lock:
-            due = self.watermarks.due(now_ms)
-            gaps = self.watermarks.take_gaps()
-            for site, chair, boot, seq in due:
-                self.outbound.publish(contract.topic("stored", site, chair),
-                                      stored_payload(boot, seq, now_ms).decode(), retain=True)
-                self.watermarks.mark_published(site, chair, boot, seq, now_ms)
-        if due:
-            self.metrics.inc("watermarks_published", len(due))
-        for gap in gaps:
-            self.metrics.inc("watermark_gaps")
-            log.warning("%s/%s boot %d: readings %d..%d never arrived: %s", gap.site, gap.chair, gap.boot,
-                        gap.from_w + 1, gap.to_w, gap.reason)
-        if self._wm_path is not None and time.monotonic() - self._wm_saved_at >= WATERMARK_SAVE_S:
-            self._save_watermarks()
-
-    def _save_watermarks(self) -> None:
-        if self._wm_path is None:
-            return
-        self._wm_saved_at = time.monotonic()
-        with self._wm_lock:
-            snapshot = self.watermarks.snapshot()
-        try:
-            atomic_write_json(self._wm_path, snapshot)
-        except OSError as exc:
-            self.metrics.inc("persist_errors", what="watermarks")
-            log.error("cannot save the stored watermarks to %s: %s", self._wm_path, exc)
-
-    def _restore_watermarks(self) -> None:
-        if self._wm_path is None or not self._wm_path.exists():
-            return
-        try:
-            saved = json.loads(self._wm_path.read_text())
-            restored = self.watermarks.restore(saved, self.clock.now_ms())
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
-            log.error("ignoring unreadable stored watermarks %s: %s", self._wm_path, exc)
-            return
-        log.info("restored %d stored watermark(s) from %s", restored, self._wm_path)
-
     def _tick(self) -> dict[str, Any] | None:
         """Tick the alarm stage; the alarm state to save, when a periodic save is due."""
         self.timebase.flush()
@@ -500,8 +430,7 @@ class Gateway:
         self._save_now = False
         self._engine_saved_at = time.monotonic()
         self._engine_dirty = False
-        self._state_taken += 1
-        return {"n": self._state_taken, "state": self.engine.snapshot()}
+        return self._state_writer.take(self.engine)
 
     def _announce(self, events: Sequence[AlarmEvent]) -> list[str]:
         """Publish the events and the active sets of chairs whose set changed
@@ -523,24 +452,7 @@ class Gateway:
         self._engine_saved_at = time.monotonic()
         self._engine_dirty = False
         if self.engine is not None:
-            self._state_taken += 1
-            self._write_alarm_state({"n": self._state_taken, "state": self.engine.snapshot()})
-
-    def _write_alarm_state(self, taken: dict[str, Any]) -> None:
-        """Write a snapshot unless a newer one is already on disk (the timer
-        writes its periodic one outside the ingest lock, an event's is written
-        under it)."""
-        if self._alarm_state_path is None:
-            return
-        try:
-            with self._state_write_lock:
-                if taken["n"] <= self._state_written:
-                    return
-                atomic_write_json(self._alarm_state_path, taken["state"])
-                self._state_written = taken["n"]
-        except (OSError, ValueError) as exc:
-            self.metrics.inc("persist_errors", what="alarm_state")
-            log.error("cannot save the alarm state to %s: %s", self._alarm_state_path, exc)
+            self._state_writer.write(self._state_writer.take(self.engine))
 
     def _restore_alarm_state(self) -> None:
         """Active, latched and acknowledged alarms, pending delays and standby
@@ -568,76 +480,8 @@ class Gateway:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, details) as served on /health."""
-        writer = self.writer
-        mqtt_connected = self.metrics.get("mqtt_connected") == 1
-        influx_reachable = writer.influx_ok is not False
-        stalled = writer.stalled()
-        publisher = self.outbound.connected
-        healthy = (mqtt_connected and publisher and influx_reachable and not writer.spool_full
-                   and not stalled)
-        age = None if writer.last_write is None else round(time.monotonic() - writer.last_write, 3)
-        details: dict[str, Any] = {
-            "status": "ok" if healthy else "degraded",
-            "mqtt_connected": mqtt_connected,
-            "mqtt_subscribed": self._subscribed.is_set(),
-            "mqtt_publisher_connected": publisher,
-            "influx_reachable": influx_reachable,
-            "writer_stalled": stalled,
-            "spool_depth": self.spool.pending_points,
-            "spool_bytes": self.spool.total_bytes,
-            "spool_full": writer.spool_full,
-            "spool_dropped": self.spool.dropped_points,
-            "store_depth": writer.waiting(),
-            "last_write_age_s": age,
-            "deadletters": self.deadletters.written,
-        }
-        return healthy, details
-
-
-def _kept(result: Accepted) -> tuple[str, str, int, int, int] | None:
-    """(site, chair, boot, seq, p) of a kept reading (one that carries ``p``)."""
-    fields = result.fields
-    boot, seq, p = fields.get("boot"), fields.get("seq"), fields.get("p")
-    if isinstance(boot, int) and isinstance(seq, int) and isinstance(p, int):
-        return result.site, result.chair, boot, seq, p
-    return None
-
-
-def _writer_config(config: GatewayConfig) -> WriterConfig:
-    return WriterConfig(
-        database=config.database, store_max_lines=config.store_max_lines, batch_max=config.batch_max,
-        batch_interval_s=config.batch_interval_s, ack_window=config.ack_window,
-        retry_min_s=config.retry_min_s, retry_max_s=config.retry_max_s,
-        probe_interval_s=config.probe_interval_s, probe_down_s=config.probe_down_s,
-        stall_s=config.health_write_age_s, spool_max_bytes=config.spool_max_bytes,
-    )
-
-
-def _describe_metrics(m: Metrics) -> None:
-    m.describe("messages_in", "counter", "MQTT messages received on box topics")
-    m.describe("rejected", "counter", "messages rejected by validation, by reason")
-    m.describe("points_written", "counter", "line-protocol points written to InfluxDB")
-    m.describe("write_errors", "counter", "failed InfluxDB writes, by kind")
-    m.describe("queue_dropped", "counter", "items dropped from a full buffer, by queue")
-    m.describe("alarm_events", "counter", "alarm events from the alarm stage")
-    m.describe("duplicates", "counter", "redelivered messages (same boot and seq)")
-    m.describe("clock_skew", "counter", "live synced messages whose clock is off rx time")
-    m.describe("time_estimated", "counter", "messages stored with an estimated timestamp")
-    m.describe("processing_errors", "counter", "unexpected errors while processing")
-    m.describe("mqtt_connected", "gauge", "1 while the ingest session is connected to the broker")
-    m.describe("mqtt_publisher_connected", "gauge", "1 while the publishing connection is up")
-    m.describe("write_seconds", "histogram", "InfluxDB write latency")
-    m.describe("spool_depth", "gauge", "points waiting in the on-disk spool")
-    m.describe("spool_bytes", "gauge", "bytes of the on-disk spool")
-    m.describe("spooled", "counter", "points appended to the on-disk spool")
-    m.describe("spool_dropped", "counter", "points dropped because the spool was full")
-    m.describe("spool_errors", "counter", "failed spool appends (disk errors)")
-    m.describe("deadletters", "counter", "points InfluxDB rejected as malformed (dead-lettered)")
-    m.describe("influx_reachable", "gauge", "1 while InfluxDB answers")
-    m.describe("alarm_state_skipped", "counter", "entries of the saved alarm state that could not be restored")
-    m.describe("watermarks_published", "counter", "stored watermarks published to boxes")
-    m.describe("watermark_gaps", "counter", "kept readings declared lost: never arrived within the gap timeout")
-    m.describe("mqtt_sessions_lost", "counter", "reconnects on which the broker had lost the persistent session")
+        return gateway_health(self.writer, self.spool, self.deadletters, self.metrics,
+                              subscribed=self._subscribed.is_set(), publisher=self.outbound.connected)
 
 
 # ---- command line -----------------------------------------------------------

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
+from chairside.health import describe_gateway_metrics as describe_gateway
 from chairside.metrics import Metrics
 from chairside.pager.service import _describe_metrics as describe_pager
-from chairside.service import _describe_metrics as describe_gateway
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).parent / "data"

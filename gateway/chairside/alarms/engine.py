@@ -1,5 +1,13 @@
 """The alarm engine: readings and clock ticks in, alarm events out.
 
+Why this module is longer than ~500 lines: it is one state machine per
+condition, and its transitions (``_apply``, ``_fire``, ``_clear``,
+``_ack_one``, ``tick``, the standby and inhibition rules) read and write the
+same slots under one lock; splitting it would scatter one transition table
+across modules.  What is not a transition lives beside it: the per-chair data
+in :mod:`.slots`, saving and restoring in :mod:`.snapshot`, event texts in
+:mod:`.texts`.
+
 Implements :class:`chairside.model.AlarmStage`.  One explicit state machine per
 (site, chair, condition)::
 
@@ -32,27 +40,23 @@ Event ids are deterministic: a raise's id is a digest of (site, chair, alarm,
 measured time of the reading that crossed the limit), and the thread's later
 events append a suffix (``-a1`` acknowledgements, ``-r1`` re-notifications,
 ``-c`` the clear), so a reading redelivered after a crash raises the same id.
-:meth:`AlarmEngine.snapshot` / :meth:`AlarmEngine.restore` carry the state
-across a restart (docs/alarms.md, "Restarts").
+:meth:`AlarmEngine.snapshot` / :meth:`AlarmEngine.restore` (:mod:`.snapshot`)
+carry the state across a restart (docs/alarms.md, "Restarts").
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import threading
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Final, Literal, NamedTuple
+from collections.abc import Iterator
+from typing import Any, Final, Literal
 
 from chairside.model import PRIORITY_RANK, AlarmEvent, EventType, Reading
 
 from .conditions import (
     DelayState,
     Observation,
-    PulseWindow,
     afib_observation,
     delay_due,
     flag_observation,
@@ -61,7 +65,6 @@ from .conditions import (
     step_delay,
     threshold_observation,
 )
-from .presence import Presence, presence
 from .profile import (
     AuditRecord,
     ChairProfile,
@@ -70,169 +73,41 @@ from .profile import (
     ProfileError,
     load_profile,
 )
+from .slots import (
+    ANNOUNCED,
+    DRILL_PREFIX,
+    PRESENT,
+    STANDBY_QUIET,
+    AlarmState,
+    Chair,
+    Rule,
+    Rules,
+    Slot,
+)
+from .snapshot import AlarmSnapshots
+from .texts import event_text
 
-UNITS: Final[dict[str, str]] = {
-    "spo2": "%",
-    "pr": "bpm",
-    "sys": "mmHg",
-    "dia": "mmHg",
-    "map": "mmHg",
-}
-MAX_TEXT: Final = 200
-DRILL_PREFIX: Final = "drill-"
-"""chair ids of drill boxes (``chairside drill``): their events carry ``drill=True``"""
-AFIB_BUFFER: Final = 600  # at most this many 1-Hz pulse samples per chair
 DEFAULT_ID_PREFIX: Final = "al"
-SNAPSHOT_VERSION: Final = 1
-RESUME_MAX_GAP_MS: Final = 10_000
-"""A pending delay (or SatSeconds integral) is resumed after a restart only if
-its last observation is at most this old: a delay needs a violation observed
-without a gap, and nobody observed anything while the gateway was down."""
 
 log = logging.getLogger(__name__)
 
 
-class AlarmState(StrEnum):
-    INACTIVE = "inactive"
-    PENDING = "pending"
-    ACTIVE = "active"
-    LATCHED = "latched"
-    ACKED = "acked"
-
-
-ANNOUNCED: Final = frozenset({AlarmState.ACTIVE, AlarmState.LATCHED, AlarmState.ACKED})
-PRESENT: Final = frozenset({AlarmState.ACTIVE, AlarmState.ACKED})
-
 Action = Literal["skip", "hold", "invalid", "observe"]
 
 
-@dataclass(slots=True)
-class _Slot:
-    state: AlarmState = AlarmState.INACTIVE
-    running: DelayState | None = None
-    """The condition delay's bookkeeping (:attr:`delay`) when it holds anything
-    (pending since, flap onsets, an integral); ``None`` when it holds only the
-    time of the last observation, ``rest_ms`` -- the common case, kept as a
-    plain int so that a normal reading allocates nothing."""
-    rest_ms: int | None = None
-    since_ms: int | None = None
-    acked_ms: int | None = None
-    acked_by: str | None = None
-    value: float | None = None
-    limit: float | None = None
-    detail: str = ""
-    field: str | None = None
-    op: str | None = None
-    reason: str = ""
-    present: bool = False  # whether the remembered observation was past the limit
-    cross_ms: int | None = None
-    """measured time of the reading that began the current violation (event ids)"""
-    thread: str | None = None  # the id of the raise that announced the alarm
-    acks: int = 0  # acknowledgements of this alarm so far (event ids)
-    renotifies: int = 0  # re-notifications of this alarm so far (event ids)
-    clear_since_ms: int | None = None  # recovered readings since (clear_hold_s)
-    inhibited_by: str | None = None  # an inhibitor raised while this was announced
-    alt: tuple[str, float, float] | None = None  # the second field of a recovered two-field limit
-
-    @property
-    def delay(self) -> DelayState:
-        running = self.running
-        return running if running is not None else DelayState(last_ms=self.rest_ms)
-
-    @delay.setter
-    def delay(self, value: DelayState) -> None:
-        if (
-            value.pending_since_ms is None
-            and not value.was_present
-            and not value.onsets
-            and value.integral == 0.0
-        ):
-            self.running, self.rest_ms = None, value.last_ms
-        else:
-            self.running = value
-
-    def rest(self, now_ms: int) -> None:
-        """Inside the limit with nothing pending: what ``step_delay`` decides
-        ("inside limit") in that case, without building the decision."""
-        self.state = AlarmState.INACTIVE
-        self.running = None
-        self.rest_ms = now_ms
-        self.reason = "inside limit"
-
-
-class _Rule(NamedTuple):
-    cond: Condition
-    present: Presence
-
-
-class _Rules:
-    """A profile's conditions compiled per reading kind, once: in profile order,
-    without those ``_observe`` always skips for that kind, each with its
-    presence check (:mod:`.presence`)."""
-
-    def __init__(self, profile: Profile) -> None:
-        self.profile = profile
-        self._live: dict[str, tuple[_Rule, ...]] = {}
-        self._standby: dict[str, tuple[_Rule, ...]] = {}
-
-    def get(self, kind: str, standby: bool) -> tuple[_Rule, ...]:
-        cache = self._standby if standby else self._live
-        found = cache.get(kind)
-        if found is None:
-            found = cache[kind] = tuple(
-                _Rule(c, presence(c, kind, self.profile))
-                for c in self.profile.conditions.values()
-                if _may_observe(c.check, c.measurement, kind)
-                and not (standby and c.name in STANDBY_QUIET)
-            )
-        return found
-
-
-@dataclass(slots=True)
-class _Chair:
-    site: str
-    chair: str
-    profile: ChairProfile
-    first_seen_ms: int | None  # None until the first live reading
-    slots: dict[str, _Slot] = field(default_factory=dict)
-    last_vitals_ms: int | None = None
-    online_ms: int | None = None
-    cuff_since_ms: int | None = None
-    pulses: PulseWindow = field(default_factory=lambda: PulseWindow(AFIB_BUFFER))
-    standby_by: str | None = None  # set between patients: technical alarms are quiet
-    rules: _Rules | None = None  # compiled for profile.effective (see AlarmEngine._rules_for)
-    box_state: str | None = None  # last "state" of a status message: online / offline
-    restored_ms: int | None = None  # when a snapshot was restored: the stale clock restarts
-
-    def slot(self, name: str) -> _Slot:
-        found = self.slots.get(name)
-        if found is None:
-            found = self.slots[name] = _Slot()
-        return found
-
-    def stale_base_ms(self) -> int | None:
-        candidates = (self.first_seen_ms, self.last_vitals_ms, self.online_ms, self.restored_ms)
-        times = [t for t in candidates if t is not None]
-        return max(times) if times else None
-
-
-STANDBY_QUIET: frozenset[str] = frozenset({"probe_off", "box_offline", "data_stale", "nibp_failed"})
-"""Technical conditions held while a chair is in standby between patients."""
-
-
-class AlarmEngine:
+class AlarmEngine(AlarmSnapshots):
     """Per-chair alarm state machines driven by readings and clock ticks (thread-safe)."""
 
     def __init__(self, profile: Profile | None = None, *, id_prefix: str | None = None) -> None:
         self.profile = profile if profile is not None else load_profile()
         self._prefix = id_prefix if id_prefix is not None else DEFAULT_ID_PREFIX
-        self._chairs: dict[tuple[str, str], _Chair] = {}
+        self._chairs: dict[tuple[str, str], Chair] = {}
         self._changed: set[tuple[str, str]] = set()
         self.restore_skipped = 0
         """snapshot entries :meth:`restore` could not use (each logged with its reason)"""
         self._lock = threading.RLock()
         self.audit_log: list[AuditRecord] = []
-        self._shared_rules: _Rules | None = None  # for chairs without overrides
+        self._shared_rules: Rules | None = None  # for chairs without overrides
 
     # ------------------------------------------------------------------ API
     def on_reading(self, reading: Reading, now_ms: int) -> list[AlarmEvent]:
@@ -359,7 +234,7 @@ class AlarmEngine:
             self._changed.discard((site, chair))
             return [] if state is None else self._clear_all(state, now_ms, "drill ended")
 
-    def _clear_all(self, state: _Chair, now_ms: int, why: str) -> list[AlarmEvent]:
+    def _clear_all(self, state: Chair, now_ms: int, why: str) -> list[AlarmEvent]:
         events: list[AlarmEvent] = []
         for cond in state.profile.effective.conditions.values():
             slot = state.slots.get(cond.name)
@@ -444,234 +319,18 @@ class AlarmEngine:
             changed, self._changed = self._changed, set()
             return changed
 
-    def snapshot(self) -> dict[str, Any]:
-        """Every chair's alarm state, JSON-able, for :meth:`restore` after a restart.
-
-        Per chair: the staleness clocks, the box state, the cuff, standby; per
-        condition that is not idle: its state (active, acked, latched,
-        pending), the raise's event id and counters, since, who acknowledged
-        and when (the re-notification timer), the remembered value, the
-        recovery hold, the pending delay, flap onsets and SatSeconds integral.
-        Per-chair limit overrides are not in it: the gateway saves those itself."""
-        with self._lock:
-            chairs: list[dict[str, Any]] = []
-            for (site, chair), state in self._chairs.items():
-                conditions = state.profile.effective.conditions
-                alarms: dict[str, Any] = {}
-                for name, slot in state.slots.items():
-                    d = slot.delay
-                    if slot.state is AlarmState.INACTIVE and not d.onsets and not d.integral:
-                        continue
-                    cond = conditions.get(name)
-                    alarms[name] = {
-                        "state": slot.state.value,
-                        "priority": cond.priority if cond is not None else None,
-                        "kind": cond.kind if cond is not None else None,
-                        "id": slot.thread,
-                        "acks": slot.acks,
-                        "renotifies": slot.renotifies,
-                        "since_ms": slot.since_ms,
-                        "acked_ms": slot.acked_ms,
-                        "acked_by": slot.acked_by,
-                        "value": _finite(slot.value),
-                        "limit": _finite(slot.limit),
-                        "field": slot.field,
-                        "op": slot.op,
-                        "detail": slot.detail,
-                        "present": slot.present,
-                        "alt": (
-                            [slot.alt[0], _finite(slot.alt[1]), _finite(slot.alt[2])] if slot.alt is not None else None
-                        ),
-                        "reason": slot.reason,
-                        "cross_ms": slot.cross_ms,
-                        "clear_since_ms": slot.clear_since_ms,
-                        "inhibited_by": slot.inhibited_by,
-                        "pending_since_ms": d.pending_since_ms,
-                        "last_ms": d.last_ms,
-                        "was_present": d.was_present,
-                        "onsets": list(d.onsets),
-                        "integral": _finite(d.integral) or 0.0,
-                    }
-                chairs.append(
-                    {
-                        "site": site,
-                        "chair": chair,
-                        "first_seen_ms": state.first_seen_ms,
-                        "last_vitals_ms": state.last_vitals_ms,
-                        "online_ms": state.online_ms,
-                        "box_state": state.box_state,
-                        "cuff_since_ms": state.cuff_since_ms,
-                        "standby_by": state.standby_by,
-                        "alarms": alarms,
-                    }
-                )
-            return {"v": SNAPSHOT_VERSION, "chairs": chairs}
-
-    def restore(self, snapshot: Mapping[str, Any], now_ms: int) -> list[AlarmEvent]:
-        """Take over the state of :meth:`snapshot` (saved before a restart).
-
-        Announced alarms come back as they were (no second raise; a clear,
-        a latch, an acknowledgement and its re-notification timer continue);
-        a pending delay resumes only if it was observed at most
-        ``RESUME_MAX_GAP_MS`` ago; the staleness clock of each chair restarts
-        at ``now_ms`` (nobody could see the chair while the gateway was down),
-        but an announced ``data_stale`` stays until vitals arrive.  Returns a
-        ``cleared`` event for each announced alarm whose condition is no longer
-        in the profile (so its page thread ends).  Entries that cannot be used
-        are skipped, logged with the reason and counted in
-        ``restore_skipped``; nothing raises."""
-        events: list[AlarmEvent] = []
-        with self._lock:
-            if not isinstance(snapshot, Mapping) or snapshot.get("v") != SNAPSHOT_VERSION:
-                version = snapshot.get("v") if isinstance(snapshot, Mapping) else type(snapshot).__name__
-                self._skip(f"snapshot: expected an object with v={SNAPSHOT_VERSION}, got {version!r}")
-                return events
-            chairs = snapshot.get("chairs")
-            if not isinstance(chairs, list):
-                self._skip("snapshot: chairs is not a list")
-                return events
-            for i, entry in enumerate(chairs):
-                try:
-                    events.extend(self._restore_chair(entry, now_ms))
-                except (TypeError, ValueError, KeyError) as exc:
-                    self._skip(f"snapshot chairs[{i}]: {exc}")
-        return events
-
-    def _skip(self, reason: str) -> None:
-        self.restore_skipped += 1
-        log.warning("alarm state restore: skipped %s", reason)
-
-    def _restore_chair(self, entry: Any, now_ms: int) -> list[AlarmEvent]:
-        if not isinstance(entry, Mapping):
-            raise TypeError("expected an object")
-        site, chair = _text_field(entry, "site"), _text_field(entry, "chair")
-        alarms = entry.get("alarms", {})
-        if not isinstance(alarms, Mapping):
-            raise TypeError(f"{site}/{chair}: alarms is not an object")
-        fields = {
-            name: _opt_int(entry, name)
-            for name in ("first_seen_ms", "last_vitals_ms", "online_ms", "cuff_since_ms")
-        }
-        box_state = _opt_text(entry, "box_state")
-        standby_by = _opt_text(entry, "standby_by")
-        state = self._chair(site, chair, now_ms, seen=False)
-        state.first_seen_ms = fields["first_seen_ms"]
-        state.last_vitals_ms = fields["last_vitals_ms"]
-        state.online_ms = fields["online_ms"]
-        state.cuff_since_ms = fields["cuff_since_ms"]
-        state.box_state = box_state if box_state in ("online", "offline") else None
-        state.standby_by = standby_by
-        state.restored_ms = now_ms if state.stale_base_ms() is not None else None
-        events: list[AlarmEvent] = []
-        for name, raw in alarms.items():
-            try:
-                events.extend(self._restore_slot(state, str(name), raw, now_ms))
-            except (TypeError, ValueError, KeyError) as exc:
-                self._skip(f"{site}/{chair}/{name}: {exc}")
-        self._changed.add((site, chair))
-        return events
-
-    def _restore_slot(self, chair: _Chair, name: str, raw: Any, now_ms: int) -> list[AlarmEvent]:
-        if not isinstance(raw, Mapping):
-            raise TypeError("expected an object")
-        state = AlarmState(_text_field(raw, "state"))
-        cond = chair.profile.effective.conditions.get(name)
-        if cond is None:
-            if state not in ANNOUNCED:
-                raise ValueError("not a condition of the profile")
-            return [self._orphan_clear(chair, name, raw, now_ms)]
-        slot = _Slot()
-        slot.thread = _opt_text(raw, "id")
-        slot.acks = _opt_int(raw, "acks") or 0
-        slot.renotifies = _opt_int(raw, "renotifies") or 0
-        slot.since_ms = _opt_int(raw, "since_ms")
-        slot.acked_ms = _opt_int(raw, "acked_ms")
-        slot.acked_by = _opt_text(raw, "acked_by")
-        slot.value = _opt_float(raw, "value")
-        slot.limit = _opt_float(raw, "limit")
-        slot.field = _opt_text(raw, "field")
-        slot.op = _opt_text(raw, "op")
-        slot.detail = _opt_text(raw, "detail") or ""
-        slot.present = raw.get("present") is True
-        slot.reason = _opt_text(raw, "reason") or ""
-        slot.cross_ms = _opt_int(raw, "cross_ms")
-        slot.clear_since_ms = _opt_int(raw, "clear_since_ms")
-        inhibitor = _opt_text(raw, "inhibited_by")
-        slot.inhibited_by = inhibitor if inhibitor in chair.profile.effective.conditions else None
-        alt = raw.get("alt")
-        if isinstance(alt, list) and len(alt) == 3 and isinstance(alt[0], str):
-            alt_value, alt_limit = _opt_float({"v": alt[1]}, "v"), _opt_float({"v": alt[2]}, "v")
-            if alt_value is not None and alt_limit is not None:
-                slot.alt = (alt[0], alt_value, alt_limit)
-        onsets_raw = raw.get("onsets", [])
-        if not isinstance(onsets_raw, list):
-            raise TypeError("onsets is not a list")
-        window_ms = chair.profile.effective.flap_window_s * 1000
-        onsets = tuple(
-            t for t in (_opt_int({"t": x}, "t") for x in onsets_raw) if t is not None and 0 <= now_ms - t <= window_ms
-        )
-        last_ms = _opt_int(raw, "last_ms")
-        if state in ANNOUNCED:
-            if slot.since_ms is None:
-                raise ValueError(f"{state.value} without since_ms")
-            if state is AlarmState.ACKED and slot.acked_ms is None:
-                slot.acked_ms = now_ms  # the pause before re-notification starts again
-            slot.state = state
-            slot.delay = DelayState(last_ms=last_ms)
-        else:
-            fresh = last_ms is not None and 0 <= now_ms - last_ms <= RESUME_MAX_GAP_MS
-            if state is AlarmState.PENDING and fresh:
-                slot.state = state
-                slot.delay = DelayState(
-                    _opt_int(raw, "pending_since_ms"),
-                    last_ms,
-                    raw.get("was_present") is True,
-                    onsets,
-                    max(_opt_float(raw, "integral") or 0.0, 0.0),
-                )
-            else:  # nobody watched during the gap: the delay starts again, flap onsets stay
-                slot.state = AlarmState.INACTIVE
-                slot.delay = DelayState(None, last_ms, False, onsets, 0.0)
-                slot.reason = "restored: delay restarts" if state is AlarmState.PENDING else slot.reason
-        chair.slots[name] = slot
-        return []
-
-    def _orphan_clear(self, chair: _Chair, name: str, raw: Mapping[str, Any], now_ms: int) -> AlarmEvent:
-        """The clear of an announced alarm whose condition left the profile."""
-        priority = raw.get("priority")
-        kind = raw.get("kind")
-        if priority not in PRIORITY_RANK or kind not in ("physiological", "technical"):
-            raise ValueError("announced alarm of an unknown condition without priority and kind")
-        thread = _opt_text(raw, "id") or self._thread_id(chair, name, _opt_int(raw, "since_ms") or now_ms)
-        log.warning("alarm state restore: %s/%s/%s is no longer in the profile: cleared",
-                    chair.site, chair.chair, name)
-        return AlarmEvent(
-            id=f"{thread}-c",
-            site=chair.site,
-            chair=chair.chair,
-            alarm=name,
-            priority=priority,
-            kind=kind,
-            event="cleared",
-            t=now_ms,
-            text=f"{name}: alarm ended, condition no longer in the alarm profile (chair {chair.chair})"[:MAX_TEXT],
-            drill=chair.chair.startswith(DRILL_PREFIX),
-            extra={"active": False, "level": PRIORITY_RANK[priority], "latching": False,
-                   "reason": "condition removed from the profile"},
-        )
-
     # ------------------------------------------------------------ internals
-    def _chair(self, site: str, chair: str, now_ms: int, *, seen: bool = True) -> _Chair:
+    def _chair(self, site: str, chair: str, now_ms: int, *, seen: bool = True) -> Chair:
         key = (site, chair)
         state = self._chairs.get(key)
         if state is None:
-            state = _Chair(site, chair, ChairProfile(self.profile, site, chair), None)
+            state = Chair(site, chair, ChairProfile(self.profile, site, chair), None)
             self._chairs[key] = state
         if seen and state.first_seen_ms is None:
             state.first_seen_ms = now_ms
         return state
 
-    def _conditions(self, chair: _Chair) -> Iterator[Condition]:
+    def _conditions(self, chair: Chair) -> Iterator[Condition]:
         conditions = chair.profile.effective.conditions.values()
         if chair.standby_by is not None:
             # no patient on the chair: probe off, silence, an unplugged box or a
@@ -681,7 +340,7 @@ class AlarmEngine:
             return iter([c for c in conditions if c.name not in STANDBY_QUIET])
         return iter(conditions)
 
-    def _rules_for(self, chair: _Chair, kind: str) -> tuple[_Rule, ...]:
+    def _rules_for(self, chair: Chair, kind: str) -> tuple[Rule, ...]:
         """``_conditions(chair)``, in order, minus those ``_observe`` always skips
         for readings of ``kind`` (a skip changes nothing), with their presence
         checks.  Compiled once per effective profile: shared by the chairs
@@ -691,14 +350,14 @@ class AlarmEngine:
         if rules is None or rules.profile is not effective:
             if effective is self.profile:
                 if self._shared_rules is None or self._shared_rules.profile is not effective:
-                    self._shared_rules = _Rules(effective)
+                    self._shared_rules = Rules(effective)
                 rules = self._shared_rules
             else:
-                rules = _Rules(effective)
+                rules = Rules(effective)
             chair.rules = rules
         return rules.get(kind, chair.standby_by is not None)
 
-    def _note(self, chair: _Chair, reading: Reading, now_ms: int) -> None:
+    def _note(self, chair: Chair, reading: Reading, now_ms: int) -> None:
         """Per-chair bookkeeping before conditions are evaluated."""
         fields = reading.fields
         if reading.kind == "vitals" and chair.standby_by is not None and fields.get("st") == "ok":
@@ -722,7 +381,7 @@ class AlarmEngine:
             if state in ("online", "offline"):
                 chair.box_state = state
 
-    def _cuff_on(self, chair: _Chair, now_ms: int) -> bool:
+    def _cuff_on(self, chair: Chair, now_ms: int) -> bool:
         profile = chair.profile.effective
         return (
             profile.cuff_interlock
@@ -730,10 +389,10 @@ class AlarmEngine:
             and now_ms - chair.cuff_since_ms <= profile.cuff_interlock_max_s * 1000
         )
 
-    def _held(self, chair: _Chair, cond: Condition, now_ms: int) -> bool:
+    def _held(self, chair: Chair, cond: Condition, now_ms: int) -> bool:
         return cond.cuff_hold and self._cuff_on(chair, now_ms)
 
-    def _stale_obs(self, chair: _Chair, now_ms: int) -> Observation | None:
+    def _stale_obs(self, chair: Chair, now_ms: int) -> Observation | None:
         base = chair.stale_base_ms()
         if base is None:
             return None  # never heard from this chair: nothing to be stale
@@ -744,7 +403,7 @@ class AlarmEngine:
         )
 
     def _observe(
-        self, chair: _Chair, cond: Condition, reading: Reading, now_ms: int
+        self, chair: Chair, cond: Condition, reading: Reading, now_ms: int
     ) -> tuple[Action, Observation | None]:
         """What this reading says about ``cond``: skip, hold, invalid data, or an observation."""
         kind = reading.kind
@@ -799,7 +458,7 @@ class AlarmEngine:
 
     def _apply(
         self,
-        chair: _Chair,
+        chair: Chair,
         cond: Condition,
         action: Action,
         obs: Observation | None,
@@ -880,12 +539,12 @@ class AlarmEngine:
         return []  # LATCHED waits for an acknowledgement
 
     @staticmethod
-    def _remember(slot: _Slot, obs: Observation) -> None:
+    def _remember(slot: Slot, obs: Observation) -> None:
         slot.value, slot.limit, slot.detail = obs.value, obs.limit, obs.detail
         slot.field, slot.op, slot.present = obs.field, obs.op, obs.present
         slot.alt = obs.alt
 
-    def _inhibitor(self, chair: _Chair, name: str) -> Condition | None:
+    def _inhibitor(self, chair: Chair, name: str) -> Condition | None:
         """The inhibitor of ``name`` that is present (ACTIVE or ACKED): it holds ``name`` back."""
         for other in self._conditions(chair):
             if name in other.inhibits:
@@ -894,7 +553,7 @@ class AlarmEngine:
                     return other
         return None
 
-    def _announced_inhibitor(self, chair: _Chair, name: str) -> str | None:
+    def _announced_inhibitor(self, chair: Chair, name: str) -> str | None:
         """The inhibitor of ``name`` that is announced (also LATCHED): the thread it belongs to."""
         for other in chair.profile.effective.conditions.values():
             if name in other.inhibits:
@@ -904,7 +563,7 @@ class AlarmEngine:
         return None
 
     def _fire(
-        self, chair: _Chair, cond: Condition, slot: _Slot, now_ms: int, reason: str
+        self, chair: Chair, cond: Condition, slot: Slot, now_ms: int, reason: str
     ) -> list[AlarmEvent]:
         inhibitor = self._inhibitor(chair, cond.name)
         if inhibitor is not None:
@@ -930,13 +589,13 @@ class AlarmEngine:
         slot.thread = self._thread_id(chair, cond.name, slot.cross_ms if slot.cross_ms is not None else now_ms)
         return [self._event(chair, cond, slot, kind, now_ms)]
 
-    def _thread_id(self, chair: _Chair, alarm: str, crossed_ms: int) -> str:
+    def _thread_id(self, chair: Chair, alarm: str, crossed_ms: int) -> str:
         """The raise's event id: the same crossing always gets the same id."""
         key = f"{chair.site}\x1f{chair.chair}\x1f{alarm}\x1f{crossed_ms}".encode()
         return f"{self._prefix}-{hashlib.sha256(key).hexdigest()[:20]}"
 
     def _clear(
-        self, chair: _Chair, cond: Condition, slot: _Slot, now_ms: int, *, why: str | None = None
+        self, chair: Chair, cond: Condition, slot: Slot, now_ms: int, *, why: str | None = None
     ) -> AlarmEvent:
         event = self._event(chair, cond, slot, "cleared", now_ms, why=why)
         slot.state = AlarmState.INACTIVE
@@ -948,7 +607,7 @@ class AlarmEngine:
         slot.delay = DelayState(last_ms=now_ms)
         return event
 
-    def _ack_one(self, chair: _Chair, cond: Condition, by: str, now_ms: int) -> list[AlarmEvent]:
+    def _ack_one(self, chair: Chair, cond: Condition, by: str, now_ms: int) -> list[AlarmEvent]:
         slot = chair.slots.get(cond.name)
         if slot is None or slot.state not in ANNOUNCED:
             return []
@@ -961,20 +620,7 @@ class AlarmEngine:
         slot.acked_ms = now_ms
         return [self._event(chair, cond, slot, "acknowledged", now_ms, by=by)]
 
-    def _text(
-        self, chair: _Chair, cond: Condition, slot: _Slot, event: EventType, why: str | None = None
-    ) -> str:
-        body = f"{cond.text}: {why or _recovery(cond, slot)}" if event == "cleared" else _situation(cond, slot)
-        text = f"{body} (chair {chair.chair})"
-        if event == "acknowledged" and slot.acked_by:
-            text = f"{text}, acknowledged by {slot.acked_by}"
-        elif event == "renotify":
-            text = f"still active: {text}"
-        elif event == "escalated":
-            text = f"escalated: {text}"
-        return " ".join(text.split())[:MAX_TEXT]
-
-    def _event_id(self, chair: _Chair, cond: Condition, slot: _Slot, kind: EventType, now_ms: int) -> str:
+    def _event_id(self, chair: Chair, cond: Condition, slot: Slot, kind: EventType, now_ms: int) -> str:
         if slot.thread is None:  # announced without a raise id (an old snapshot): one from its start
             since = slot.since_ms if slot.since_ms is not None else now_ms
             slot.thread = self._thread_id(chair, cond.name, since)
@@ -988,9 +634,9 @@ class AlarmEngine:
 
     def _event(
         self,
-        chair: _Chair,
+        chair: Chair,
         cond: Condition,
-        slot: _Slot,
+        slot: Slot,
         kind: EventType,
         now_ms: int,
         *,
@@ -1009,7 +655,7 @@ class AlarmEngine:
             kind=cond.kind,
             event=kind,
             t=now_ms,
-            text=self._text(chair, cond, slot, kind, why),
+            text=event_text(chair, cond, slot, kind, why),
             value=slot.value,
             limit=slot.limit,
             by=by,
@@ -1023,104 +669,6 @@ class AlarmEngine:
             inhibits=tuple(sorted(cond.inhibits)),
             inhibited_by=inhibited_by,
         )
-
-
-_LABELS: Final[dict[str, str]] = {"spo2": "SpO2", "pr": "pulse"}
-_RECOVERED: Final[dict[str, str]] = {
-    "probe": "SpO2 signal back",
-    "module": "module answering again",
-    "nibp_error": "next NIBP measurement succeeded",
-    "offline": "box back online",
-    "stale": "vitals received again",
-    "unsynced": "box clock synchronised",
-}
-
-
-def _measure(name: str | None, value: float) -> str:
-    unit = UNITS.get(name or "", "")
-    return f"{_LABELS.get(name or '', name or '')} {value:g} {unit}".strip()
-
-
-def _situation(cond: Condition, slot: _Slot) -> str:
-    """What is wrong, with the latest value (raise, escalation, ack, renotify)."""
-    if cond.check == "threshold" and slot.value is not None and slot.limit is not None:
-        unit = UNITS.get(slot.field or "", "")
-        now = _measure(slot.field, slot.value)
-        if slot.present:
-            return f"{cond.text}: {now} {slot.op or ''} {slot.limit:g} {unit}"
-        return f"{cond.text}: {now}, not yet recovered (limit {slot.limit:g} {unit})"
-    if slot.detail:
-        return f"{cond.text}: {slot.detail}"
-    return cond.text
-
-
-def _recovery(cond: Condition, slot: _Slot) -> str:
-    """What a clear means: the value back, or the technical problem gone."""
-    if cond.check == "threshold" and slot.value is not None and slot.limit is not None:
-        unit = UNITS.get(slot.field or "", "")
-        label = _LABELS.get(slot.field or "", slot.field or "")
-        text = f"{label} back to {slot.value:g} {unit} (limit {slot.limit:g} {unit})"
-        if slot.alt is not None:
-            name, value, limit = slot.alt
-            alt_unit = UNITS.get(name, "")
-            text += f", {_LABELS.get(name, name)} {value:g} {alt_unit} (limit {limit:g} {alt_unit})"
-        return text
-    if cond.check == "afib":
-        return f"no longer rapid and irregular: {slot.detail}" if slot.detail else "no longer rapid and irregular"
-    return _RECOVERED.get(cond.check, "condition ended")
-
-
-def _may_observe(check: str, measurement: str | None, kind: str) -> bool:
-    """False when ``AlarmEngine._observe`` returns "skip" for every reading of ``kind``."""
-    if check == "offline":
-        return kind != "resp"
-    if check == "stale":
-        return kind == "vitals"
-    if check == "unsynced":
-        return True
-    if check == "module":
-        return kind == "status"
-    if check == "nibp_error":
-        return kind == "nibp"
-    return kind == measurement
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is None or math.isfinite(value) else None
-
-
-def _text_field(doc: Mapping[str, Any], key: str) -> str:
-    value = doc.get(key)
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{key}: expected a non-empty string, got {value!r}"[:120])
-    return value
-
-
-def _opt_text(doc: Mapping[str, Any], key: str) -> str | None:
-    value = doc.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"{key}: expected a string or null, got {type(value).__name__}")
-    return value
-
-
-def _opt_int(doc: Mapping[str, Any], key: str) -> int | None:
-    value = doc.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key}: expected an integer or null, got {type(value).__name__}")
-    return value
-
-
-def _opt_float(doc: Mapping[str, Any], key: str) -> float | None:
-    value = doc.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{key}: expected a finite number or null, got {value!r}"[:120])
-    return float(value)
 
 
 __all__ = ["DRILL_PREFIX", "AlarmEngine", "AlarmState", "ProfileError"]

@@ -7,7 +7,7 @@ and its page threads are untouched.  The running gateway validates and stores
 its readings like any box's; the alarm engine labels events of ``drill-*``
 chairs ``drill=1`` (``chairside.alarms.engine.DRILL_PREFIX``) and the pager
 starts their pages with ``DRILL``.  Staff acknowledge the page as they would a
-real one; this command watches the chain and measures:
+real one; this command watches the chain (:mod:`.drill_watch`) and measures:
 
 * **time to alarm**: the crossing reading (or, for ``offline``, the box's last
   will) arriving on MQTT → the alarm event arriving on MQTT (both seen by this
@@ -43,24 +43,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
-import queue
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
+from typing import Any, Final
 
 from chairside import contract
 from chairside.alarms.engine import DRILL_PREFIX
 from chairside.sim.simulator import make_box
 from chairside.store.influx import InfluxError, InfluxWriter
+
+from .drill_watch import BoxRunner, Clock, Payload, Seen, SystemClock, Watch
 
 log = logging.getLogger("chairside.staff.drill")
 
@@ -72,21 +67,6 @@ _MS: Any = importlib.import_module("influxdb_client.domain.write_precision").Wri
 RAISE_EVENTS: Final = ("raised", "escalated", "renotify")
 ACK_ACTIONS: Final = ("acknowledge", "forward_ack")
 END_ACK_BY: Final = "drill-end"
-STEP_MS: Final = 100
-
-
-class Clock(Protocol):
-    def now_ms(self) -> int:
-        """Wall clock, milliseconds since 1970-01-01 UTC."""
-        ...
-
-
-class SystemClock:
-    def now_ms(self) -> int:
-        return time.time_ns() // 1_000_000
-
-
-Payload = Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,152 +231,6 @@ class DrillResult:
         return "\n".join(lines)
 
 
-@dataclass(frozen=True, slots=True)
-class _Seen:
-    topic: str
-    payload: Payload
-    rx_ms: int
-
-
-class _Watch:
-    """The drill's own MQTT client: sends commands, records what it sees."""
-
-    def __init__(self, config: DrillConfig, clock: Clock) -> None:
-        self.config = config
-        self.clock = clock
-        self.inbox: queue.Queue[_Seen] = queue.Queue(maxsize=100_000)
-        self.seen: list[_Seen] = []
-        self._subscribed = threading.Event()
-        root = contract.topic_root()
-        self.box_sub = f"{root}/{config.site}/{config.drill_chair}/#"
-        self.pages_topic = f"{root}/{config.site}/pages"
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"chairside-drill-{config.site}-{config.chair}-{time.monotonic_ns() % 10**9}",
-            clean_session=True,
-        )
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *_: self._subscribed.set()
-        self.client.on_message = self._on_message
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
-        if rc.is_failure:
-            log.error("broker refused the drill client: %s", rc)
-            return
-        client.subscribe([(self.box_sub, 1), (self.pages_topic, 1)])
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        rx_ms = self.clock.now_ms()
-        if msg.retain:
-            return  # an old retained status/active set is not part of this drill
-        try:
-            payload = json.loads(msg.payload)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return
-        if isinstance(payload, dict):
-            try:
-                self.inbox.put_nowait(_Seen(msg.topic, payload, rx_ms))
-            except queue.Full:
-                log.error("drill inbox full: dropped a message on %s", msg.topic)
-
-    def start(self) -> bool:
-        self.client.connect_async(self.config.mqtt_host, self.config.mqtt_port, keepalive=30)
-        self.client.loop_start()
-        return self._subscribed.wait(self.config.connect_timeout_s)
-
-    def publish(self, topic: str, payload: Payload, timeout_s: float = 5.0) -> bool:
-        info = self.client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=1)
-        try:
-            info.wait_for_publish(timeout=timeout_s)
-        except (RuntimeError, ValueError) as exc:
-            log.error("publish to %s failed: %s", topic, exc)
-            return False
-        return info.is_published()
-
-    def wait_for(self, predicate: Callable[[_Seen], bool], timeout_s: float) -> _Seen | None:
-        """The first message (already seen or arriving before the deadline) matching."""
-        for item in self.seen:
-            if predicate(item):
-                return item
-        deadline = time.monotonic() + timeout_s
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            try:
-                item = self.inbox.get(timeout=min(left, 0.2))
-            except queue.Empty:
-                continue
-            self.seen.append(item)
-            if predicate(item):
-                return item
-
-    def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-class _BoxRunner:
-    """Steps one SimBox paced against the wall clock (``speed`` × real time).
-
-    Work for the box (cut its link, disconnect) is queued and run by the
-    stepping thread between steps, so the box is only ever touched by it.
-    """
-
-    def __init__(self, box: Any, speed: float) -> None:
-        self.box = box
-        self.speed = speed
-        self.errors = 0
-        self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="drill-box", daemon=True)
-        self.sim_ms = 0
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def run_in_box_thread(self, job: Callable[[], None], timeout_s: float = 5.0) -> bool:
-        done = threading.Event()
-
-        def wrapped() -> None:
-            try:
-                job()
-            finally:
-                done.set()
-
-        self._jobs.put(wrapped)
-        return done.wait(timeout_s)
-
-    def _loop(self) -> None:
-        start = time.monotonic()
-        while not self._stop.is_set():
-            while True:
-                try:
-                    self._jobs.get_nowait()()
-                except queue.Empty:
-                    break
-            due_ms = (time.monotonic() - start) * 1000 * self.speed
-            if self.sim_ms + STEP_MS <= due_ms:
-                try:
-                    self.box.step(STEP_MS)
-                except Exception:  # keep the drill running; the summary says what came
-                    self.errors += 1
-                    log.exception("drill box failed a step")
-                self.sim_ms += STEP_MS
-            else:
-                self._stop.wait(STEP_MS / 1000 / self.speed / 4)
-
-    def stop(self, *, graceful: bool, timeout_s: float = 10.0) -> None:
-        """Stop stepping; ``graceful`` sends MQTT DISCONNECT (no last will)."""
-        if graceful and self._thread.is_alive():
-            self.run_in_box_thread(self.box.app.mqtt.disconnect, timeout_s)
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
-        if not graceful:
-            self.box.close()
-
-
 class Drill:
     """One drill run; ``run()`` returns the result (nothing stored yet)."""
 
@@ -404,7 +238,7 @@ class Drill:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.scenario = SCENARIOS[config.scenario]
-        self.watch = _Watch(config, self.clock)
+        self.watch = Watch(config, self.clock)
 
     def _topic(self, kind: str) -> str:
         return contract.topic(kind, self.config.site, self.config.drill_chair)
@@ -422,7 +256,7 @@ class Drill:
             fs_dir=tempfile.mkdtemp(prefix=f"chairside-drill-{cfg.chair}-"),
         )  # fmt: skip
         box.patient.script(sc.script(lead_ms))
-        runner = _BoxRunner(box, cfg.speed)
+        runner = BoxRunner(box, cfg.speed)
         runner.start()
         graceful = True
         try:
@@ -432,7 +266,7 @@ class Drill:
             self.watch.stop()
         return result
 
-    def _run(self, result: DrillResult, runner: _BoxRunner, lead_ms: int) -> bool:
+    def _run(self, result: DrillResult, runner: BoxRunner, lead_ms: int) -> bool:
         """The drill proper; returns whether the box should disconnect gracefully."""
         cfg, sc = self.config, self.scenario
         w = self.watch
@@ -500,7 +334,7 @@ class Drill:
         result.result = "acked"
         return graceful
 
-    def _record(self, seen: _Seen, actions: tuple[str, ...]) -> bool:
+    def _record(self, seen: Seen, actions: tuple[str, ...]) -> bool:
         p = seen.payload
         return (
             seen.topic == self.watch.pages_topic
@@ -522,7 +356,7 @@ class Drill:
                 return
         result.notes.append("the drill box did not answer nibp_start")
 
-    def _end(self, result: DrillResult, runner: _BoxRunner, graceful: bool) -> None:
+    def _end(self, result: DrillResult, runner: BoxRunner, graceful: bool) -> None:
         """Stop escalation of an unacknowledged drill alarm, then stop the box."""
         if result.alarm_ms is not None and result.result != "acked":
             ack = {"v": 1, "alarm": self.scenario.alarm, "by": END_ACK_BY}

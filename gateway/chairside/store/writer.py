@@ -37,12 +37,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from chairside.metrics import Metrics
 from chairside.store.deadletter import DeadLetters
 from chairside.store.influx import InfluxRejected, InfluxUnavailable, InfluxWriter
 from chairside.store.spool import PointSpool, SpoolError
+
+if TYPE_CHECKING:
+    from chairside.config import GatewayConfig
 
 log = logging.getLogger("chairside.store.writer")
 
@@ -69,6 +72,17 @@ class WriterConfig:
     """points waiting and no progress (written or spooled) for this long: unhealthy"""
     log_interval_s: float = 10.0
     spool_max_bytes: int = 256 * 1024 * 1024
+
+    @classmethod
+    def of_gateway(cls, config: GatewayConfig) -> WriterConfig:
+        """The writer's settings from the gateway's."""
+        return cls(
+            database=config.database, store_max_lines=config.store_max_lines, batch_max=config.batch_max,
+            batch_interval_s=config.batch_interval_s, ack_window=config.ack_window,
+            retry_min_s=config.retry_min_s, retry_max_s=config.retry_max_s,
+            probe_interval_s=config.probe_interval_s, probe_down_s=config.probe_down_s,
+            stall_s=config.health_write_age_s, spool_max_bytes=config.spool_max_bytes,
+        )
 
 
 @dataclass(slots=True)

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from chairside.alarms import AlarmEngine, ProfileError, load_profile, parse_profile
-from chairside.alarms import engine as engine_module
+from chairside.alarms import slots as slots_module
 from chairside.alarms.profile import Profile
 from chairside.model import AlarmEvent, Reading
 
@@ -279,7 +279,7 @@ def test_fast_path_equals_the_full_path(monkeypatch: pytest.MonkeyPatch) -> None
     checks always defer to the full path (``_observe`` then ``_apply``) gives
     the same digests, so the fast path decides exactly what the full one would."""
     want = stream_digests(0, False)
-    monkeypatch.setattr(engine_module, "presence", lambda cond, kind, profile: _always_full)
+    monkeypatch.setattr(slots_module, "presence", lambda cond, kind, profile: _always_full)
     assert stream_digests(0, False, AlarmEngine(load_profile(), id_prefix="x")) == want
 
 
