@@ -72,8 +72,8 @@ class Outbound:
         if reason_code.is_failure:
             log.warning("publishing connection lost: %s (paho reconnects)", reason_code)
 
-    def publish(self, topic: str, payload: str, *, retain: bool = False) -> None:
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
+    def publish(self, topic: str, payload: str, *, retain: bool = False, qos: int = 1) -> None:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             # NO_CONN: QoS 1 messages are queued by paho and sent on reconnect
             self.metrics.inc("publish_errors")

@@ -66,9 +66,10 @@ log = logging.getLogger("chairside.service")
 SUBSCRIBED_KINDS = ("vitals", "nibp", "status", "resp")
 TIME_SYNC_INTERVAL_MS = 60_000
 SPOOL_FULL_ALARM = "gateway_spool_full"
-ALARM_STATE_SAVE_S = 1.0
+ALARM_STATE_SAVE_S = 5.0
 """how often the alarm state is saved when readings changed it without an event
-(pending delays, SatSeconds); events and latches save it at once"""
+(pending delays, SatSeconds; a pending delay resumes after a restart only if it was
+observed at most 10 s before, docs/alarms.md); events and latches save it at the next tick"""
 
 
 class Gateway:

@@ -118,6 +118,10 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+"""one decoder for every message (``json.loads`` with an option builds a new one per call)"""
+
+
 def check_field(name: str, spec: Mapping[str, Any], value: Any) -> tuple[str, str] | None:
     """``(reason, detail)`` if ``value`` breaks ``spec``, else ``None``."""
     if value is None:
@@ -253,7 +257,7 @@ def validate(
     except UnicodeDecodeError as exc:
         return _reject(topic, "not_utf8", f"byte {exc.start}", *where)
     try:
-        msg = json.loads(text, parse_constant=_no_constants)
+        msg = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         return _reject(topic, "not_json", str(exc), *where)
     if not isinstance(msg, dict):

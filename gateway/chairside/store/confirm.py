@@ -68,9 +68,9 @@ def kept_of(site: str, chair: str, fields: Mapping[str, Any]) -> Kept | None:
 
 
 class Publish(Protocol):
-    """The publishing connection's ``publish(topic, payload, retain=...)``."""
+    """The publishing connection's ``publish(topic, payload, retain=..., qos=...)``."""
 
-    def __call__(self, topic: str, payload: str, *, retain: bool = False) -> None: ...
+    def __call__(self, topic: str, payload: str, *, retain: bool = False, qos: int = 1) -> None: ...
 
 
 class Confirmations:
@@ -105,8 +105,12 @@ class Confirmations:
             due = self.watermarks.due(now_ms)
             gaps = self.watermarks.take_gaps()
             for site, chair, boot, seq in due:
+                # QoS 0 (contract.json): a watermark supersedes the last one every
+                # second and a lost one only delays confirmation; QoS 1 doubled the
+                # cost of publishing them (benchmarks/throughput.py)
                 self._publish(contract.topic("stored", site, chair),
-                              stored_payload(boot, seq, now_ms).decode(), retain=True)
+                              stored_payload(boot, seq, now_ms).decode(), retain=True,
+                              qos=contract.topic_qos("stored"))
                 self.watermarks.mark_published(site, chair, boot, seq, now_ms)
         if due:
             self.metrics.inc("watermarks_published", len(due))
