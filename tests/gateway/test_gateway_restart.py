@@ -1,4 +1,5 @@
-"""Alarm state across a gateway crash (issue 14 points 6 and 7), on real services.
+"""Alarm state across a gateway crash (issue 14 points 6 and 7), and staleness
+that a periodic status must not end (point 8), on real services.
 
 ``chairside gateway`` runs as a child process on real Mosquitto and InfluxDB
 and is killed with SIGKILL while alarms are active: after the restart no
@@ -15,8 +16,12 @@ from typing import Any
 
 import pytest
 from gw_support import Box, Listener, vitals, wall_ms
+from instant_engine import instant_engine
 
+from chairside.config import GatewayConfig
+from chairside.service import Gateway
 from chairside.sim.services import GatewayProcess, InfluxDB, Mosquitto
+from csfw import contract as fw
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -87,6 +92,49 @@ def test_kill_9_keeps_active_and_latched_alarms_without_a_second_raise(
         box.send(f"{ROOT}/b/alarms/ack", '{"v":1,"alarm":"spo2_critical","by":"kim"}')
         _wait(lambda: any(e["event"] == "cleared" for e in _events(ear, "b")), "chair b cleared")
         _wait(lambda: _active(ear, "b") == [], "chair b's active set emptied")
+    finally:
+        box.close()
+        ear.close()
+        gw.stop()
+
+
+class ManualClock:
+    """The gateway's wall clock, moved by the test (accelerated time)."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.ms = now_ms
+
+    def now_ms(self) -> int:
+        return self.ms
+
+
+def test_periodic_status_without_vitals_keeps_data_stale_raised(
+    mosquitto: Mosquitto, influxdb: InfluxDB, tmp_path: Path
+) -> None:
+    """Issue 14 point 8 through the real gateway: a box that keeps sending its
+    60-s status but no vitals stays `data_stale` (a status used to clear it,
+    and it was raised again 30 s later: a flurry instead of one alarm)."""
+    clock = ManualClock(wall_ms())
+    gw = Gateway(GatewayConfig(mqtt_port=mosquitto.port, influx_url=influxdb.url, database="chairside_test",
+                               state_dir=tmp_path / "state", client_id="gw-stale", tick_interval_s=0.05),
+                 instant_engine(), clock=clock)
+    gw.start()
+    ear = Listener(mosquitto, f"{ROOT}/s1/alarms")
+    box = Box(mosquitto)
+    try:
+        assert gw.wait_subscribed(10)
+        box.send(f"{ROOT}/s1/vitals", vitals(0, clock.ms, spo2=97))
+        _wait(lambda: gw.wait_idle(0.1), "first reading processed")
+        for minute in range(1, 6):  # five minutes of statuses, no vitals
+            for _ in range(60):
+                clock.ms += 1000
+                time.sleep(0.003)
+            env = fw.envelope(minute, 4, 60_000 + minute * 60_000, clock.ms, True, False)
+            box.send(f"{ROOT}/s1/status", fw.status_payload(env, {"fw": "0.3.1", "rssi": -60}))
+            _wait(lambda: gw.wait_idle(0.1), "status processed")
+        time.sleep(0.3)
+        stale = [(e["event"]) for e in ear.on(f"{ROOT}/s1/alarms") if e["alarm"] == "data_stale"]
+        assert stale == ["raised"], stale
     finally:
         box.close()
         ear.close()

@@ -17,26 +17,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
+from test_alarm_engine import CHAIR, SITE, T0, S, nibp, vitals
 
 from chairside.alarms import AlarmEngine, AlarmState, load_profile
 from chairside.alarms.conditions import pulse_irregularity
 from chairside.model import AlarmEvent, Reading
-
-T0 = 1_700_000_000_000
-S = 1000
-SITE, CHAIR = "clinic1", "c3"
-
-
-def vitals(spo2: int | None = 97, pr: int | None = 75, **extra: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {"spo2": spo2, "pr": pr, "sig": 6, "st": "ok", "sync": 1}
-    fields.update(extra)
-    return fields
-
-
-def nibp(sys: int = 120, dia: int = 80, map_: int = 93, **extra: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {"st": "ok", "sys": sys, "dia": dia, "map": map_, "pr": 75, "sync": 1}
-    fields.update(extra)
-    return fields
 
 
 def feed(
