@@ -137,10 +137,10 @@ class Gateway:
         self._engine_saved_at = 0.0
         self._state_writer = state_file.StateWriter(self._alarm_state_path, self.metrics)
         self.controls = (
-            StaffControls(alarm_stage, self.metrics, publish=self.outbound.publish,
+            StaffControls(self.engine, self.metrics, publish=self.outbound.publish,
                           emit=self.outbound.events, publish_active=self.outbound.active_set,
                           state_dir=config.state_dir)
-            if isinstance(alarm_stage, AlarmEngine) else None
+            if self.engine is not None else None
         )
         self.ingest = IngestSession(
             SessionConfig(
@@ -294,7 +294,8 @@ class Gateway:
                     if time.monotonic() >= next_rejects:
                         next_rejects = time.monotonic() + self.config.reject_interval_s
                         self.writer.submit(self._rejects.flush(self.clock.now_ms()), None)
-                # outside the ingest lock: neither holds up the next message
+                # outside the ingest lock: none of these holds up the next message
+                self.timebase.flush()  # the timebase has a lock of its own
                 self.confirmations.publish_due(self.clock.now_ms())
                 if snapshot is not None:
                     self._state_writer.write(snapshot)
@@ -415,7 +416,6 @@ class Gateway:
 
     def _tick(self) -> dict[str, Any] | None:
         """Tick the alarm stage; the alarm state to save, when a periodic save is due."""
-        self.timebase.flush()
         try:
             events = self.alarm_stage.tick(self.clock.now_ms())
         except Exception:
@@ -465,9 +465,9 @@ class Gateway:
             skipped = self.engine.restore_skipped
             if skipped:
                 self.metrics.inc("alarm_state_skipped", skipped)
+            # every restored chair is among the engine's changed chairs: its
+            # retained active set is republished as restored
             lines = self._announce(events)
-            for site, chair in self.engine.chairs():
-                self.outbound.active_set(site, chair)  # the retained sets, as restored
         self.writer.submit(lines, None)
 
     def _spool_full_alarm(self, full: bool) -> None:

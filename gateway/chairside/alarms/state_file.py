@@ -55,8 +55,9 @@ class StateWriter:
 
     def write(self, taken: dict[str, Any]) -> None:
         """Write a snapshot unless a newer one is already on disk (the timer
-        writes its periodic one outside the ingest lock, an event's is written
-        under it)."""
+        writes its snapshots outside the ingest lock; the gateway's stop writes
+        its last one under it, and the timer may still be finishing a write
+        if it outlived stop's deadline)."""
         if self.path is None:
             return
         try:

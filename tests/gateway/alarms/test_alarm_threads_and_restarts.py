@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from test_alarm_engine import CHAIR, SITE, T0, S, nibp, vitals
+from test_alarm_engine import CHAIR, SITE, T0, S, nibp, of, run_vitals, vitals
 
 from chairside.alarms import AlarmEngine, AlarmState, load_profile
 from chairside.alarms.conditions import pulse_irregularity
@@ -29,21 +29,6 @@ def feed(
 ) -> list[AlarmEvent]:
     m = t if measured is None else measured
     return engine.on_reading(Reading(SITE, CHAIR, kind, fields, m, t), t)  # type: ignore[arg-type]
-
-
-def run(engine: AlarmEngine, series: Iterable[dict[str, Any]], start: int = T0) -> tuple[list[AlarmEvent], int]:
-    """One vitals reading and one tick per second; all events and the next time."""
-    events: list[AlarmEvent] = []
-    t = start
-    for fields in series:
-        events += feed(engine, "vitals", fields, t)
-        events += engine.tick(t)
-        t += S
-    return events, t
-
-
-def of(events: list[AlarmEvent], alarm: str) -> list[AlarmEvent]:
-    return [e for e in events if e.alarm == alarm]
 
 
 def secs(events: list[AlarmEvent], start: int = T0) -> list[tuple[str, str, float]]:
@@ -119,7 +104,7 @@ def test_inhibited_alarms_next_event_names_an_inhibitor_that_raised_meanwhile() 
     data_stale's clear -- its first event since -- still names box_offline."""
     engine = new_engine()
     feed(engine, "status", {"state": "online", "sync": 1}, T0)
-    _, t = run(engine, [vitals()] * 3, start=T0 + S)
+    _, t = run_vitals(engine, [vitals()] * 3, start=T0 + S)
     stale = engine.tick(t + 31 * S)
     assert [(e.alarm, e.event, e.inhibited_by) for e in stale] == [("data_stale", "raised", None)]
     offline = feed(engine, "status", {"state": "offline"}, t + 40 * S)
@@ -134,10 +119,10 @@ def test_pulse_high_then_afib_flag_share_a_thread() -> None:
     the AF flag raises naming pulse_high in ``inhibits``; pulse_high's next event
     (its acknowledgement through the flag) names the flag."""
     engine = new_engine()
-    events, t = run(engine, [vitals(pr=130)] * 12)
+    events, t = run_vitals(engine, [vitals(pr=130)] * 12)
     assert [(e.alarm, e.event) for e in events] == [("pulse_high", "raised")]
     irregular = [vitals(pr=r) for r in itertools.islice(itertools.cycle([125, 145, 120, 140, 115, 150]), 40)]
-    events, t = run(engine, irregular, start=t)
+    events, t = run_vitals(engine, irregular, start=t)
     afib = of(events, "afib_rvr_suspected")
     assert [(e.event, e.inhibits) for e in afib] == [("raised", ("pulse_high",))]
     acked = engine.acknowledge(SITE, CHAIR, "afib_rvr_suspected", "rn lee", t)
@@ -148,22 +133,22 @@ def test_pulse_high_then_afib_flag_share_a_thread() -> None:
 # ----------------------------------------------------------- 6. restarts
 def test_restart_keeps_an_active_alarm_without_a_second_raise_and_clears_it_later() -> None:
     engine = new_engine()
-    events, t = run(engine, [vitals(spo2=86)] * 20)
+    events, t = run_vitals(engine, [vitals(spo2=86)] * 20)
     assert secs(events) == [("spo2_low", "raised", 15)]
     raise_id = events[0].id
     engine, restored = restarted(engine, t + 5 * S)  # five seconds of downtime
     assert restored == []
     assert engine.active(SITE, CHAIR)[0]["id"] == raise_id
-    more, t = run(engine, [vitals(spo2=86)] * 30, start=t + 5 * S)
+    more, t = run_vitals(engine, [vitals(spo2=86)] * 30, start=t + 5 * S)
     assert more == []  # still low: no duplicate raise
     start = t
-    more, t = run(engine, [vitals(spo2=97)] * 11, start=t)
+    more, t = run_vitals(engine, [vitals(spo2=97)] * 11, start=t)
     assert [(e.event, e.id, (e.t - start) // S) for e in more] == [("cleared", f"{raise_id}-c", 10)]
 
 
 def test_restart_keeps_a_latched_alarm_and_republishes_it() -> None:
     engine = new_engine()
-    events, t = run(engine, [vitals(spo2=80)] * 2 + [vitals(spo2=97)] * 15)
+    events, t = run_vitals(engine, [vitals(spo2=80)] * 2 + [vitals(spo2=97)] * 15)
     assert [(e.alarm, e.event) for e in events] == [("spo2_critical", "raised")]
     assert engine.state_of(SITE, CHAIR, "spo2_critical") is AlarmState.LATCHED
     engine, restored = restarted(engine, t + 60 * S)
@@ -171,7 +156,7 @@ def test_restart_keeps_a_latched_alarm_and_republishes_it() -> None:
     assert engine.changed_chairs() == {(SITE, CHAIR)}  # republish alarms/active after the restart
     assert [(a["alarm"], a["latched"], a["acked"]) for a in engine.active(SITE, CHAIR)] == [
         ("spo2_critical", True, False)]
-    more, t = run(engine, [vitals(spo2=97)] * 30, start=t + 60 * S)
+    more, t = run_vitals(engine, [vitals(spo2=97)] * 30, start=t + 60 * S)
     assert more == []  # the latch waits for a person
     acked = engine.acknowledge(SITE, CHAIR, "spo2_critical", "nurse kim", t)
     raise_id = events[0].id
@@ -180,11 +165,11 @@ def test_restart_keeps_a_latched_alarm_and_republishes_it() -> None:
 
 def test_restart_keeps_the_acknowledgement_and_its_renotify_timer() -> None:
     engine = new_engine()
-    _, t = run(engine, [vitals(spo2=86)] * 16)
+    _, t = run_vitals(engine, [vitals(spo2=86)] * 16)
     engine.acknowledge(SITE, CHAIR, "spo2_low", "nurse kim", T0 + 15 * S)  # re-notify due at 135 s
     engine, _ = restarted(engine, t + 10 * S)
     assert engine.active(SITE, CHAIR)[0]["acked"] is True
-    more, _ = run(engine, [vitals(spo2=86)] * 120, start=t + 10 * S)
+    more, _ = run_vitals(engine, [vitals(spo2=86)] * 120, start=t + 10 * S)
     assert [(e.event, (e.t - T0) // S) for e in more] == [("renotify", 135)]
 
 
@@ -193,7 +178,7 @@ def test_redelivered_reading_raises_the_same_event_id() -> None:
     broker redelivers the reading to the new process, which raises again with
     the same id (the pager and InfluxDB see one raise)."""
     before = new_engine()
-    run(before, [vitals()] * 3)
+    run_vitals(before, [vitals()] * 3)
     saved = json.loads(json.dumps(before.snapshot()))
     first = feed(before, "vitals", vitals(spo2=80), T0 + 10 * S)
     after = new_engine()
@@ -211,18 +196,18 @@ def test_pending_delay_resumes_after_a_short_gap_only() -> None:
     began at 0 s runs on (raise at 15 s).  A minute down: nobody saw the value
     meanwhile, so the delay starts again with the first reading (70 s → 85 s)."""
     engine = new_engine()
-    _, t = run(engine, [vitals(spo2=86)] * 10)
+    _, t = run_vitals(engine, [vitals(spo2=86)] * 10)
     short, _ = restarted(engine, t + 2 * S)
-    events, _ = run(short, [vitals(spo2=86)] * 10, start=t + 2 * S)
+    events, _ = run_vitals(short, [vitals(spo2=86)] * 10, start=t + 2 * S)
     assert secs(events) == [("spo2_low", "raised", 15)]
     long, _ = restarted(engine, t + 60 * S)
-    events, _ = run(long, [vitals(spo2=86)] * 20, start=t + 60 * S)
+    events, _ = run_vitals(long, [vitals(spo2=86)] * 20, start=t + 60 * S)
     assert secs(events) == [("spo2_low", "raised", 85)]
 
 
 def test_restart_restarts_the_stale_clock_but_keeps_an_announced_stale_alarm() -> None:
     engine = new_engine()
-    _, t = run(engine, [vitals()] * 3)
+    _, t = run_vitals(engine, [vitals()] * 3)
     engine, _ = restarted(engine, t + 300 * S)  # five minutes down
     assert engine.tick(t + 301 * S) == []  # no flash of data_stale before the boxes are back
     assert [(e.alarm, e.event) for e in engine.tick(t + 331 * S)] == [("data_stale", "raised")]
@@ -235,7 +220,7 @@ def test_restart_restarts_the_stale_clock_but_keeps_an_announced_stale_alarm() -
 
 def test_restart_keeps_standby() -> None:
     engine = new_engine()
-    run(engine, [vitals()] * 3)
+    run_vitals(engine, [vitals()] * 3)
     engine.standby(SITE, CHAIR, "RN Lee", T0 + 5 * S)
     engine, _ = restarted(engine, T0 + 10 * S)
     assert engine.in_standby(SITE, CHAIR)
@@ -262,7 +247,7 @@ def test_restore_skips_unusable_snapshots_with_a_reason(snapshot: Any, caplog: p
 
 def test_restore_skips_bad_alarm_entries_keeps_good_ones_and_clears_removed_conditions() -> None:
     engine = new_engine()
-    events, t = run(engine, [vitals(spo2=80)])
+    events, t = run_vitals(engine, [vitals(spo2=80)])
     saved = json.loads(json.dumps(engine.snapshot()))
     alarms = saved["chairs"][0]["alarms"]
     alarms["nonsense_state"] = {"state": "sleeping"}
@@ -281,18 +266,18 @@ def test_restore_skips_bad_alarm_entries_keeps_good_ones_and_clears_removed_cond
 # ------------------------------------------------------- 7. visible latching
 def test_latching_without_an_event_marks_the_chair_for_republishing() -> None:
     engine = new_engine()
-    events, t = run(engine, [vitals(spo2=80)] * 2)
+    events, t = run_vitals(engine, [vitals(spo2=80)] * 2)
     assert [(e.alarm, e.event) for e in events] == [("spo2_critical", "raised")]
     assert engine.changed_chairs() == set()  # the raise itself is an event: the gateway republishes anyway
-    events, t = run(engine, [vitals(spo2=97)] * 9, start=t)
+    events, t = run_vitals(engine, [vitals(spo2=97)] * 9, start=t)
     assert events == [] and engine.changed_chairs() == set()  # recovered 8 s: not yet
-    events, t = run(engine, [vitals(spo2=97)] * 2, start=t)
+    events, t = run_vitals(engine, [vitals(spo2=97)] * 2, start=t)
     assert events == []
     assert engine.changed_chairs() == {(SITE, CHAIR)}  # latched at 12 s, no event: republish
     assert engine.changed_chairs() == set()  # drained
     assert engine.active(SITE, CHAIR)[0]["latched"] is True
     # back below the limit before anyone acknowledged: unlatched, again without an event
-    events, t = run(engine, [vitals(spo2=80)], start=t)
+    events, t = run_vitals(engine, [vitals(spo2=80)], start=t)
     assert events == [] and engine.changed_chairs() == {(SITE, CHAIR)}
     assert engine.active(SITE, CHAIR)[0]["latched"] is False
 
@@ -304,7 +289,7 @@ def test_periodic_status_does_not_end_staleness() -> None:
     engine = new_engine()
     status = {"state": "online", "sync": 1, "oxi": "ok", "nibp": "ok"}
     feed(engine, "status", status, T0 - S)  # birth
-    events, t = run(engine, [vitals()] * 3)
+    events, t = run_vitals(engine, [vitals()] * 3)
     last = t - S
     for k in range(1, 300):
         now = last + k * S
@@ -326,11 +311,11 @@ def test_raise_and_clear_texts_state_what_happened() -> None:
         texts.extend((e.alarm, e.event, e.text) for e in events if e.event in ("raised", "escalated", "cleared"))
 
     feed(engine, "status", {"state": "online", "sync": 1, "oxi": "ok", "nibp": "ok"}, T0 - 10 * S)
-    events, t = run(engine, [vitals(spo2=88)] * 16 + [vitals(spo2=97)] * 11)
+    events, t = run_vitals(engine, [vitals(spo2=88)] * 16 + [vitals(spo2=97)] * 11)
     note(events)
-    events, t = run(engine, [vitals(pr=130)] * 11 + [vitals(pr=100)] * 11, start=t)
+    events, t = run_vitals(engine, [vitals(pr=130)] * 11 + [vitals(pr=100)] * 11, start=t)
     note(events)
-    events, t = run(engine, [vitals(spo2=80)] + [vitals(spo2=97)] * 11, start=t)
+    events, t = run_vitals(engine, [vitals(spo2=80)] + [vitals(spo2=97)] * 11, start=t)
     note(events + engine.acknowledge(SITE, CHAIR, "spo2_critical", "kim", t))
     note(feed(engine, "nibp", nibp(sys=190, dia=100), t))
     note(feed(engine, "nibp", nibp(sys=150, dia=90), t + S))
@@ -343,7 +328,7 @@ def test_raise_and_clear_texts_state_what_happened() -> None:
     note(feed(engine, "status", {"state": "online", "oxi": "silent", "sync": 1}, t + 7 * S))
     note(feed(engine, "status", {"state": "online", "oxi": "ok", "sync": 1}, t + 8 * S))
     note(feed(engine, "status", {"state": "offline"}, t + 9 * S))
-    events, t = run(engine, [vitals(spo2=None, pr=None, st="no_finger")] * 16 + [vitals()] * 11,
+    events, t = run_vitals(engine, [vitals(spo2=None, pr=None, st="no_finger")] * 16 + [vitals()] * 11,
                     start=t + 10 * S)
     note(events)
     note(engine.standby(SITE, CHAIR, "RN Lee", t)[0])
@@ -372,7 +357,7 @@ def test_raise_and_clear_texts_state_what_happened() -> None:
 
 def test_standby_clear_says_why() -> None:
     engine = new_engine()
-    run(engine, [vitals(spo2=86)] * 16)
+    run_vitals(engine, [vitals(spo2=86)] * 16)
     cleared, _ = engine.standby(SITE, CHAIR, "RN Lee", T0 + 20 * S)
     assert [(e.alarm, e.text) for e in cleared] == [
         ("spo2_low", "SpO2 low: chair put in standby by RN Lee (chair c3)")]
@@ -380,9 +365,9 @@ def test_standby_clear_says_why() -> None:
 
 def test_renotify_inside_the_hysteresis_band_shows_the_current_value() -> None:
     engine = new_engine()
-    _, t = run(engine, [vitals(spo2=86)] * 16)
+    _, t = run_vitals(engine, [vitals(spo2=86)] * 16)
     engine.acknowledge(SITE, CHAIR, "spo2_low", "kim", t)
-    events, _ = run(engine, [vitals(spo2=91)] * 125, start=t)  # inside the limit, not past 92
+    events, _ = run_vitals(engine, [vitals(spo2=91)] * 125, start=t)  # inside the limit, not past 92
     assert [(e.event, e.value, e.text) for e in events] == [
         ("renotify", 91, "still active: SpO2 low: SpO2 91 %, not yet recovered (limit 90 %) (chair c3)")]
 
@@ -400,20 +385,20 @@ def test_flapping_across_the_hysteresis_band_is_one_alarm(low: int, high: int) -
     No recovery lasts the 10 s clear_hold_s, so nothing clears while it flaps;
     once SpO2 stays at 97 % it clears 10 s after the first good reading."""
     engine = new_engine()
-    events, t = run(engine, alternate(low, high, 3, 117))  # ends with 3 s low
+    events, t = run_vitals(engine, alternate(low, high, 3, 117))  # ends with 3 s low
     assert secs(of(events, "spo2_low")) == [("spo2_low", "raised", 12)]
     start = t
-    events, t = run(engine, [vitals(spo2=97)] * 11, start=t)
+    events, t = run_vitals(engine, [vitals(spo2=97)] * 11, start=t)
     assert secs(events, start) == [("spo2_low", "cleared", 10)]
 
 
 def test_a_recovery_counts_after_clear_hold_s_exactly() -> None:
     engine = new_engine()
-    _, t = run(engine, [vitals(spo2=86)] * 16)
+    _, t = run_vitals(engine, [vitals(spo2=86)] * 16)
     start = t
-    events, t = run(engine, [vitals(spo2=92)] * 10 + [vitals(spo2=89)], start=t)
+    events, t = run_vitals(engine, [vitals(spo2=92)] * 10 + [vitals(spo2=89)], start=t)
     assert events == []  # 0..9 s at 92 %: 9 s of recovery, then low again
-    events, t = run(engine, [vitals(spo2=92)] * 11, start=t)
+    events, t = run_vitals(engine, [vitals(spo2=92)] * 11, start=t)
     assert secs(events, start) == [("spo2_low", "cleared", 21)]
 
 
@@ -449,17 +434,17 @@ def test_af_flag_only_for_the_irregular_series(
     the irregular one raises the AF flag; the fast regular ones are pulse_high."""
     engine = new_engine()
     series = [vitals(pr=r) for r in [76] * 30 + rates + rates[-30:] * 2]
-    events, t = run(engine, series)
+    events, t = run_vitals(engine, series)
     assert bool(of(events, "afib_rvr_suspected")) is (name == "irregular")
     # and once the rate is steady again the flag clears (mean 76 < 110 - 10)
-    run(engine, [vitals(pr=76)] * 60, start=t)
+    run_vitals(engine, [vitals(pr=76)] * 60, start=t)
     assert engine.state_of(SITE, CHAIR, "afib_rvr_suspected") is AlarmState.INACTIVE
 
 
 def test_single_step_to_a_steady_fast_rate_is_pulse_high_not_af() -> None:
     """Issue 14's case: 76 bpm, then a steady 150 bpm."""
     engine = new_engine()
-    events, _ = run(engine, [vitals(pr=76)] * 30 + [vitals(pr=150)] * 60)
+    events, _ = run_vitals(engine, [vitals(pr=76)] * 30 + [vitals(pr=150)] * 60)
     assert of(events, "afib_rvr_suspected") == []
     assert secs(of(events, "pulse_high")) == [("pulse_high", "raised", 40)]
 
@@ -470,7 +455,7 @@ def test_state_file_round_trip_and_unusable_files(tmp_path: Any, caplog: pytest.
 
     path = tmp_path / "gw" / state_file.FILE_NAME
     engine = new_engine()
-    events, t = run(engine, [vitals(spo2=80)] * 2 + [vitals(spo2=97)] * 11)
+    events, t = run_vitals(engine, [vitals(spo2=80)] * 2 + [vitals(spo2=97)] * 11)
     state_file.save(engine, path)
     assert not path.with_name(path.name + ".tmp").exists()
     again = new_engine()
@@ -505,7 +490,7 @@ def test_restore_never_raises_whatever_a_field_holds() -> None:
     pending alarms, flap onsets) replaced by each odd value in turn: restore
     skips what it cannot use and the engine keeps working."""
     engine = new_engine()
-    run(engine, [vitals(spo2=80)] + [vitals(spo2=97)] * 11 + [vitals(spo2=88, pr=130)] * 5)
+    run_vitals(engine, [vitals(spo2=80)] + [vitals(spo2=97)] * 11 + [vitals(spo2=88, pr=130)] * 5)
     feed(engine, "nibp", nibp(sys=190), T0 + 20 * S)
     engine.acknowledge(SITE, CHAIR, "sys_high", "kim", T0 + 21 * S)
     saved = json.loads(json.dumps(engine.snapshot()))
