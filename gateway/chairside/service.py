@@ -127,7 +127,7 @@ class Gateway:
                                  self.clock.now_ms)
         self.client = self.outbound.client
         self.confirmations = Confirmations(
-            self.watermarks, self.outbound.publish, self.metrics,
+            self.watermarks, self._send_watermark, self.metrics,
             storage_dir / WATERMARKS_FILE if config.state_dir is not None else None)
         self.engine = alarm_stage if isinstance(alarm_stage, AlarmEngine) else None
         self._alarm_state_path = (config.state_dir / state_file.FILE_NAME
@@ -233,6 +233,11 @@ class Gateway:
                 return True
             time.sleep(0.02)
         return False
+
+    def _send_watermark(self, topic: str, payload: bytes) -> bool:
+        """Stored watermarks go out on the ingest connection (its account may
+        write under the site; provisioning), batched with its PUBACKs."""
+        return self.ingest.send_qos0(topic, payload, retain=True)
 
     # ---- the ingest session's callbacks (its thread: never raise) ------------
 

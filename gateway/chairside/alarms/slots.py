@@ -138,9 +138,14 @@ class Chair:
         return found
 
     def stale_base_ms(self) -> int | None:
-        candidates = (self.first_seen_ms, self.last_vitals_ms, self.online_ms, self.restored_ms)
-        times = [t for t in candidates if t is not None]
-        return max(times) if times else None
+        """The latest of first seen, last vitals, online and restored (the
+        staleness clock's start); None if none is known.  Called for every
+        chair at every tick: no allocation."""
+        base = self.first_seen_ms
+        for t in (self.last_vitals_ms, self.online_ms, self.restored_ms):
+            if t is not None and (base is None or t > base):
+                base = t
+        return base
 
 
 STANDBY_QUIET: frozenset[str] = frozenset({"probe_off", "box_offline", "data_stale", "nibp_failed"})

@@ -55,6 +55,8 @@ class AlarmSnapshots:
                 conditions = state.profile.effective.conditions
                 alarms: dict[str, Any] = {}
                 for name, slot in state.slots.items():
+                    if slot.state is AlarmState.INACTIVE and slot.running is None:
+                        continue  # idle: only the time of its last observation
                     d = slot.delay
                     if slot.state is AlarmState.INACTIVE and not d.onsets and not d.integral:
                         continue

@@ -40,7 +40,9 @@ Kept = tuple[str, str, int, int, int]
 """(site, chair, boot, seq, p) of a kept reading"""
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen, but never changed after construction: a frozen dataclass's __init__ costs
+# about 0.3 µs a field, several µs a reading on the ingest path (docs/performance.md, round 8)
+@dataclass(slots=True)
 class Ack:
     """A received QoS 1 message: acknowledged once its points are durable."""
 
@@ -49,7 +51,9 @@ class Ack:
     """the ingest session's connection the message came on"""
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen, but never changed after construction: a frozen dataclass's __init__ costs
+# about 0.3 µs a field, several µs a reading on the ingest path (docs/performance.md, round 8)
+@dataclass(slots=True)
 class Receipt:
     """What the gateway owes a message once its points are durable: the
     PUBACK, and, for a kept reading (``p`` set), its place in the box's
@@ -67,10 +71,11 @@ def kept_of(site: str, chair: str, fields: Mapping[str, Any]) -> Kept | None:
     return None
 
 
-class Publish(Protocol):
-    """The publishing connection's ``publish(topic, payload, retain=..., qos=...)``."""
+class Send(Protocol):
+    """Send a retained QoS 0 message (contract.json: ``stored`` is QoS 0, each
+    watermark supersedes the last); False when it cannot be sent now."""
 
-    def __call__(self, topic: str, payload: str, *, retain: bool = False, qos: int = 1) -> None: ...
+    def __call__(self, topic: str, payload: bytes) -> bool: ...
 
 
 class Confirmations:
@@ -80,12 +85,12 @@ class Confirmations:
     def __init__(
         self,
         watermarks: Watermarks,
-        publish: Publish,
+        send: Send,
         metrics: Metrics,
         path: Path | None,
     ) -> None:
         self.watermarks = watermarks
-        self._publish = publish
+        self._send = send
         self.metrics = metrics
         self.path = path
         """where the watermarks are saved; ``None``: not saved (no state dir)"""
@@ -104,16 +109,18 @@ class Confirmations:
         with self._lock:
             due = self.watermarks.due(now_ms)
             gaps = self.watermarks.take_gaps()
+            sent = 0
             for site, chair, boot, seq in due:
                 # QoS 0 (contract.json): a watermark supersedes the last one every
-                # second and a lost one only delays confirmation; QoS 1 doubled the
-                # cost of publishing them (benchmarks/throughput.py)
-                self._publish(contract.topic("stored", site, chair),
-                              stored_payload(boot, seq, now_ms).decode(), retain=True,
-                              qos=contract.topic_qos("stored"))
+                # second and a lost one only delays confirmation (the box re-sends
+                # the reading, which has this watermark published again); QoS 1
+                # doubled the cost of publishing them (benchmarks/throughput.py)
+                if not self._send(contract.topic("stored", site, chair), stored_payload(boot, seq, now_ms)):
+                    break  # not connected: these stay due for a later tick
                 self.watermarks.mark_published(site, chair, boot, seq, now_ms)
-        if due:
-            self.metrics.inc("watermarks_published", len(due))
+                sent += 1
+        if sent:
+            self.metrics.inc("watermarks_published", sent)
         for gap in gaps:
             self.metrics.inc("watermark_gaps")
             log.warning("%s/%s boot %d: readings %d..%d never arrived: %s", gap.site, gap.chair, gap.boot,

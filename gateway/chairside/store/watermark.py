@@ -61,7 +61,6 @@ dropped and counted, the box re-sends it).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -76,8 +75,8 @@ ChairKey = tuple[str, str]
 
 def stored_payload(boot: int, seq: int, now_ms: int) -> bytes:
     """The ``stored`` message for one watermark (contract.json
-    ``gateway_messages.stored``); publish it QoS 1, retained."""
-    return json.dumps({"v": 1, "boot": boot, "seq": seq, "t": now_ms}, separators=(",", ":")).encode()
+    ``gateway_messages.stored``); sent QoS 0, retained."""
+    return b'{"v":1,"boot":%d,"seq":%d,"t":%d}' % (boot, seq, now_ms)  # ints only: no JSON escaping
 
 
 @dataclass(frozen=True, slots=True)

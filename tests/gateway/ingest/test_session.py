@@ -24,6 +24,7 @@ from chairside.ingest.session import (
     connect_packet,
     parse_stream,
     puback_packets,
+    publish_packet,
     subscribe_packet,
 )
 from chairside.sim.services import Mosquitto
@@ -48,6 +49,9 @@ def test_connect_subscribe_and_puback_bytes() -> None:
     # 3.8.1: fixed header 0x82; packet id, then (filter, requested QoS)
     assert subscribe_packet(1, ["a/#"]) == bytes.fromhex("82 08 0001 0003 612f23 01")
     assert puback_packets([1, 258]) == bytes.fromhex("40 02 0001 40 02 0102")
+    # 3.3.1: QoS 0 has no packet id; RETAIN is bit 0 of the fixed header
+    assert publish_packet("a/b", b"xy", retain=True) == bytes.fromhex("31 07 0003 612f62 7879")
+    assert publish_packet("a/b", b"", retain=False) == bytes.fromhex("30 05 0003 612f62")
 
 
 def _publish(topic: bytes, payload: bytes, qos: int, pid: int = 0) -> bytes:
@@ -185,6 +189,36 @@ def _publish_qos1(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+@pytest.mark.services
+def test_qos0_messages_go_out_retained_only_while_receiving(mosquitto: Mosquitto) -> None:
+    """``send_qos0`` (the gateway's stored watermarks): refused before the
+    session is up, sent retained once it receives, so a late subscriber gets it."""
+    idle = IngestSession(SessionConfig("127.0.0.1", mosquitto.port, "never-started", ("t/#",)), Received())
+    assert not idle.send_qos0("w/0", b"early", retain=True)
+    idle.stop()
+    session = _session(mosquitto, f"ingest-{next(_ids)}", Received())
+    try:
+        assert session.send_qos0("w/1", b"one", retain=True)
+        assert session.send_qos0("w/1", b"two", retain=True)  # supersedes the first
+    finally:
+        assert session.pause_reading(5)
+        session.stop()
+    got: list[tuple[str, bytes, bool]] = []
+    done = threading.Event()
+    late = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"late-{next(_ids)}")
+    late.on_message = lambda c, u, m: (got.append((m.topic, m.payload, bool(m.retain))), done.set())
+    late.on_connect = lambda c, u, f, rc, p: c.subscribe("w/#")
+    late.connect("127.0.0.1", mosquitto.port)
+    late.loop_start()
+    try:
+        assert done.wait(5)
+        time.sleep(0.2)
+        assert got == [("w/1", b"two", True)]
+    finally:
+        late.disconnect()
+        late.loop_stop()
 
 
 @pytest.mark.services
