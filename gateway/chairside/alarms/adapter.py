@@ -65,7 +65,7 @@ class AckCommand:
 @dataclass(frozen=True, slots=True)
 class SessionCommand:
     action: str
-    """"start" or "end""""
+    """start or end"""
     by: str
     ref: str
     """optional clinic reference (start only; "" when absent)"""

@@ -25,7 +25,7 @@ class Session:
     ended_by: str | None = None
     ref: str = ""
     end_why: str | None = None
-    """"staff" or "standby"; None while open"""
+    """staff or standby; None while open"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ systolic and diastolic present).
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -263,7 +264,7 @@ def gaps(vitals: Sequence[Vital], device: Sequence[DeviceRow], start: int, end: 
     """Monitoring gaps, ordered by start: no data, probe states other than ok, box offline."""
     found: list[Gap] = []
     times = [start] + [v.t_ms for v in vitals] + [end]
-    for a, b in zip(times, times[1:], strict=False):
+    for a, b in itertools.pairwise(times):
         if b - a >= NO_DATA_MS:
             found.append(Gap("no_data", a, b))
     run: Vital | None = None

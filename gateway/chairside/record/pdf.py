@@ -10,7 +10,7 @@ typed.  Times are printed in ``tz`` (default UTC) with the zone named.
 from __future__ import annotations
 
 import io
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
 import matplotlib
@@ -93,7 +93,7 @@ class _Record(FPDF):
 
 
 def render_pdf(figures: Figures, chart_png: bytes, *, site_name: str | None = None,
-               tz: tzinfo = timezone.utc, made_ms: int | None = None) -> bytes:
+               tz: tzinfo = UTC, made_ms: int | None = None) -> bytes:
     """The record as PDF bytes."""
     s = figures.session
     pdf = _Record(orientation="P", unit="mm", format="A4")
@@ -123,6 +123,7 @@ def render_pdf(figures: Figures, chart_png: bytes, *, site_name: str | None = No
     pdf.image(io.BytesIO(chart_png), w=pdf.epw)
     _heading(pdf, "Figures")
     _pairs(pdf, figure_rows(figures, tz))
+    rows: list[tuple[str, ...]]
     _heading(pdf, "Alarms")
     if not figures.episodes:
         pdf.cell(0, 5, "No alarm during the session.", new_x="LMARGIN", new_y="NEXT")

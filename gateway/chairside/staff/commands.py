@@ -68,7 +68,7 @@ def build_message(args: argparse.Namespace, request_id: str) -> tuple[str, dict[
         return topic("chair_standby", args.site, args.chair), message
     if args.action == "session":
         message["action"] = args.what
-        if args.ref:
+        if getattr(args, "ref", ""):
             message["ref"] = args.ref
         return topic("chair_session", args.site, args.chair), message
     message["param"] = args.param
