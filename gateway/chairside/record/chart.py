@@ -27,7 +27,7 @@ def render_png(data: SessionData, figures: Figures, dpi: int = 110) -> bytes:
     start, end = figures.session.start_ms, figures.end_ms
     vitals = [v for v in data.vitals if start <= v.t_ms <= end and v.valid]
     nibp = [n for n in data.nibp if start <= n.t_ms <= end and n.valid]
-    fig = Figure(figsize=(10, 5.6), dpi=dpi)
+    fig = Figure(figsize=(10, 4.8), dpi=dpi)
     FigureCanvasAgg(fig)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 1.4]})
     top.plot([_minutes(v.t_ms, start) for v in vitals if v.spo2 is not None],
