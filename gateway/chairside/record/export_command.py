@@ -12,9 +12,6 @@ import argparse
 import time
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from chairside.record import fhir
 from chairside.record.query import InfluxReader, RecordQueryError
 from chairside.record.report_command import add_common, load_session
 
@@ -28,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError  # fhir.resources (pydantic): only when exporting
+
+    from chairside.record import fhir
+
     now_ms = time.time_ns() // 1_000_000
     reader = InfluxReader(args.influx_url, args.database, args.timeout)
     try:

@@ -4,6 +4,9 @@
 reads the session (the chair's latest when ``--session`` is not given) from
 InfluxDB, computes its figures and writes ``DIR/<session>.pdf`` and
 ``DIR/<session>.png``.  An open session is reported up to now.
+
+matplotlib and fpdf2 are imported only when a report is made: ``chairside``
+builds every subcommand's parser at start, and the gateway must not pay for them.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from chairside import contract
-from chairside.record import chart, pdf
 from chairside.record.data import SessionData
 from chairside.record.figures import Figures, compute
 from chairside.record.query import InfluxReader, RecordQueryError, find_session, load
@@ -68,6 +70,8 @@ class ReportFiles:
 def write_report(loaded: Loaded, out_dir: Path, *, tz: tzinfo, site_name: str | None = None,
                  now_ms: int | None = None) -> ReportFiles:
     """Render the chart and the PDF of a loaded session into ``out_dir``."""
+    from chairside.record import chart, pdf  # matplotlib and fpdf2: only when a report is made
+
     out_dir.mkdir(parents=True, exist_ok=True)
     png = chart.render_png(loaded.data, loaded.figures)
     document = pdf.render_pdf(loaded.figures, png, site_name=site_name, tz=tz, made_ms=now_ms)
