@@ -6,7 +6,7 @@ the session (118/76, 122/80: baseline 120/78), the session started with
 ``chairside staff session start``, a BP rise to 150/96, a 20 s desaturation
 to 82 % (spo2_critical) acknowledged with ``chairside staff ack``, a limit
 change, a last NIBP reading, the session ended.  Then the figures are
-checked exactly, the PDF is rendered to PNG (``pdftoppm``) and read back
+checked exactly, ``chairside report`` writes the PDF, which is rendered to PNG (``pdftoppm``) and read back
 (``pdftotext``), and the FHIR Bundle is validated with ``fhir.resources``,
 compared with what InfluxDB holds and POSTed to a local HTTP receiver.
 """
@@ -18,7 +18,6 @@ import json
 import shutil
 import subprocess
 import threading
-from datetime import UTC
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,9 +26,9 @@ import pytest
 from e2e_support import Observer, SimWallClock, lockstep, query_rows, start_gateway, wait_rows
 from fhir.resources.R4B.bundle import Bundle
 
-from chairside.record import export_command, fhir
+from chairside.record import export_command, fhir, report_command
 from chairside.record.query import InfluxReader
-from chairside.record.report_command import Loaded, load_session, write_report
+from chairside.record.report_command import Loaded, load_session
 from chairside.service import Gateway
 from chairside.sim.services import InfluxDB, Mosquitto
 from chairside.sim.simulator import Fleet, make_box
@@ -161,11 +160,15 @@ def _run(mosquitto: Mosquitto, influxdb: InfluxDB, gateway: Gateway, observer: O
     assert f.gaps == []
 
     # ---- the PDF and the PNG ------------------------------------------------------------
-    files = write_report(loaded, tmp_path / "report", tz=UTC, now_ms=end + 60_000)
-    assert files.png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    subprocess.run(["pdftoppm", "-r", "50", "-png", str(files.pdf), str(tmp_path / "page")], check=True, timeout=60)
+    common = {"site": SITE, "chair": CHAIR, "session": sid, "influx_url": influxdb.url, "database": "chairside",
+              "timeout": 10.0}
+    report = tmp_path / "report"
+    assert report_command.run(argparse.Namespace(**common, out=report, tz="UTC", site_name=None)) == 0
+    assert (report / f"{sid}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    subprocess.run(["pdftoppm", "-r", "50", "-png", str(report / f"{sid}.pdf"), str(tmp_path / "page")], check=True,
+                   timeout=60)
     assert (tmp_path / "page-1.png").stat().st_size > 10_000
-    text = subprocess.run(["pdftotext", "-layout", str(files.pdf), "-"], check=True, capture_output=True,
+    text = subprocess.run(["pdftotext", "-layout", str(report / f"{sid}.pdf"), "-"], check=True, capture_output=True,
                           text=True, timeout=60).stdout
     for expected in ("Infusion session record", sid, "ENC-20931", "120/78 mmHg, MAP 92", "150 mmHg",
                      "+30 over baseline", "Lowest SpO2", "82 %", "Time SpO2 < 90 %", "20 s", "72 - 96 bpm",
@@ -175,9 +178,7 @@ def _run(mosquitto: Mosquitto, influxdb: InfluxDB, gateway: Gateway, observer: O
 
     # ---- FHIR: validated, equal to InfluxDB, written and POSTed --------------------------
     out = tmp_path / "bundle.json"
-    common = {"site": SITE, "chair": CHAIR, "session": sid, "influx_url": influxdb.url, "database": "chairside",
-              "timeout": 10.0, "format": "fhir"}
-    assert export_command.run(argparse.Namespace(**common, out=out, post=None)) == 0
+    assert export_command.run(argparse.Namespace(**common, format="fhir", out=out, post=None)) == 0
     bundle = Bundle.model_validate_json(out.read_text())
     resources = [e.resource for e in bundle.entry or []]
     observations = [r for r in resources if r.get_resource_type() == "Observation"]
@@ -205,7 +206,7 @@ def _run(mosquitto: Mosquitto, influxdb: InfluxDB, gateway: Gateway, observer: O
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/fhir"
-        assert export_command.run(argparse.Namespace(**common, out=None, post=url)) == 0
+        assert export_command.run(argparse.Namespace(**common, format="fhir", out=None, post=url)) == 0
     finally:
         server.shutdown()
         server.server_close()
