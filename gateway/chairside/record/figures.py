@@ -28,6 +28,9 @@ docs/nurse.md ("The session record") describes.
 * **Pulse range**: lowest and highest valid oximeter pulse.
 * **Alarms**: every episode (raised, acknowledged by whom, cleared) of the
   session, drills excluded; response time = acknowledged - raised.
+* **Length**: the session's end (an open session: the time of the report),
+  at most 24 h after the start; a longer one (a session nobody ended) is cut
+  there and the record says so.
 * **Gaps**: no reading for 10 s or more (``no_data``), the probe state other
   than ok (``probe_off``, ``no_finger``, ``searching``: from the first such
   reading to the next valid one) and the box offline (``offline``: from the
@@ -55,6 +58,9 @@ SAMPLE_MAX_MS = 2_000
 NO_DATA_MS = 10_000
 """no reading for this long is a monitoring gap"""
 SPO2_THRESHOLDS = (90, 85)
+MAX_RECORD_MS = 24 * 3_600_000
+"""a record covers at most this much after the start (a session nobody ended
+must not make a report read weeks of data); the record says when it is cut"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +126,8 @@ class Gap:
 class Figures:
     session: Session
     end_ms: int
-    """the session's end, or the time the report was made for an open session"""
+    """the session's end, or the time the report was made for an open session
+    (at most MAX_RECORD_MS after the start: ``truncated`` then)"""
     baseline: Baseline | None
     peak_sys: Peak | None
     peak_dia: Peak | None
@@ -135,18 +142,26 @@ class Figures:
     episodes: list[Episode] = field(default_factory=list)
     limit_changes: list[LimitChange] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
+    truncated: bool = False
 
     @property
     def duration_ms(self) -> int:
         return self.end_ms - self.session.start_ms
 
 
-def compute(data: SessionData, now_ms: int | None = None) -> Figures:
-    """The figures of ``data``; an open session ends at ``now_ms`` (required then)."""
-    session = data.session
+def record_end(session: Session, now_ms: int | None) -> tuple[int, bool]:
+    """Where the record of ``session`` ends, and whether it was cut at MAX_RECORD_MS."""
     end = session.end_ms if session.end_ms is not None else now_ms
     if end is None:
         raise ValueError(f"session {session.id} is open: give now_ms")
+    cut = session.start_ms + MAX_RECORD_MS
+    return (cut, True) if end > cut else (end, False)
+
+
+def compute(data: SessionData, now_ms: int | None = None) -> Figures:
+    """The figures of ``data``; an open session ends at ``now_ms`` (required then)."""
+    session = data.session
+    end, truncated = record_end(session, now_ms)
     start = session.start_ms
     vitals = [v for v in data.vitals if start <= v.t_ms <= end]
     nibp_in = [n for n in data.nibp if start <= n.t_ms <= end and n.valid]
@@ -168,6 +183,7 @@ def compute(data: SessionData, now_ms: int | None = None) -> Figures:
         episodes=episodes(data.alarms, start, end),
         limit_changes=[c for c in data.limits if start <= c.t_ms <= end],
         gaps=gaps(vitals, data.device, start, end),
+        truncated=truncated,
     )
 
 

@@ -107,6 +107,8 @@ def render_pdf(figures: Figures, chart_png: bytes, *, site_name: str | None = No
     pdf.cell(0, 8, "Infusion session record", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("dejavu", size=9)
     state = "open (record up to the time it was made)" if s.end_ms is None else f"ended ({s.end_why})"
+    if figures.truncated:
+        state += "; the record covers only the first 24 h"
     header = [
         ("Site", site_name or s.site),
         ("Chair", s.chair),

@@ -15,7 +15,7 @@ import urllib.request
 from typing import Any
 
 from chairside.record.data import AlarmRow, DeviceRow, LimitChange, Nibp, Session, SessionData, Vital
-from chairside.record.figures import BASELINE_BEFORE_MS
+from chairside.record.figures import BASELINE_BEFORE_MS, record_end
 
 
 class RecordQueryError(RuntimeError):
@@ -107,7 +107,7 @@ def load(reader: InfluxReader, session: Session, now_ms: int) -> SessionData:
     """Everything stored for ``session`` (an open one up to ``now_ms``), plus the
     look-back before its start that the baseline needs."""
     site, chair, start = session.site, session.chair, session.start_ms
-    end = session.end_ms if session.end_ms is not None else now_ms
+    end, _ = record_end(session, now_ms)
     since = start - BASELINE_BEFORE_MS
     data = SessionData(session)
     for row in reader.rows(f'SELECT "spo2", "pr", "st" FROM vitals WHERE {_where(site, chair, start, end)}'):

@@ -146,6 +146,13 @@ def test_an_open_session_needs_now_and_ends_there() -> None:
     assert f.end_ms == T0 + 5_000 and f.duration_ms == 5_000 and f.below_ms == {90: 0, 85: 0}
 
 
+def test_a_session_nobody_ended_is_cut_at_24_h() -> None:
+    data = SessionData(_session(None), vitals=_vitals(0, [97]) + [Vital(T0 + 25 * 3_600_000, 80, 70, "ok")])
+    f = compute(data, now_ms=T0 + 30 * 3_600_000)
+    assert (f.end_ms, f.truncated, f.spo2_min and f.spo2_min.value) == (T0 + 24 * 3_600_000, True, 97)
+    assert not compute(data, now_ms=T0 + 24 * 3_600_000).truncated
+
+
 def test_an_empty_session_has_no_figures_but_no_error() -> None:
     f = compute(SessionData(_session(T0 + 9_000)))
     assert (f.baseline, f.peak_sys, f.spo2_min, f.pulse_min, f.episodes) == (None, None, None, None, [])

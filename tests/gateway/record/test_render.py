@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
+import threading
 from datetime import UTC
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,26 @@ def test_influxdb_or_the_fhir_server_away_is_a_clear_error_not_a_crash(
                                 timeout=2.0, format="fhir", out=tmp_path / "b.json", post=None)
     assert export_command.run(export) == 1
     assert not (tmp_path / "b.json").exists()
+
+
+class _Refusing(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(422)
+        self.end_headers()
+        self.wfile.write(b'{"resourceType":"OperationOutcome"}')
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_a_fhir_server_that_refuses_the_bundle_is_reported() -> None:
+    server = HTTPServer(("127.0.0.1", 0), _Refusing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(fhir.PostError, match=r"HTTP 422.*OperationOutcome"):
+            fhir.post(f"http://127.0.0.1:{server.server_address[1]}/fhir", "{}", timeout_s=5)
+    finally:
+        server.shutdown()
+        server.server_close()
