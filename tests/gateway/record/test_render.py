@@ -116,3 +116,12 @@ def test_a_fhir_server_that_refuses_the_bundle_is_reported() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_empty_open_session_still_renders() -> None:
+    session = Session(f"s.2.{T0}", "s", "2", T0, None, "RN Lee")
+    data = SessionData(session)
+    figures = compute(data, now_ms=T0 + 1_000)
+    png = chart.render_png(data, figures, dpi=40)
+    assert pdf.render_pdf(figures, png).startswith(b"%PDF")
+    assert Bundle.model_validate_json(fhir.bundle_json(data, figures)).entry is not None
