@@ -13,6 +13,8 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
+# pdftoppm/pdftotext: the session record's tests render and read back its PDF
+command -v pdftoppm >/dev/null 2>&1 || need_apt+=(poppler-utils)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -1,13 +1,14 @@
 """Thin, pure glue between MQTT/InfluxDB and the alarm engine.
 
-* ``alarm_ack`` / ``limits_set`` / ``chair_standby`` / ``drill_end`` payloads
+* ``alarm_ack`` / ``limits_set`` / ``chair_standby`` / ``drill_end`` / ``chair_session`` payloads
   (contract ``gateway_messages``) are parsed into commands or a
   :class:`Rejected` with a reason: bad input never raises out of here.  Refused:
   more than MAX_PAYLOAD bytes (``too_large``); not UTF-8, not JSON, nested
   deeper than Python's parser allows, NaN/Infinity, or not an object
   (``bad_json``); ``v`` other than 1 (``bad_version``); a text field (``by``,
-  ``reason``, ``alarm``, ``param``, ``id``) that is not a string, too long,
-  holds a control character or a lone surrogate (``bad_field``); a ``value``
+  ``reason``, ``alarm``, ``param``, ``ref``, ``id``) that is not a string, too long,
+  holds a control character or a lone surrogate (``bad_field``); an ``action``
+  other than start/end (``bad_field``); a ``value``
   that is not a finite number, e.g. ``1e400`` (``bad_field``).
 * :func:`audit_line` turns an :class:`AuditRecord` into a ``limit_audit`` line;
   :func:`alarm_event_line` (from ``chairside.store.points``) does ``alarm_events``.
@@ -41,6 +42,8 @@ MAX_BY: Final = 64
 MAX_REASON: Final = 200
 MAX_NAME: Final = 64
 """``alarm`` and ``param`` names"""
+MAX_REF: Final = 64
+"""a session's clinic reference (``chair_session`` ``ref``)"""
 MAX_ID: Final = 36
 """the request ``id`` echoed on ``staff/result``"""
 
@@ -57,6 +60,15 @@ class Rejected:
 class AckCommand:
     alarm: str
     by: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCommand:
+    action: str
+    """start or end"""
+    by: str
+    ref: str
+    """optional clinic reference (start only; "" when absent)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +230,24 @@ def parse_who(payload: bytes | str | Mapping[str, Any]) -> str | Rejected:
     """``{"v":1,"by":"RN Lee"}`` (chair_standby, drill_end) → who."""
     doc = _decode(payload)
     return doc if isinstance(doc, Rejected) else _who(doc)
+
+
+def parse_session(payload: bytes | str | Mapping[str, Any]) -> SessionCommand | Rejected:
+    """``{"v":1,"action":"start","by":"RN Lee","ref":"ENC-1234"}`` (chair_session) →
+    :class:`SessionCommand`; ``ref`` is optional and only meaningful on start."""
+    doc = _decode(payload)
+    if isinstance(doc, Rejected):
+        return doc
+    action = doc.get("action")
+    if action not in ("start", "end"):
+        return Rejected("bad_field", f"action: expected 'start' or 'end', got {str(action)[:20]!r}")
+    by = _who(doc)
+    if isinstance(by, Rejected):
+        return by
+    ref = _text(doc, "ref", MAX_REF, required=False)
+    if isinstance(ref, Rejected):
+        return ref
+    return SessionCommand(action=str(action), by=by, ref=ref.strip())
 
 
 def handle_standby(

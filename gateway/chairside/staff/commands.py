@@ -6,9 +6,13 @@
   cleared, technical alarms quiet until the next valid patient reading);
 * ``chairside staff limit --chair 3 --param spo2_low.limit --value 88 --by ... --reason ...``
   changes one chair's limit (audited: who, when, old → new); ``--value default``
-  returns to the profile's value.
+  returns to the profile's value;
+* ``chairside staff session start --chair 3 --by ... [--ref ENC-1234]`` and
+  ``chairside staff session end --chair 3 --by ...`` start and end the
+  chair's infusion session (``chairside report`` and ``chairside export``
+  build its record; standby also ends it).
 
-Both publish the contract's staff messages (``alarm_ack``, ``limits_set``) and
+All publish the contract's staff messages (``alarm_ack``, ``limits_set``) and
 wait, with a deadline, for the gateway's answer on MQTT.
 """
 
@@ -32,8 +36,11 @@ ANSWER_TIMEOUT_S = 10.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     for name, help_text in (("ack", "acknowledge an active alarm"), ("limit", "change one chair's limit"),
-                            ("standby", "between patients: clear alarms, quiet technical alarms")):
+                            ("standby", "between patients: clear alarms, quiet technical alarms"),
+                            ("session", "start or end the chair's infusion session")):
         p = sub.add_parser(name, help=help_text)
+        if name == "session":
+            p.add_argument("what", choices=("start", "end"))
         p.add_argument("--site", default="demo-clinic")
         p.add_argument("--chair", required=True)
         p.add_argument("--by", required=True, help="your name, as it should appear in the record")
@@ -46,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             p.add_argument("--param", required=True, help="e.g. spo2_low.limit or pulse_high.delay_s")
             p.add_argument("--value", required=True, help="a number, or 'default' to reset")
             p.add_argument("--reason", default="", help="why (kept in the audit record)")
+        elif name == "session":
+            p.add_argument("--ref", default="", help="start only: clinic reference, e.g. the EHR encounter "
+                           "number (never a patient name)")
 
 
 def build_message(args: argparse.Namespace, request_id: str) -> tuple[str, dict[str, Any]]:
@@ -56,6 +66,11 @@ def build_message(args: argparse.Namespace, request_id: str) -> tuple[str, dict[
         return topic("alarm_ack", args.site, args.chair), message
     if args.action == "standby":
         return topic("chair_standby", args.site, args.chair), message
+    if args.action == "session":
+        message["action"] = args.what
+        if getattr(args, "ref", ""):
+            message["ref"] = args.ref
+        return topic("chair_session", args.site, args.chair), message
     message["param"] = args.param
     message["value"] = None if args.value == "default" else float(args.value)
     if args.reason:
@@ -67,6 +82,7 @@ DONE = {
     "ack": "acknowledged {alarm} on chair {chair}",
     "standby": "chair {chair} in standby until the next valid patient reading (its limits are back to the profile)",
     "limit": "{param} = {value} on chair {chair} (audited)",
+    "session": "session {session} {what}ed on chair {chair}",
 }
 
 
@@ -119,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         if not answer.get("ok"):
             print(f"refused: {answer.get('reason')}: {answer.get('detail')}")
             return 1
-        print(DONE[args.action].format(**vars(args)))
+        print(DONE[args.action].format(**vars(args), session=answer.get("session", "?")))
         return 0
     finally:
         client.loop_stop()

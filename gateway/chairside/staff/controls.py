@@ -1,11 +1,12 @@
-"""Staff messages in the gateway: acknowledge, standby, limit change, drill end.
+"""Staff messages in the gateway: acknowledge, standby, limit change, drill end, session.
 
 Each message on a chair's staff topic (``alarms/ack``, ``limits/set``,
-``standby``, ``drill/end``; contract.json) is applied to the alarm engine and
+``standby``, ``drill/end``, ``session``; contract.json) is applied to the alarm engine and
 answered on the chair's ``staff/result`` topic (``ok`` 1 or 0 with a reason,
 echoing the request ``id``), so ``chairside staff`` can tell applied from
 refused.  Per-chair limits are saved atomically in the state dir and restored,
-audited, after a restart.  Site and chair ids follow the same rule as the box
+audited, after a restart.  Infusion sessions (start, end; standby ends one)
+are kept by :mod:`chairside.staff.sessions`.  Site and chair ids follow the same rule as the box
 topics (``contract.id_regex``): anything else is refused, never applied or saved.
 """
 
@@ -25,13 +26,14 @@ from chairside.alarms.profile import ProfileError
 from chairside.metrics import Metrics
 from chairside.model import AlarmEvent
 from chairside.paths import atomic_write_json
+from chairside.staff.sessions import SessionBook, SessionResult
 
 log = logging.getLogger("chairside.staff.controls")
 
 T = TypeVar("T")
 
 _TAILS = {"alarms/ack": "alarm_ack", "limits/set": "limits_set", "standby": "chair_standby",
-          "drill/end": "drill_end"}
+          "drill/end": "drill_end", "session": "chair_session"}
 KINDS = tuple(_TAILS.values())
 
 
@@ -48,7 +50,7 @@ class Control(Generic[T]):
 
 def control_of(topic: str, payload: bytes, token: T | None) -> Control[T] | None:
     """Recognise the staff topics .../{site}/{chair}/alarms/ack, limits/set,
-    standby and drill/end (contract.json topics); None for any other topic."""
+    standby, drill/end and session (contract.json topics); None for any other topic."""
     parts = topic.split("/")
     if len(parts) not in (5, 6) or "/".join(parts[:2]) != contract.topic_root():
         return None
@@ -56,6 +58,12 @@ def control_of(topic: str, payload: bytes, token: T | None) -> Control[T] | None
     if kind is None:
         return None
     return Control(kind, parts[2], parts[3], payload, token)
+
+
+def standby_by(payload: bytes) -> str:
+    """Who put the chair in standby (the payload was accepted, so ``by`` is valid)."""
+    by = adapter.parse_who(payload)
+    return "standby" if isinstance(by, adapter.Rejected) else by
 
 
 class StaffControls:
@@ -77,18 +85,26 @@ class StaffControls:
         self._emit = emit
         self._publish_active = publish_active
         self._overrides_path = None if state_dir is None else state_dir / "limit_overrides.json"
+        self.sessions = SessionBook(metrics, state_dir)
 
     def handle(self, item: Control[Any], now_ms: int) -> list[str]:
         """Apply ``item`` and answer it; the points (events, audit) to store."""
         lines: list[str] = []
+        extra: dict[str, Any] = {}
         id_rule = contract.id_regex()
         if not (id_rule.fullmatch(item.site) and id_rule.fullmatch(item.chair)):
             rejected: adapter.Rejected | None = adapter.Rejected(
                 "bad_id", f"site/chair id {item.site[:40]!r}/{item.chair[:40]!r} breaks the id rule")
+        elif item.kind == "chair_session":
+            session = self.sessions.handle(item.site, item.chair, item.payload, now_ms)
+            rejected = session if isinstance(session, adapter.Rejected) else None
+            if isinstance(session, SessionResult):
+                lines.extend(session.lines)
+                extra["session"] = session.session
         else:
             rejected = self._apply(item, now_ms, lines)
         if rejected is None:
-            self._answer(item, now_ms, True)
+            self._answer(item, now_ms, True, extra=extra)
         else:
             self.metrics.inc("control_rejected", reason=rejected.reason)
             self._answer(item, now_ms, False, rejected.reason, rejected.detail)
@@ -110,6 +126,7 @@ class StaffControls:
             lines.extend(adapter.audit_line(record) for record in records)
             if records:
                 self.save_overrides()
+            lines.extend(self.sessions.on_standby(item.site, item.chair, standby_by(item.payload), now))
             self._publish_active(item.site, item.chair)  # empties even with no event
             return None
         if item.kind in ("alarm_ack", "drill_end"):
@@ -132,7 +149,8 @@ class StaffControls:
         self.save_overrides()
         return None
 
-    def _answer(self, item: Control[Any], now_ms: int, ok: bool, reason: str = "", detail: str = "") -> None:
+    def _answer(self, item: Control[Any], now_ms: int, ok: bool, reason: str = "", detail: str = "",
+                extra: dict[str, Any] | None = None) -> None:
         """Answer on the chair's staff/result topic, echoing the request's ``id``."""
         try:
             request = json.loads(item.payload)
@@ -142,6 +160,7 @@ class StaffControls:
         result: dict[str, Any] = {"v": 1, "kind": item.kind, "ok": 1 if ok else 0, "t": now_ms}
         if isinstance(request_id, str) and len(request_id) <= 36 and request_id.isprintable():
             result["id"] = request_id
+        result.update(extra or {})
         if not ok:
             result["reason"] = reason
             result["detail"] = detail[:200]

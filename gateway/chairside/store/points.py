@@ -219,6 +219,11 @@ def alarm_event_line(event: AlarmEvent) -> str:
     return _line("alarm_events", tags, fields, event.t)
 
 
+def session_line(site: str, chair: str, event: str, fields: Mapping[str, Any], t_ms: int) -> str:
+    """One ``sessions`` point (tags site, chair, event start|end; fields session, by, ref, why)."""
+    return _line("sessions", {"site": site, "chair": chair, "event": event}, fields, t_ms)
+
+
 def reject_line(reason: str, n: int, topic: str, detail: str, t_ms: int) -> str:
     """One aggregated ``rejects`` point: ``n`` rejects for ``reason``, with a sample."""
     return _line("rejects", {"reason": reason}, {"n": n, "topic": topic, "detail": detail}, t_ms)

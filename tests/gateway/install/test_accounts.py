@@ -49,7 +49,7 @@ def test_acl_of_the_extra_logins_and_the_stored_topic(state: State) -> None:
     assert [line for line in box if line.startswith("topic read")] == [
         "topic read chairside/v1/clinic1/3/cmd", "topic read chairside/v1/clinic1/3/stored"]
     staff = blocks["user chairside-staff"]
-    for tail in ("alarms/ack", "limits/set", "standby", "drill/end"):
+    for tail in ("alarms/ack", "limits/set", "standby", "drill/end", "session"):
         assert f"topic write chairside/v1/+/+/{tail}" in staff
     assert "topic write chairside/v1/+/pages/ack" in staff
     assert "topic write chairside/v1/+/+/alarms/ack" in blocks["user chairside-pager"]
