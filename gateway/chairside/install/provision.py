@@ -1,6 +1,6 @@
 """``chairside provision``: broker accounts, the ACL and each box's config.json.
 
-    chairside provision --state-dir D --site S --chair N --mqtt-host H [--wifi-ssid X]
+    chairside provision --state-dir D --site S --chair N --mqtt-host H [--wifi-ssid X] [--ntp-host T]
     chairside provision --state-dir D --site S --chair N --revoke
     chairside provision --state-dir D --service gateway|pager|staff|drill [--revoke]
 
@@ -98,6 +98,13 @@ def box_user(site: str, chair: str) -> str:
 def check_id(kind: str, value: str) -> str:
     if not re.fullmatch(str(contract.load()["id_pattern"]), value):
         raise ProvisionError(f"--{kind} {value!r}: must match {contract.load()['id_pattern']}")
+    return value
+
+
+def _check_host(flag: str, value: str) -> str:
+    """A host name or IP address (or "" for none) as the box's config accepts it (0..253 characters)."""
+    if len(value) > 253 or not re.fullmatch(r"[A-Za-z0-9.:_-]*", value):
+        raise ProvisionError(f"{flag} {value!r}: expected a host name or IP address (at most 253 characters)")
     return value
 
 
@@ -272,9 +279,14 @@ class State:
     # -- boxes --
     def provision_box(self, site: str, chair: str, *, mqtt_host: str | None = None,
                       mqtt_port: int | None = None, tls: bool | None = None,
-                      wifi_ssid: str | None = None, wifi_key: str | None = None
-                      ) -> tuple[Path, bool]:
-        """Create or rotate a box; returns (config.json path, rotated?)."""
+                      wifi_ssid: str | None = None, wifi_key: str | None = None,
+                      ntp_host: str | None = None) -> tuple[Path, bool]:
+        """Create or rotate a box; returns (config.json path, rotated?).
+
+        ``ntp_host``: the NTP server the box asks (``""`` = no NTP: the
+        gateway's ``time`` command sets the clock); None keeps the box's
+        previous setting, or leaves the key out so the firmware's default
+        (``pool.ntp.org``, csfw/config.py) applies."""
         check_id("site", site)
         check_id("chair", chair)
         path = self.box_config_path(site, chair)
@@ -300,9 +312,11 @@ class State:
                      "key": wifi_key if wifi_key is not None else old_wifi.get("key", "")},
             "mqtt": mqtt,
         }
-        for key in ("pins", "nibp_interval_s", "hist_ram_records", "spool_kb"):
+        for key in ("pins", "nibp_interval_s", "hist_ram_records", "spool_kb", "ntp_host"):
             if key in old:
                 config[key] = old[key]
+        if ntp_host is not None:
+            config["ntp_host"] = _check_host("--ntp-host", ntp_host)
         rotated = f"{site}/{chair}" in self.accounts["boxes"]
         self.accounts["boxes"][f"{site}/{chair}"] = {
             "site": site, "chair": chair, "user": user, "hash": hash_password(password),
@@ -433,6 +447,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tls.add_argument("--no-tls", dest="tls", action="store_false",
                      help="plain MQTT (loopback demo only)")
     parser.add_argument("--wifi-ssid", help="clinic Wi-Fi network for the box")
+    parser.add_argument("--ntp-host",
+                        help="NTP server the box asks for the time (an IP address avoids a DNS lookup; "
+                        "\"\" turns NTP off); remembered; default: the firmware's pool.ntp.org")
     parser.add_argument("--wifi-key-file", type=Path,
                         help="file holding the Wi-Fi key (or set CHAIRSIDE_WIFI_KEY)")
 
@@ -463,7 +480,7 @@ def run(args: argparse.Namespace) -> int:
                     wifi_key = os.environ["CHAIRSIDE_WIFI_KEY"]
                 path, rotated = state.provision_box(
                     args.site, chair, mqtt_host=args.mqtt_host, mqtt_port=args.mqtt_port,
-                    tls=args.tls, wifi_ssid=args.wifi_ssid, wifi_key=wifi_key)
+                    tls=args.tls, wifi_ssid=args.wifi_ssid, wifi_key=wifi_key, ntp_host=args.ntp_host)
                 print(f"{'rotated credentials of' if rotated else 'provisioned'} box "
                       f"{args.site}/{chair}; config in {path}")
                 if rotated:
