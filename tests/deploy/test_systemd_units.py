@@ -4,8 +4,10 @@ and whether the ``chairside`` command lines in them are ones the CLI accepts.
 ``systemd-analyze verify`` runs here without systemd as PID 1 (it loads the
 units into an offline manager).  It checks that the executables exist, so the
 units are verified from a copy in which the install prefix's venv
-(``/opt/chairside/.venv/bin/``) points at this checkout's venv; every other
-line is verified as shipped.  What it cannot show: that systemd really starts
+(``/opt/chairside/.venv/bin/``) points at this test's venv and any other path
+under ``/opt/chairside/`` at this checkout; every other line is verified as
+shipped (including the units' dependencies, e.g. ``mosquitto.service`` from
+Debian's package).  What it cannot show: that systemd really starts
 the service as user ``chairside`` and restarts it (no systemd manager runs in
 the test container).
 """
@@ -27,7 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 UNIT_DIR = REPO / "deploy" / "systemd"
 UNITS = sorted(p for p in UNIT_DIR.iterdir() if p.suffix in (".service", ".timer", ".socket", ".path"))
 SERVICES = [p for p in UNITS if p.suffix == ".service"]
-INSTALLED_BIN = "/opt/chairside/.venv/bin/"
+INSTALL_PREFIX = "/opt/chairside/"
+INSTALLED_BIN = INSTALL_PREFIX + ".venv/bin/"
 
 
 def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -63,8 +66,9 @@ def test_systemd_analyze_verify_accepts_every_shipped_unit(tmp_path: Path) -> No
         pytest.skip("systemd-analyze not installed (tools/setup.sh installs Debian's systemd)")
     venv_bin = Path(sys.executable).parent
     assert (venv_bin / "chairside").exists(), "the project is not installed in this venv"
-    for unit in UNITS:
-        (tmp_path / unit.name).write_text(unit.read_text().replace(INSTALLED_BIN, f"{venv_bin}/"))
+    for unit in UNITS:  # the install prefix is this checkout, its venv this test's venv
+        text = unit.read_text().replace(INSTALLED_BIN, f"{venv_bin}/").replace(INSTALL_PREFIX, f"{REPO}/")
+        (tmp_path / unit.name).write_text(text)
     result = subprocess.run(
         [analyze, "verify", "--man=no", "--generators=no", *(str(tmp_path / u.name) for u in UNITS)],
         capture_output=True, text=True, timeout=60,
