@@ -220,13 +220,17 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     ca = getattr(args, "mqtt_ca", None)
-    boxes = [
-        make_box(args.site, chair, scenario, args.mqtt_host, args.mqtt_port,
-                 nibp_interval_s=args.nibp_interval, synced=not args.unsynced,
-                 epoch_at_boot_ms=int(time.time() * 1000), seed=i,
-                 mqtt_user=user, mqtt_password=password, mqtt_ca=None if ca is None else str(ca))
-        for i, ((chair, scenario), (user, password)) in enumerate(zip(chairs, logins, strict=True))
-    ]
+    try:
+        boxes = [
+            make_box(args.site, chair, scenario, args.mqtt_host, args.mqtt_port,
+                     nibp_interval_s=args.nibp_interval, synced=not args.unsynced,
+                     epoch_at_boot_ms=int(time.time() * 1000), seed=i,
+                     mqtt_user=user, mqtt_password=password, mqtt_ca=None if ca is None else str(ca))
+            for i, ((chair, scenario), (user, password)) in enumerate(zip(chairs, logins, strict=True))
+        ]
+    except OSError as exc:  # an unreadable --mqtt-ca
+        log.error("--mqtt-ca %s: %s", ca, exc)
+        return 2
     fleet = Fleet(boxes, speed=args.speed)
     done = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: done.set())

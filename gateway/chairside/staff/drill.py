@@ -498,6 +498,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # including mqtt_auth.CredentialsError
         log.error("bad arguments: %s", exc)
         return 2
+    except OSError as exc:  # the CA file (the credentials file's errors are CredentialsErrors)
+        log.error("bad arguments: --mqtt-ca %s: %s", args.mqtt_ca, exc)
+        return 2
     print(f"DRILL {config.scenario} on chair {config.chair}: drill box {config.drill_chair} at site "
           f"{config.site}; acknowledge the DRILL page as you would a real one.", flush=True)
     try:
