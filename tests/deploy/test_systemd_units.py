@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 UNIT_DIR = REPO / "deploy" / "systemd"
 UNITS = sorted(p for p in UNIT_DIR.iterdir() if p.suffix in (".service", ".timer", ".socket", ".path"))
 SERVICES = [p for p in UNITS if p.suffix == ".service"]
+DROPIN_DIRS = sorted(p for p in UNIT_DIR.iterdir() if p.is_dir() and p.name.endswith(".d"))
 INSTALL_PREFIX = "/opt/chairside/"
 INSTALLED_BIN = INSTALL_PREFIX + ".venv/bin/"
 
@@ -66,9 +67,16 @@ def test_systemd_analyze_verify_accepts_every_shipped_unit(tmp_path: Path) -> No
         pytest.skip("systemd-analyze not installed (tools/setup.sh installs Debian's systemd)")
     venv_bin = Path(sys.executable).parent
     assert (venv_bin / "chairside").exists(), "the project is not installed in this venv"
-    for unit in UNITS:  # the install prefix is this checkout, its venv this test's venv
-        text = unit.read_text().replace(INSTALLED_BIN, f"{venv_bin}/").replace(INSTALL_PREFIX, f"{REPO}/")
-        (tmp_path / unit.name).write_text(text)
+    def copy(source: Path, target: Path) -> None:  # the install prefix is this checkout, its venv ours
+        target.write_text(source.read_text().replace(INSTALLED_BIN, f"{venv_bin}/")
+                          .replace(INSTALL_PREFIX, f"{REPO}/"))
+
+    for unit in UNITS:
+        copy(unit, tmp_path / unit.name)
+    for dropins in DROPIN_DIRS:  # e.g. chairside-gateway.service.d/*.conf, read with their unit
+        (tmp_path / dropins.name).mkdir()
+        for conf in dropins.glob("*.conf"):
+            copy(conf, tmp_path / dropins.name / conf.name)
     result = subprocess.run(
         [analyze, "verify", "--man=no", "--generators=no", *(str(tmp_path / u.name) for u in UNITS)],
         capture_output=True, text=True, timeout=60,
