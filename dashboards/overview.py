@@ -1,7 +1,8 @@
 """``chairside-overview``: every chair at a glance, for the nurses.
 
 One row per chair (repeated over ``$chair``): sensor state, SpO2, pulse, last
-NIBP with its age, highest active alarm priority.
+NIBP with its age, highest active alarm priority.  Drill chairs
+(``drill-<chair>``, ``chairside drill``) are left out of ``$chair``.
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ def overview(profile: Profile) -> dash.Dashboard:
         .time("now-15m", "now")
         .refresh("5s")
         .timezone("browser")
-        .variables(variables(multi=True))
+        .variables(variables(multi=True, exclude_drills=True))
         .link(
             dash.DashboardLink("Chair detail")
             .type(dm.DashboardLinkType.DASHBOARDS)

@@ -206,7 +206,14 @@ def prop(name: str, value: object) -> dm.DynamicConfigValue:
     return dm.DynamicConfigValue(id_val=name, value=value)
 
 
-def variables(*, multi: bool) -> list[cogbuilder.Builder[dm.VariableModel]]:
+# chairside.alarms.slots.DRILL_PREFIX: a drill's simulated box is chair "drill-<chair>"
+DRILL_CHAIR_RE = "/^drill-/"
+
+
+def variables(*, multi: bool, exclude_drills: bool = False) -> list[cogbuilder.Builder[dm.VariableModel]]:
+    """$site and $chair; ``exclude_drills`` leaves drill chairs out of $chair
+    (the nurses' overview must never show "Chair drill-3", later OFFLINE)."""
+    drills = f' AND "chair" !~ {DRILL_CHAIR_RE}' if exclude_drills else ""
     site = (
         dash.QueryVariable("site")
         .label("Site")
@@ -221,7 +228,7 @@ def variables(*, multi: bool) -> list[cogbuilder.Builder[dm.VariableModel]]:
         dash.QueryVariable("chair")
         .label("Chair")
         .datasource(datasource_ref())
-        .query('SHOW TAG VALUES FROM "vitals" WITH KEY = "chair" WHERE "site" =~ /^$site$/')
+        .query(f'SHOW TAG VALUES FROM "vitals" WITH KEY = "chair" WHERE "site" =~ /^$site$/{drills}')
         .refresh(dm.VariableRefresh.ON_DASHBOARD_LOAD)
         .sort(dm.VariableSort.NATURAL_ASC)
         .multi(multi)

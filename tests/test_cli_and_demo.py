@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -59,6 +62,56 @@ def test_marked_processes_finds_only_its_own_run() -> None:
     assert marked_processes(run_id) == []
 
 
+def check_first_impressions(screen: str) -> None:
+    """The README's promise: within 30 s of simulated time a desaturation
+    alarm, a BP alarm and a page for each; the broker's and InfluxDB's ports
+    and an example staff command stay on screen; nothing wider than 80
+    columns; a space before the alarms column."""
+    lines = screen.splitlines()
+    assert max(len(line) for line in lines) <= 80, [line for line in lines if len(line) > 80]
+    assert re.search(r"^Mosquitto 127\.0\.0\.1:\d+ +InfluxDB http://127\.0\.0\.1:\d+", screen, re.M), screen
+    assert "chairside staff ack --site demo-clinic --mqtt-port " in screen
+    header = next(line for line in lines if line.startswith("chair "))
+    assert " alarms" in header and header.index("alarms") > header.index("last BP") + len("last BP")
+
+    def first(pattern: str) -> float:
+        times = [float(m.group(1)) for m in re.finditer(rf"^ *(\d+)s {pattern}", screen, re.M)]
+        assert times, f"{pattern!r} not on the last screen:\n{screen}"
+        return min(times)
+
+    assert first(r"chair 2: \[raised\] SpO2 critically low") < 30
+    assert first(r"chair 3: \[raised\] BP at clinic intervention point") < 30
+    assert first(r"PAGE to dr-amber: HIGH demo-clinic/2: SpO2 critically low") < 30
+    assert first(r"PAGE to dr-amber: HIGH demo-clinic/3: BP at clinic intervention") < 30
+    rows = {line.split()[0]: line for line in lines[lines.index(header) + 1:] if line.strip()[:1].isdigit()}
+    for chair, alarm in (("2", "spo2_critical(H)"), ("3", "bp_intervention(H)")):
+        assert re.search(rf"\S \s*{re.escape(alarm)}", rows[chair]), rows[chair]
+
+
+def test_demo_screen_fits_80_columns_and_keeps_alarms_apart() -> None:
+    """The live view alone (no services): long BP cells, many alarms and long
+    texts stay inside 80 columns, with a space before the alarms."""
+    from chairside.sim.demo import ChairView, LiveView
+
+    view = LiveView.__new__(LiveView)  # render only: no broker connection
+    view.site, view.header, view.events, view.pages = "demo-clinic", ["ports line"], [], []
+    view._lock = threading.Lock()
+    view.elapsed = lambda: 12.0
+    view.chairs = {
+        "12": ChairView(spo2=80, pr=130, st="probe_off", bp="error 1234567", bp_at=time.monotonic() - 999,
+                        state="offline", alarms=["spo2_critical(H)", "bp_intervention(H)", "nibp_failed(L)"],
+                        last_seen=time.monotonic()),
+        "drill-3": ChairView(bp="226/124", bp_at=time.monotonic() - 5, alarms=["x" * 60]),
+    }
+    view.events = ["  12s chair 12: [raised] " + "long text " * 20]
+    screen = view.render(123456789)
+    assert max(len(line) for line in screen.splitlines()) <= 80, screen
+    (row12,) = [line for line in screen.splitlines() if line.startswith("12 ")]
+    assert "error 12 999s ago " in row12 and " spo2_critical(H) +2" in row12, row12
+    (drill,) = [line for line in screen.splitlines() if line.startswith("drill-")]
+    assert "226/124 5s ago " in drill and drill.endswith("…")
+
+
 @pytest.mark.services
 def test_demo_runs_four_chairs_and_stops_everything(tmp_path: Path) -> None:
     run_id = uuid.uuid4().hex
@@ -77,8 +130,9 @@ def test_demo_runs_four_chairs_and_stops_everything(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     last_screen = result.stdout.split("Chairside demo")[-1]
     for chair in ("1", "2", "3", "4"):
-        assert f"\n{chair}     online" in last_screen, last_screen
+        assert f"\n{chair}      online" in last_screen, last_screen
     assert "readings stored in InfluxDB: 0" not in last_screen
+    check_first_impressions("Chairside demo" + last_screen)
     assert "everything it started is stopped" in result.stdout
     assert leftovers == [], f"processes the demo left running: {leftovers}"
     assert list(tmp_path.iterdir()) == [], "the demo removes its data folder"

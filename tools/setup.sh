@@ -2,6 +2,11 @@
 # Idempotent set-up for a fresh Debian 12 machine (run as root by `make demo`
 # and `make test`): system packages, the project venv, and the MicroPython
 # WebAssembly VM.  Each step is skipped when its result is already there.
+# `sh tools/setup.sh` works too: a shell other than bash re-runs it with bash
+# (dash, Debian's sh, has no `pipefail` and no arrays).
+if [ -z "${BASH_VERSION:-}" ]; then
+    exec bash "$0" "$@"
+fi
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +20,8 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 # pdftoppm/pdftotext: the session record's tests render and read back its PDF
 command -v pdftoppm >/dev/null 2>&1 || need_apt+=(poppler-utils)
+# systemd-analyze (tests/deploy: `systemd-analyze verify` on the shipped units)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import ssl
 import tempfile
 import tty
 from typing import Any
@@ -59,6 +60,12 @@ class FakePin:
         return self.level
 
 
+def _tls_context(ca_file: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 class SimBox:
     def __init__(
         self,
@@ -76,12 +83,15 @@ class SimBox:
         keepalive_s: int = 30,
         mqtt_user: str | None = None,
         mqtt_password: str | None = None,
+        mqtt_ca: str | None = None,
         epoch_at_boot_ms: int | None = None,
         spool_kb: int | None = None,
         spool_seg_kb: int | None = None,
         hist_ram_records: int | None = None,
         transport: str = "mqtt",
     ) -> None:
+        """``mqtt_ca``: the clinic CA file; the box then connects with TLS and
+        verifies the broker's certificate against it and ``mqtt_host``."""
         if transport not in ("mqtt", "serial"):
             raise ValueError(f"transport must be 'mqtt' or 'serial', not {transport!r}")
         self.clock = clock or SimClock(
@@ -125,7 +135,8 @@ class SimBox:
             oxi_uart=self.oxi_box,
             nibp_uart=self.nibp_box,
             wlan=self.wlan,
-            connect_fn=make_connect_fn(mqtt_host, mqtt_port, self.wlan, timeout_s=2),
+            connect_fn=make_connect_fn(mqtt_host, mqtt_port, self.wlan, timeout_s=2,
+                                       tls=None if mqtt_ca is None else _tls_context(mqtt_ca)),
             fs_dir=self.fs_dir,
             os_module=os,
             wdt=self.wdt,

@@ -4,7 +4,8 @@ Speaks the module's serial protocol as the public sources describe it
 (csfw/suntech.py, docs/hardware-protocols.md): commands are parsed byte by
 byte with the firmware's own codec (csfw.suntech.CommandParser).  Start BP is
 acknowledged with 'O'; the cuff inflates for ``inflate_ms`` (~8 s), then
-deflates while measuring 20-30 s (deterministic from ``seed``); at the end the
+deflates while measuring 20-30 s (deterministic from ``seed``; ``measure_ms``
+fixes it, e.g. for the demo's quicker first reading); at the end the
 module sends 'K' on its own (or 'E' for a failed measurement) and answers
 Get BP Data with the 24-byte frame holding the patient's BP and heart rate
 at that moment (error code 0) or the error code.  Abort deflates and answers
@@ -28,11 +29,12 @@ INFLATE_TO_MMHG = 160
 
 class NibpSim:
     def __init__(self, patient: Patient, uart: FakeUART, seed: int = 0,
-                 inflate_ms: int = 8000) -> None:
+                 inflate_ms: int = 8000, measure_ms: int | None = None) -> None:
         self.patient = patient
         self.uart = uart
         self.seed = seed
         self.inflate_ms = inflate_ms
+        self.measure_ms = measure_ms
         self.silent = False
         self.parser = suntech.CommandParser()
         self.state = IDLE
@@ -54,6 +56,8 @@ class NibpSim:
         self._corrupt = True
 
     def _measure_duration(self) -> int:
+        if self.measure_ms is not None:
+            return self.measure_ms
         # 20..30 s, deterministic per (seed, measurement number)
         x = (self.seed * 7919 + self.measurements * 104729) % 10001
         return 20000 + x

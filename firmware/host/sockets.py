@@ -1,7 +1,10 @@
 """Socket adapter: a CPython TCP socket with MicroPython's socket API.
 
-``make_connect_fn(host, port, wlan, timeout_s)`` returns the ``connect_fn``
-that :class:`csfw.mqtt.MQTTClient` takes.  Errors look like MicroPython's:
+``make_connect_fn(host, port, wlan, timeout_s, tls)`` returns the ``connect_fn``
+that :class:`csfw.mqtt.MQTTClient` takes; with ``tls`` (a client
+:class:`ssl.SSLContext`) the socket is TLS, verified against ``host``, as the
+board's (``csfw/net.py``: ``CERT_REQUIRED``, the clinic CA, ``mqtt.host`` as
+the server name).  Errors look like MicroPython's:
 a timeout is ``OSError(ETIMEDOUT)``, "no data yet" on a non-blocking socket is
 ``OSError(EAGAIN)``.  When the :class:`host.wlan.FakeWLAN` is cut, the real
 socket is closed (the broker sees the drop) and every call raises
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +42,7 @@ class HostSocket:
             n = sock.send(data)
         except TimeoutError:
             raise OSError(errno.ETIMEDOUT, "timed out") from None
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             raise OSError(errno.EAGAIN, "would block") from None
         self.bytes_sent += n
         return n
@@ -52,7 +56,7 @@ class HostSocket:
             data = sock.recv(n)
         except TimeoutError:
             raise OSError(errno.ETIMEDOUT, "timed out") from None
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             raise OSError(errno.EAGAIN, "would block") from None
         except OSError:
             if self.killed:
@@ -86,10 +90,12 @@ class HostSocket:
 
 
 def make_connect_fn(
-    host: str, port: int, wlan: Any = None, timeout_s: float = 5
+    host: str, port: int, wlan: Any = None, timeout_s: float = 5, tls: ssl.SSLContext | None = None
 ) -> Callable[[], HostSocket]:
-    """connect_fn() -> HostSocket connected to host:port (TCP connect bounded
-    by timeout_s).  With a FakeWLAN, fails while the WLAN is down."""
+    """connect_fn() -> HostSocket connected to host:port (TCP connect and TLS
+    handshake each bounded by timeout_s).  With a FakeWLAN, fails while the
+    WLAN is down.  A broker certificate that does not verify raises
+    ``ssl.SSLCertVerificationError`` (a ``ValueError`` on the board)."""
 
     def connect_fn() -> HostSocket:
         if wlan is not None and not wlan.isconnected():
@@ -99,6 +105,15 @@ def make_connect_fn(
         except TimeoutError:
             raise OSError(errno.ETIMEDOUT, "connect timed out") from None
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                raw = tls.wrap_socket(raw, server_hostname=host)
+            except ssl.SSLCertVerificationError as exc:
+                raw.close()
+                raise ValueError(f"broker certificate not trusted: {exc.verify_message}") from None
+            except TimeoutError:
+                raw.close()
+                raise OSError(errno.ETIMEDOUT, "TLS handshake timed out") from None
         sock = HostSocket(raw)
         if wlan is not None:
             wlan.register(sock)

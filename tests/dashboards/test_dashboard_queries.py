@@ -201,6 +201,27 @@ def test_variables_list_sites_and_chairs(seeded: tuple[InfluxDB, int]) -> None:
     assert found == {"site": [SITE], "chair": list(CHAIRS)}
 
 
+def test_overview_leaves_drill_chairs_out(seeded: tuple[InfluxDB, int]) -> None:
+    """A drill box (chair drill-3 of `chairside drill`) stores vitals like any
+    box; the nurses' overview lists real chairs only, the chair detail both."""
+    db, now = seeded
+    database = "chairside_drills"
+    db.query(f"CREATE DATABASE {database}")
+    body = "\n".join(f'vitals,site={SITE},chair={chair} spo2=97i,pr=70i,sig=6i,st="ok",seq=1i,boot=1i,'
+                     f"sync=1i {now - MIN}" for chair in ("3", "drill-3", "drill-12")).encode()
+    req = urllib.request.Request(f"{db.url}/write?db={database}&precision=ms", data=body)
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 204
+
+    def chairs(board_name: str) -> list[str]:
+        board = BOARDS[board_name]
+        (var,) = [v for v in board["templating"]["list"] if v["name"] == "chair"]
+        return sorted(r["value"] for r in rows(run(db, expand(var["query"], scope(board, None, CHAIRS)), database)))
+
+    assert chairs("chairside-overview") == ["3"]
+    assert chairs("chairside-chair") == ["3", "drill-12", "drill-3"]
+
+
 # ------------------------------------------------------------------ overview, per chair row
 
 

@@ -126,3 +126,28 @@ def lockstep(fleet: Any, gateway: Gateway, sim_ms: int, step_ms: int = 1000, tim
         while gateway.metrics.total("messages_in") < sent and time.monotonic() < end:
             time.sleep(0.002)
         gateway.wait_idle(timeout)
+
+
+class ShippedClinic:
+    """What `chairside certs` and `chairside provision` set up, served by the
+    shipped broker configuration (TLS listener and the loopback listener)."""
+
+    def __init__(self, root: Path, site: str, chairs: tuple[str, ...] = ("3",)) -> None:
+        from chairside.install import pki
+        from chairside.install.provision import ShippedMosquitto, State
+
+        self.state = State(root / "state")
+        self.pki_dir = root / "pki"
+        pki.init_ca(self.pki_dir)
+        pki.issue_server(self.pki_dir, ["localhost", "127.0.0.1"])
+        for name in ("gateway", "pager", "staff", "drill"):
+            self.state.provision_service(name)
+        for chair in chairs:
+            self.state.provision_box(site, chair, mqtt_host="127.0.0.1")
+        conf = self.state.broker_dir
+        for name in ("ca.crt", "server.crt", "server.key"):
+            (conf / name).write_bytes((self.pki_dir / name).read_bytes())
+        self.broker = ShippedMosquitto(conf, workdir=root / "broker")
+
+    def creds(self, service: str) -> Path:
+        return self.state.service_path(service)

@@ -1,8 +1,8 @@
 """``chairside provision``: broker accounts, the ACL and each box's config.json.
 
-    chairside provision --state-dir D --site S --chair N --mqtt-host H [--wifi-ssid X]
+    chairside provision --state-dir D --site S --chair N --mqtt-host H [--wifi-ssid X] [--ntp-host T]
     chairside provision --state-dir D --site S --chair N --revoke
-    chairside provision --state-dir D --service gateway|pager|staff [--revoke]
+    chairside provision --state-dir D --service gateway|pager|staff|drill [--revoke]
 
 Every run regenerates the broker's password file and ACL from
 ``D/accounts.json`` (password hashes only; never a plain password), writes
@@ -13,7 +13,7 @@ existing box or service again *rotates* its password.
 Files under D (secrets mode 0600):
     accounts.json                      users, password hashes, box settings
     boxes/<site>/<chair>/config.json   the box's config (copied by `chairside flash`)
-    services/<name>.json               {"user", "password", "logins": {...}} for gateway/pager/staff
+    services/<name>.json               {"user", "password", "logins": {...}} for gateway/pager/staff/drill
     mosquitto/passwd, mosquitto/acl    what the broker reads
 
 One account per broker connection: the shipped broker replaces every client
@@ -26,6 +26,17 @@ session ``chairside-gateway`` and its publisher ``chairside-gateway-pub``
 staff``) and ``chairside-flash`` (login ``flash``, what ``chairside flash``
 watches the broker with).  A box's account ``box-<site>-<chair>`` is its
 client id; ``chairside serial-bridge`` uses the box's config.json.
+
+Drills (``chairside drill``): ``chairside-drill`` watches the drill and sends
+its commands, ``chairside-drill-box`` (login ``box``) is the simulated drill
+box.  Both may touch only *drill chairs*: ``drill-<chair>`` of every
+provisioned box (Mosquitto's ACL wildcards match whole topic levels, so a
+``drill-+`` rule cannot be written: the ACL lists each drill chair and is
+regenerated whenever a box is provisioned or revoked).  The drill box
+publishes only as a drill chair, never as a real one; the watcher reads the
+drill chairs' topics and the site's ``pages``, and writes only a drill
+chair's ``cmd``, ``alarms/ack`` and ``drill/end``.  One drill at a time (one
+account per connection).
 
 Password file format: Mosquitto 2.0's ``$7$`` entries, PBKDF2-HMAC-SHA512,
 ``user:$7$<iterations>$<base64 salt>$<base64 hash>``, written directly with
@@ -58,12 +69,14 @@ SERVICES: dict[str, str] = {
     "gateway": "chairside-gateway",
     "pager": "chairside-pager",
     "staff": "chairside-staff",
+    "drill": "chairside-drill",
 }
 # more connections of a service, each with its own account: login -> user
 SERVICE_LOGINS: dict[str, dict[str, str]] = {
     "gateway": {"publisher": "chairside-gateway-pub"},
     "pager": {},
     "staff": {"flash": "chairside-flash"},
+    "drill": {"box": "chairside-drill-box"},
 }
 SHIPPED_CONF = REPO / "deploy" / "mosquitto" / "chairside.conf"
 SHIPPED_DIR = "/etc/mosquitto/chairside/"
@@ -88,6 +101,13 @@ def check_id(kind: str, value: str) -> str:
     return value
 
 
+def _check_host(flag: str, value: str) -> str:
+    """A host name or IP address (or "" for none) as the box's config accepts it (0..253 characters)."""
+    if len(value) > 253 or not re.fullmatch(r"[A-Za-z0-9.:_-]*", value):
+        raise ProvisionError(f"{flag} {value!r}: expected a host name or IP address (at most 253 characters)")
+    return value
+
+
 def new_password() -> str:
     return secrets.token_urlsafe(32)
 
@@ -107,6 +127,17 @@ def _topic(name: str, site: str = "+", chair: str = "+") -> str:
 
 
 BOX_READS: Final[tuple[str, ...]] = ("cmd", "stored")
+# what the drill's watcher sends to a drill chair (docs/contract.md)
+DRILL_WRITES: Final[tuple[str, ...]] = ("cmd", "alarm_ack", "drill_end")
+
+
+def drill_chairs(accounts: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(site, drill chair) for every provisioned box whose ``drill-<chair>`` is a valid id."""
+    from chairside.alarms.engine import DRILL_PREFIX
+
+    ids = re.compile(str(contract.load()["id_pattern"]))
+    chairs = {(str(b["site"]), DRILL_PREFIX + str(b["chair"])) for b in accounts.get("boxes", {}).values()}
+    return sorted(c for c in chairs if ids.fullmatch(c[1]) and not c[1].startswith(DRILL_PREFIX * 2))
 
 
 def acl_text(accounts: Mapping[str, Any]) -> str:
@@ -139,6 +170,8 @@ def acl_text(accounts: Mapping[str, Any]) -> str:
         flash = _login(services["staff"], "flash")
         if flash is not None:  # waits for a flashed box's birth message
             lines += [f"user {flash}", f"topic read {_topic('status')}", ""]
+    if "drill" in services:
+        lines += _drill_acl(services["drill"], accounts, topics)
     boxes: Mapping[str, Any] = accounts.get("boxes", {})
     for key in sorted(boxes):
         box = boxes[key]
@@ -150,6 +183,27 @@ def acl_text(accounts: Mapping[str, Any]) -> str:
         # its stored watermark (end-to-end delivery, docs/contract.md)
         lines += [f"topic read {_topic(n, site, chair)}" for n in BOX_READS] + [""]
     return "\n".join(lines) + "\n"
+
+
+def _drill_acl(service: Mapping[str, Any], accounts: Mapping[str, Any],
+               topics: Mapping[str, Any]) -> list[str]:
+    """ACL lines of the drill accounts: drill chairs only (see the module docstring)."""
+    chairs = drill_chairs(accounts)
+    lines = [f"user {service['user']}"]
+    lines += [f"topic read {_topic('pages', site)}" for site in sorted({s for s, _ in chairs})]
+    for site, chair in chairs:
+        lines.append(f"topic read {contract.topic_root()}/{site}/{chair}/#")
+        lines += [f"topic write {_topic(n, site, chair)}" for n in DRILL_WRITES]
+    lines.append("")
+    box = _login(service, "box")
+    if box is not None:  # the simulated drill box: a box's rights, on drill chairs only
+        lines.append(f"user {box}")
+        for site, chair in chairs:
+            lines += [f"topic write {_topic(n, site, chair)}" for n in sorted(topics)
+                      if topics[n]["from"] == "box"]
+            lines += [f"topic read {_topic(n, site, chair)}" for n in BOX_READS]
+        lines.append("")
+    return lines
 
 
 def _login(service: Mapping[str, Any], login: str) -> str | None:
@@ -225,9 +279,14 @@ class State:
     # -- boxes --
     def provision_box(self, site: str, chair: str, *, mqtt_host: str | None = None,
                       mqtt_port: int | None = None, tls: bool | None = None,
-                      wifi_ssid: str | None = None, wifi_key: str | None = None
-                      ) -> tuple[Path, bool]:
-        """Create or rotate a box; returns (config.json path, rotated?)."""
+                      wifi_ssid: str | None = None, wifi_key: str | None = None,
+                      ntp_host: str | None = None) -> tuple[Path, bool]:
+        """Create or rotate a box; returns (config.json path, rotated?).
+
+        ``ntp_host``: the NTP server the box asks (``""`` = no NTP: the
+        gateway's ``time`` command sets the clock); None keeps the box's
+        previous setting, or leaves the key out so the firmware's default
+        (``pool.ntp.org``, csfw/config.py) applies."""
         check_id("site", site)
         check_id("chair", chair)
         path = self.box_config_path(site, chair)
@@ -253,9 +312,11 @@ class State:
                      "key": wifi_key if wifi_key is not None else old_wifi.get("key", "")},
             "mqtt": mqtt,
         }
-        for key in ("pins", "nibp_interval_s", "hist_ram_records", "spool_kb"):
+        for key in ("pins", "nibp_interval_s", "hist_ram_records", "spool_kb", "ntp_host"):
             if key in old:
                 config[key] = old[key]
+        if ntp_host is not None:
+            config["ntp_host"] = _check_host("--ntp-host", ntp_host)
         rotated = f"{site}/{chair}" in self.accounts["boxes"]
         self.accounts["boxes"][f"{site}/{chair}"] = {
             "site": site, "chair": chair, "user": user, "hash": hash_password(password),
@@ -386,6 +447,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tls.add_argument("--no-tls", dest="tls", action="store_false",
                      help="plain MQTT (loopback demo only)")
     parser.add_argument("--wifi-ssid", help="clinic Wi-Fi network for the box")
+    parser.add_argument("--ntp-host",
+                        help="NTP server the box asks for the time (an IP address avoids a DNS lookup; "
+                        "\"\" turns NTP off); remembered; default: the firmware's pool.ntp.org")
     parser.add_argument("--wifi-key-file", type=Path,
                         help="file holding the Wi-Fi key (or set CHAIRSIDE_WIFI_KEY)")
 
@@ -416,7 +480,7 @@ def run(args: argparse.Namespace) -> int:
                     wifi_key = os.environ["CHAIRSIDE_WIFI_KEY"]
                 path, rotated = state.provision_box(
                     args.site, chair, mqtt_host=args.mqtt_host, mqtt_port=args.mqtt_port,
-                    tls=args.tls, wifi_ssid=args.wifi_ssid, wifi_key=wifi_key)
+                    tls=args.tls, wifi_ssid=args.wifi_ssid, wifi_key=wifi_key, ntp_host=args.ntp_host)
                 print(f"{'rotated credentials of' if rotated else 'provisioned'} box "
                       f"{args.site}/{chair}; config in {path}")
                 if rotated:

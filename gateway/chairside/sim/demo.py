@@ -6,6 +6,16 @@ the MQTT pages topic), and four simulated chairs running the real
 firmware (normal, desaturating, BP spike, probe off), then shows live
 readings and alarm events until Ctrl-C (or ``--duration``), and stops
 everything it started.
+
+First impressions: the demo's patients are scripted (:data:`DEMO_SCRIPTS`) so
+that within the first 30 s at normal speed a desaturation alarm, a BP alarm
+and their pages appear: the desaturating chair falls to SpO2 80 % by ~14 s
+(its first cuff waits for the automatic interval, because a cuff on the arm
+holds SpO2 alarms), the BP chair's first cuff (started at once; the demo's
+NIBP modules measure in :data:`DEMO_CUFF_MS`, a real one in 25-40 s) reads
+226/124.  The screen keeps the broker's and InfluxDB's ports and an example
+``chairside staff`` command on top, and fits 80 columns; times are seconds
+of simulated time since the chairs started.
 """
 
 from __future__ import annotations
@@ -20,9 +30,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -35,6 +46,24 @@ from chairside.sim.services import InfluxDB, Mosquitto, free_port
 from chairside.sim.simulator import Fleet, make_box, parse_chairs
 
 log = logging.getLogger("chairside.sim.demo")
+
+WIDTH: Final = 80
+# patient scripts laid over the scenarios (host.patient.Patient.script):
+# (simulated ms, field, value); None hands the field back to the scenario
+DEMO_SCRIPTS: Final[dict[str, list[tuple[int, str, Any]]]] = {
+    "desat": [(5_000, "spo2", 93), (8_000, "spo2", 89), (11_000, "spo2", 84), (14_000, "spo2", 80),
+              (45_000, "spo2", 86), (55_000, "spo2", 92), (70_000, "spo2", None)],
+    "bp_spike": [(0, "bp", (226, 124)), (150_000, "bp", None)],
+}
+# scenarios whose first cuff waits for the automatic interval (cuff_hold)
+NO_FIRST_CUFF: Final = frozenset({"desat"})
+DEMO_CUFF_MS: Final = (6_000, 14_000)
+"""(inflate, measure) of the demo's simulated NIBP modules: a reading 20 s after the start"""
+
+
+def fit(line: str, width: int = WIDTH) -> str:
+    """``line`` cut to ``width`` columns, ending in "…" when cut."""
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 @dataclass
@@ -50,10 +79,15 @@ class ChairView:
 
 
 class LiveView:
-    """Subscribes to one site's topics and renders a per-chair table."""
+    """Subscribes to one site's topics and renders a per-chair table.
 
-    def __init__(self, port: int, site: str) -> None:
+    ``elapsed()`` stamps events and pages (seconds since the chairs started)."""
+
+    def __init__(self, port: int, site: str, elapsed: Callable[[], float] = lambda: 0.0,
+                 header: list[str] | None = None) -> None:
         self.site = site
+        self.elapsed = elapsed
+        self.header = header or []
         self.chairs: dict[str, ChairView] = {}
         self.events: list[str] = []
         self._lock = threading.Lock()
@@ -90,7 +124,7 @@ class LiveView:
             elif kind == "alarms/active":
                 view.alarms = [f"{a['alarm']}({a['priority'][0].upper()})" for a in data.get("active", [])]
             elif kind == "alarms":
-                stamp = time.strftime("%H:%M:%S")
+                stamp = f"{self.elapsed():4.0f}s"
                 self.events.append(f"{stamp} chair {chair}: [{data.get('event')}] {data.get('text')}")
                 self.events = self.events[-8:]
 
@@ -102,30 +136,45 @@ class LiveView:
         if page.get("type") != "page":
             return
         with self._lock:
-            stamp = time.strftime("%H:%M:%S")
+            stamp = f"{self.elapsed():4.0f}s"
             self.pages.append(f"{stamp} PAGE to {page.get('to')}: {page.get('text')}")
             self.pages = self.pages[-5:]
 
     def render(self, stored: int) -> str:
         now = time.monotonic()
         lines = [f"Chairside demo — site {self.site} — readings stored in InfluxDB: {stored}",
-                 "(adjunct monitoring demo with simulated patients; Ctrl-C stops everything)", "",
-                 f"{'chair':<6}{'box':<9}{'SpO2':>6}{'pulse':>7}  {'sensor':<11}{'last BP':<16}alarms"]
+                 "(adjunct monitoring demo with simulated patients; Ctrl-C stops everything)",
+                 *self.header, "",
+                 f"{'chair':<7}{'box':<8}{'SpO2':>5}{'pulse':>6}  {'sensor':<10}{'last BP':<18}alarms"]
         with self._lock:
             for chair in sorted(self.chairs, key=lambda c: (len(c), c)):
                 v = self.chairs[chair]
                 stale = v.last_seen is None or now - v.last_seen > 5
                 spo2 = "STALE" if stale else ("--" if v.spo2 is None else str(v.spo2))
                 pr = "STALE" if stale else ("--" if v.pr is None else str(v.pr))
-                bp = v.bp if v.bp_at is None else f"{v.bp} ({int(now - v.bp_at)}s ago)"
-                lines.append(f"{chair:<6}{v.state:<9}{spo2:>6}{pr:>7}  {v.st:<11}{bp:<16}{' '.join(v.alarms)}")
-            lines += ["", "recent alarm events:"] + (self.events or ["  (none yet)"])
+                age = "" if v.bp_at is None else f" {int(now - v.bp_at)}s ago"
+                bp = v.bp[: max(0, 17 - len(age))] + age
+                row = f"{chair[:6]:<7}{v.state[:7]:<8}{spo2:>5}{pr:>6}  {v.st[:9]:<10}{bp[:17]:<18}"
+                lines.append(row + _alarm_cell(v.alarms, WIDTH - len(row)))
+            lines += ["", "recent alarm events (s since start):"] + (self.events or ["  (none yet)"])
             lines += ["", "pages to on-call staff (MQTT pages topic):"] + (self.pages or ["  (none yet)"])
-        return "\n".join(lines)
+        return "\n".join(fit(line.rstrip()) for line in lines)
 
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def _alarm_cell(alarms: list[str], width: int) -> str:
+    """As many alarms as fit in ``width``, then "+N" for the rest."""
+    shown: list[str] = []
+    for i, alarm in enumerate(alarms):
+        rest = len(alarms) - i - 1
+        candidate = " ".join([*shown, alarm]) + (f" +{rest}" if rest else "")
+        if len(candidate) > width:
+            return " ".join([*shown, f"+{len(alarms) - i}"]) if shown else fit(alarm, width)
+        shown.append(alarm)
+    return " ".join(shown)
 
 
 DEMO_POLICY: dict[str, Any] = {
@@ -207,7 +256,8 @@ def run(args: argparse.Namespace) -> int:
         influx = InfluxDB(workdir=workdir / "influxd")
         influx.start()
         started.append(influx)
-        print(f"Mosquitto on 127.0.0.1:{broker.port}, InfluxDB on {influx.url} (data in {workdir})")
+        ports = f"Mosquitto 127.0.0.1:{broker.port}   InfluxDB {influx.url}"
+        print(f"{ports} (data in {workdir})", flush=True)
         gateway = Gateway(
             GatewayConfig(mqtt_port=broker.port, influx_url=influx.url, state_dir=workdir / "gateway"),
             default_alarm_stage(),
@@ -215,17 +265,25 @@ def run(args: argparse.Namespace) -> int:
         gateway.start()
         started.append(gateway)
         started.append(_start_pager(broker, workdir))
-        view = LiveView(broker.port, args.site)
-        started.append(view)
+        chairs = parse_chairs(args.chairs)
         boxes = [
             make_box(args.site, chair, scenario, "127.0.0.1", broker.port, seed=i,
                      nibp_interval_s=args.nibp_interval, epoch_at_boot_ms=int(time.time() * 1000),
                      fs_dir=str(workdir / f"box-{chair}"))
-            for i, (chair, scenario) in enumerate(parse_chairs(args.chairs))
+            for i, (chair, scenario) in enumerate(chairs)
         ]
-        for box in boxes:  # a first blood pressure right away, then every --nibp-interval
-            box.app.nibp.start(box.clock.now_ms())
+        for box, (_, scenario) in zip(boxes, chairs, strict=True):
+            box.patient.script(DEMO_SCRIPTS.get(scenario, []))
+            box.nibp_sim.inflate_ms, box.nibp_sim.measure_ms = DEMO_CUFF_MS
+            if scenario not in NO_FIRST_CUFF:  # a first blood pressure right away, then every --nibp-interval
+                box.app.nibp.start(box.clock.now_ms())
         fleet = Fleet(boxes, speed=args.speed)
+        example = next((c for c, s in chairs if s == "desat"), chairs[0][0])
+        header = [fit(f"{ports}   data: {workdir}"),
+                  f"try: chairside staff ack --site {args.site} --mqtt-port {broker.port} \\",
+                  f"       --chair {example} --alarm spo2_critical --by YOUR-NAME"]
+        view = LiveView(broker.port, args.site, elapsed=lambda: fleet.sim_ms / 1000, header=header)
+        started.append(view)
         fleet.start()
         started.append(fleet)
         interactive = sys.stdout.isatty()

@@ -12,14 +12,17 @@
   chair's infusion session (``chairside report`` and ``chairside export``
   build its record; standby also ends it).
 
-All publish the contract's staff messages (``alarm_ack``, ``limits_set``) and
-wait, with a deadline, for the gateway's answer on MQTT.
+All publish the contract's staff messages (``alarm_ack``, ``limits_set``,
+``chair_session``) and wait, with a deadline, for the gateway's answer on MQTT.
+``--site`` is required unless ``CHAIRSIDE_SITE`` is set: a command meant for a
+clinic never goes to the demo's site by default.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import threading
 import uuid
 from typing import Any
@@ -31,6 +34,7 @@ from chairside import mqtt_auth
 from chairside.contract import topic
 
 ANSWER_TIMEOUT_S = 10.0
+SITE_ENV = "CHAIRSIDE_SITE"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(name, help=help_text)
         if name == "session":
             p.add_argument("what", choices=("start", "end"))
-        p.add_argument("--site", default="demo-clinic")
+        p.add_argument("--site", default=os.environ.get(SITE_ENV), required=not os.environ.get(SITE_ENV),
+                       help=f"site id (required unless {SITE_ENV} is set; the demo's is demo-clinic)")
         p.add_argument("--chair", required=True)
         p.add_argument("--by", required=True, help="your name, as it should appear in the record")
         p.add_argument("--mqtt-host", default="127.0.0.1")

@@ -35,8 +35,19 @@ afib-rvr   afib_rvr_suspected     irregular 130-170 bpm after the lead-in
 offline    box_offline            link cut after the lead-in (last will)
 ========== ====================== ============================================
 
+On the clinic's broker the drill logs in with the drill account
+(``--mqtt-credentials services/drill.json`` from ``chairside provision
+--service drill``; ``--mqtt-ca`` for TLS): its main login watches, its
+``box`` login is the drill box, and the ACL lets both touch only drill chairs
+(``drill-<chair>`` of every provisioned box).  While it waits, the drill
+prints what it is waiting for (every ``PROGRESS_EVERY_S`` seconds).
+
+``--site`` is required (or ``CHAIRSIDE_SITE`` in the environment): a drill
+never falls back to the demo's site on a real install.
+
 Exit code: 0 acknowledged, 1 drill finished without an acknowledgement (or
-no alarm/page), 2 bad arguments or the broker/database unreachable.
+no alarm/page), 2 bad arguments, the broker refused the drill's logins, or
+the broker/database unreachable.
 """
 
 from __future__ import annotations
@@ -44,15 +55,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
-from chairside import contract
+from chairside import contract, mqtt_auth
 from chairside.alarms.engine import DRILL_PREFIX
-from chairside.sim.simulator import make_box
+from chairside.sim.simulator import box_refused, make_box
 from chairside.store.influx import InfluxError, InfluxWriter
 
 from .drill_watch import BoxRunner, Clock, Payload, Seen, SystemClock, Watch
@@ -67,6 +80,9 @@ _MS: Any = importlib.import_module("influxdb_client.domain.write_precision").Wri
 RAISE_EVENTS: Final = ("raised", "escalated", "renotify")
 ACK_ACTIONS: Final = ("acknowledge", "forward_ack")
 END_ACK_BY: Final = "drill-end"
+PROGRESS_EVERY_S: Final = 15.0
+DRILL_BOX_LOGIN: Final = "box"
+SITE_ENV: Final = "CHAIRSIDE_SITE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +164,11 @@ class DrillConfig:
     lead_s: float = 5.0
     """normal readings before the emergency (the gateway sees the chair online)"""
     connect_timeout_s: float = 15.0
+    mqtt_credentials: Path | None = None
+    """the drill account's file (``chairside provision --service drill``): main
+    login for the watcher, login ``box`` for the drill box"""
+    mqtt_ca: Path | None = None
+    """the clinic CA: both connections use TLS"""
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -168,6 +189,18 @@ class DrillConfig:
     @property
     def drill_chair(self) -> str:
         return DRILL_PREFIX + self.chair
+
+    def box_login(self) -> tuple[str | None, str | None]:
+        """(user, password) of the drill box, or (None, None) without credentials;
+        raises :class:`chairside.mqtt_auth.CredentialsError` (a ValueError)."""
+        if self.mqtt_credentials is None:
+            return None, None
+        try:
+            return mqtt_auth.read_credentials(self.mqtt_credentials, DRILL_BOX_LOGIN)
+        except mqtt_auth.CredentialsError as exc:
+            raise mqtt_auth.CredentialsError(
+                f"{exc} (a drill needs the drill account: `chairside provision --service drill`, "
+                "then reload the broker)") from exc
 
     @property
     def key(self) -> str:
@@ -232,13 +265,39 @@ class DrillResult:
 
 
 class Drill:
-    """One drill run; ``run()`` returns the result (nothing stored yet)."""
+    """One drill run; ``run()`` returns the result (nothing stored yet).
 
-    def __init__(self, config: DrillConfig, clock: Clock | None = None) -> None:
+    ``progress(line)`` is told what the drill is waiting for, and again every
+    ``PROGRESS_EVERY_S`` seconds of a wait (the command prints it)."""
+
+    def __init__(self, config: DrillConfig, clock: Clock | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.scenario = SCENARIOS[config.scenario]
+        self.box_user, self.box_password = config.box_login()
         self.watch = Watch(config, self.clock)
+        self.progress = progress or (lambda line: None)
+
+    def _wait(self, predicate: Callable[[Seen], bool], timeout_s: float, what: str,
+              give_up: Callable[[], bool] = lambda: False) -> Seen | None:
+        """watch.wait_for with progress lines; ``give_up()`` ends the wait early."""
+        self.progress(f"waiting for {what} (up to {timeout_s:g} s)")
+        start = time.monotonic()
+        next_note = start + PROGRESS_EVERY_S
+        while True:
+            left = start + timeout_s - time.monotonic()
+            if left <= 0:
+                return None
+            seen = self.watch.wait_for(predicate, min(left, 0.5))
+            if seen is not None:
+                self.progress(f"  seen after {time.monotonic() - start:.1f} s")
+                return seen
+            if give_up():
+                return None
+            if time.monotonic() >= next_note:
+                next_note += PROGRESS_EVERY_S
+                self.progress(f"  still waiting for {what}: {time.monotonic() - start:.0f} s of {timeout_s:g} s")
 
     def _topic(self, kind: str) -> str:
         return contract.topic(kind, self.config.site, self.config.drill_chair)
@@ -246,14 +305,18 @@ class Drill:
     def run(self) -> DrillResult:
         cfg, sc = self.config, self.scenario
         result = DrillResult(cfg.site, cfg.chair, cfg.scenario, sc.alarm, started_ms=self.clock.now_ms())
+        self.progress(f"connecting to the broker at {cfg.mqtt_host}:{cfg.mqtt_port}")
         if not self.watch.start():
             self.watch.stop()
-            raise ConnectionError(f"broker {cfg.mqtt_host}:{cfg.mqtt_port}: not reachable/subscribed")
+            why = self.watch.refused or f"not reachable/subscribed within {cfg.connect_timeout_s:g} s"
+            raise ConnectionError(f"broker {cfg.mqtt_host}:{cfg.mqtt_port}: {why}")
         lead_ms = int(cfg.lead_s * 1000)
         box = make_box(
             cfg.site, cfg.drill_chair, sc.patient, cfg.mqtt_host, cfg.mqtt_port,
             epoch_at_boot_ms=self.clock.now_ms(), synced=True, nibp_interval_s=0,
             fs_dir=tempfile.mkdtemp(prefix=f"chairside-drill-{cfg.chair}-"),
+            mqtt_user=self.box_user, mqtt_password=self.box_password,
+            mqtt_ca=None if cfg.mqtt_ca is None else str(cfg.mqtt_ca),
         )  # fmt: skip
         box.patient.script(sc.script(lead_ms))
         runner = BoxRunner(box, cfg.speed)
@@ -269,15 +332,21 @@ class Drill:
     def _run(self, result: DrillResult, runner: BoxRunner, lead_ms: int) -> bool:
         """The drill proper; returns whether the box should disconnect gracefully."""
         cfg, sc = self.config, self.scenario
-        w = self.watch
         status_topic, alarms_topic = self._topic("status"), self._topic("alarms")
-        online = w.wait_for(
-            lambda s: s.topic == status_topic and s.payload.get("state") == "online", cfg.connect_timeout_s
+        online = self._wait(
+            lambda s: s.topic == status_topic and s.payload.get("state") == "online", cfg.connect_timeout_s,
+            f"drill box {cfg.drill_chair} to come online", lambda: box_refused(runner.box) is not None,
         )
         if online is None:
             result.result = "no_box"
-            result.notes.append(f"drill box did not come online within {cfg.connect_timeout_s:g} s")
+            refused = box_refused(runner.box)
+            if refused is not None:
+                result.notes.append(f"drill box {cfg.drill_chair}: {refused} (is the drill account provisioned "
+                                    "for this chair, the broker reloaded, --mqtt-credentials its file?)")
+            else:
+                result.notes.append(f"drill box did not come online within {cfg.connect_timeout_s:g} s")
             return True
+        self.progress(f"drill box online; {cfg.lead_s:g} s of normal readings, then the {sc.name} emergency")
         if sc.nibp_start:
             self._start_nibp(result)
         graceful = True
@@ -287,20 +356,20 @@ class Drill:
             runner.run_in_box_thread(runner.box.power_off)
             graceful = False
         crossing_topic = self._topic(sc.crossing_kind)
-        crossing = w.wait_for(
+        crossing = self._wait(
             lambda s: s.topic == crossing_topic and sc.crossing(s.payload),
-            cfg.lead_s / cfg.speed + sc.max_sim_s / cfg.speed + 5,
+            cfg.lead_s / cfg.speed + sc.max_sim_s / cfg.speed + 5, f"the drill box's {sc.name} reading",
         )
         if crossing is None:
             result.result = "no_crossing"
             result.notes.append("the drill box never sent the crossing reading")
             return graceful
-        alarm = w.wait_for(
+        alarm = self._wait(
             lambda s: s.topic == alarms_topic
             and s.payload.get("alarm") == sc.alarm
             and s.payload.get("event") in RAISE_EVENTS
             and s.rx_ms >= crossing.rx_ms - 1000,
-            cfg.alarm_timeout_s,
+            cfg.alarm_timeout_s, f"the gateway's {sc.alarm} alarm",
         )
         if alarm is None:
             result.result = "no_alarm"
@@ -310,7 +379,8 @@ class Drill:
         result.alarm_text = str(alarm.payload.get("text", ""))
         if alarm.payload.get("drill") != 1:
             result.notes.append("the alarm event is not labelled drill=1 (gateway older than the drill labelling?)")
-        page = w.wait_for(lambda s: self._record(s, ("page",)) and bool(s.payload.get("ok")), cfg.page_timeout_s)
+        page = self._wait(lambda s: self._record(s, ("page",)) and bool(s.payload.get("ok")), cfg.page_timeout_s,
+                          "the pager's first page")
         if page is None:
             result.result = "no_page"
             result.notes.append(f"no page within {cfg.page_timeout_s:g} s: is the pager running, does the "
@@ -320,8 +390,11 @@ class Drill:
         if first_page_t is not None and event_t is not None:
             result.page_ms = max(0, first_page_t - event_t)
         result.paged, result.channel = page.payload.get("to"), page.payload.get("channel")
-        ack = w.wait_for(
-            lambda s: self._record(s, ACK_ACTIONS) and s.payload.get("acked_t") is not None, cfg.ack_timeout_s
+        self.progress(f"paged {result.paged} via {result.channel}: acknowledge the DRILL page as you would "
+                      "a real one")
+        ack = self._wait(
+            lambda s: self._record(s, ACK_ACTIONS) and s.payload.get("acked_t") is not None, cfg.ack_timeout_s,
+            "the acknowledgement",
         )
         if ack is None:
             result.result = "not_acked"
@@ -386,7 +459,8 @@ def store(result: DrillResult, influx_url: str, database: str, timeout_s: float 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chair", required=True, help="the real chair id being rehearsed (box id drill-<chair>)")
     parser.add_argument("--scenario", required=True, choices=sorted(SCENARIOS), help="emergency to rehearse")
-    parser.add_argument("--site", default="demo-clinic", help="site id")
+    parser.add_argument("--site", default=os.environ.get(SITE_ENV), required=not os.environ.get(SITE_ENV),
+                        help=f"site id (required unless {SITE_ENV} is set; the demo's is demo-clinic)")
     parser.add_argument("--mqtt-host", default="127.0.0.1", help="broker host")
     parser.add_argument("--mqtt-port", type=int, default=1883, help="broker port")
     parser.add_argument("--influx-url", default="http://127.0.0.1:8086", help="InfluxDB 1.x URL")
@@ -397,6 +471,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds to wait for the first page after the alarm")
     parser.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
     parser.add_argument("--lead", type=float, default=5.0, help="seconds of normal readings first")
+    mqtt_auth.add_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> DrillConfig:
@@ -405,19 +480,31 @@ def config_from_args(args: argparse.Namespace) -> DrillConfig:
         mqtt_host=args.mqtt_host, mqtt_port=args.mqtt_port, influx_url=args.influx_url,
         database=args.database, ack_timeout_s=args.ack_timeout, page_timeout_s=args.page_timeout,
         speed=args.speed, lead_s=args.lead,
+        mqtt_credentials=getattr(args, "mqtt_credentials", None), mqtt_ca=getattr(args, "mqtt_ca", None),
     )  # fmt: skip
 
 
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
+    if not args.site:
+        log.error("bad arguments: --site is required (or set %s); the demo's site is demo-clinic", SITE_ENV)
+        return 2
     try:
         config = config_from_args(args)
-    except ValueError as exc:
+        drill = Drill(config, progress=_print)
+    except ValueError as exc:  # including mqtt_auth.CredentialsError
         log.error("bad arguments: %s", exc)
+        return 2
+    except OSError as exc:  # the CA file (the credentials file's errors are CredentialsErrors)
+        log.error("bad arguments: --mqtt-ca %s: %s", args.mqtt_ca, exc)
         return 2
     print(f"DRILL {config.scenario} on chair {config.chair}: drill box {config.drill_chair} at site "
           f"{config.site}; acknowledge the DRILL page as you would a real one.", flush=True)
     try:
-        result = Drill(config).run()
+        result = drill.run()
     except ConnectionError as exc:
         log.error("%s", exc)
         return 2

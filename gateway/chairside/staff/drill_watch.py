@@ -13,13 +13,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from chairside import contract
+from chairside import contract, mqtt_auth
 
 log = logging.getLogger("chairside.staff.drill")  # the drill's log, as before this module was split off
 
@@ -61,6 +62,12 @@ class WatchConfig(Protocol):
     @property
     def connect_timeout_s(self) -> float: ...
 
+    @property
+    def mqtt_credentials(self) -> Path | None: ...
+
+    @property
+    def mqtt_ca(self) -> Path | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Seen:
@@ -70,7 +77,13 @@ class Seen:
 
 
 class Watch:
-    """The drill's own MQTT client: sends commands, records what it sees."""
+    """The drill's own MQTT client: sends commands, records what it sees.
+
+    On the shipped broker it logs in with the drill account's main login
+    (``config.mqtt_credentials``, from ``chairside provision --service
+    drill``; the client id is then the account name) and, with
+    ``config.mqtt_ca``, over TLS.  :attr:`refused` says why the broker would
+    not have it (CONNACK refused, a subscription denied by the ACL)."""
 
     def __init__(self, config: WatchConfig, clock: Clock) -> None:
         self.config = config
@@ -78,23 +91,35 @@ class Watch:
         self.inbox: queue.Queue[Seen] = queue.Queue(maxsize=100_000)
         self.seen: list[Seen] = []
         self._subscribed = threading.Event()
+        self.refused: str | None = None
         root = contract.topic_root()
         self.box_sub = f"{root}/{config.site}/{config.drill_chair}/#"
         self.pages_topic = f"{root}/{config.site}/pages"
+        default_id = f"chairside-drill-{config.site}-{config.chair}-{time.monotonic_ns() % 10**9}"
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"chairside-drill-{config.site}-{config.chair}-{time.monotonic_ns() % 10**9}",
+            client_id=mqtt_auth.client_id(config.mqtt_credentials, default_id),
             clean_session=True,
         )
+        mqtt_auth.apply(self.client, config.mqtt_credentials, config.mqtt_ca)
         self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         if rc.is_failure:
             log.error("broker refused the drill client: %s", rc)
+            self.refused = f"the broker refused the drill's login ({rc})"
+            self._subscribed.set()
             return
         client.subscribe([(self.box_sub, 1), (self.pages_topic, 1)])
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: list[ReasonCode],
+                      props: Any) -> None:
+        if any(code.is_failure for code in codes):
+            self.refused = (f"the broker refused the drill's subscriptions ({self.box_sub}, "
+                            f"{self.pages_topic}): not in the drill account's ACL")
+        self._subscribed.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         rx_ms = self.clock.now_ms()
@@ -111,9 +136,11 @@ class Watch:
                 log.error("drill inbox full: dropped a message on %s", msg.topic)
 
     def start(self) -> bool:
+        """Connect and subscribe; False when that failed within the connect
+        timeout (:attr:`refused` then says why, if the broker said)."""
         self.client.connect_async(self.config.mqtt_host, self.config.mqtt_port, keepalive=30)
         self.client.loop_start()
-        return self._subscribed.wait(self.config.connect_timeout_s)
+        return self._subscribed.wait(self.config.connect_timeout_s) and self.refused is None
 
     def publish(self, topic: str, payload: Payload, timeout_s: float = 5.0) -> bool:
         info = self.client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=1)

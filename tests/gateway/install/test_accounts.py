@@ -102,3 +102,31 @@ def test_gateway_logs_in_each_connection_with_its_own_account(state: State, tmp_
             gw.use_broker_login(old, None)
     finally:
         gw.ingest.stop(0.1)  # never started: closes its wake-up socket pair
+
+
+def test_ntp_host_is_written_remembered_and_accepted_by_the_firmware(tmp_path: Path) -> None:
+    """The box's NTP server comes from provisioning (a clinic network may block
+    pool.ntp.org); the firmware's own config parser reads what it writes."""
+    from csfw import config as box_config
+
+    s = State(tmp_path / "s")
+    path, _ = s.provision_box("clinic1", "3", mqtt_host="10.0.0.2")
+    assert "ntp_host" not in json.loads(path.read_text())
+    assert box_config.parse(path.read_bytes())["ntp_host"] == "pool.ntp.org"  # firmware default kept
+
+    s.provision_box("clinic1", "3", ntp_host="10.0.0.1")
+    assert box_config.parse(path.read_bytes())["ntp_host"] == "10.0.0.1"
+    s.provision_box("clinic1", "3")  # rotation keeps it
+    assert json.loads(path.read_text())["ntp_host"] == "10.0.0.1"
+    s.provision_box("clinic1", "3", ntp_host="")  # NTP off: the gateway's time command sets the clock
+    assert box_config.parse(path.read_bytes())["ntp_host"] == ""
+    with pytest.raises(provision.ProvisionError, match="--ntp-host"):
+        s.provision_box("clinic1", "3", ntp_host="ntp server; rm")
+
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    provision.add_arguments(parser)
+    assert provision.run(parser.parse_args(["--state-dir", str(tmp_path / "s"), "--site", "clinic1",
+                                            "--chair", "3", "--ntp-host", "ntp.clinic1.lan"])) == 0
+    assert json.loads(path.read_text())["ntp_host"] == "ntp.clinic1.lan"

@@ -109,7 +109,7 @@ class Clinic:
         self.pki_dir = root / "pki"
         pki.init_ca(self.pki_dir)
         pki.issue_server(self.pki_dir, ["localhost", "127.0.0.1"])
-        for name in ("gateway", "pager", "staff"):
+        for name in ("gateway", "pager", "staff", "drill"):
             self.state.provision_service(name)
         for chair in ("3", "4"):
             self.state.provision_box(SITE, chair, mqtt_host="127.0.0.1")
@@ -228,6 +228,57 @@ def test_pager_reads_alarms_and_writes_pages_only(clinic: Clinic) -> None:
     pager.publish(t("alarms"))                    # denied: only the engine speaks for a chair
     pager.publish(tech)
     assert gateway.received(tech) == [tech]
+
+
+def test_drill_accounts_touch_drill_chairs_only(clinic: Clinic) -> None:
+    """The drill box publishes as drill-3 (a provisioned chair's drill chair),
+    never as chair 3 nor as a drill chair of no provisioned box; the drill's
+    watcher reads drill-3 and the site's pages, not chair 3, and writes only
+    drill-3's cmd, alarms/ack and drill/end."""
+    gateway = clinic.conn("gateway")
+    gateway.subscribe("chairside/v1/#")
+    box = clinic.conn("drill.box")
+    for name in ("vitals", "nibp", "status", "resp"):
+        box.publish(t(name, "3"))                 # denied: a real chair
+    box.publish(t("vitals", "drill-9"))           # denied: no box 9, no drill chair 9
+    box.publish(t("alarms", "drill-3"))           # denied: gateway output
+    box.publish(t("vitals", "drill-3"))           # allowed: marks the end
+    assert gateway.received(t("vitals", "drill-3")) == [t("vitals", "drill-3")]
+
+    watch = clinic.conn("drill")
+    watch.subscribe(f"chairside/v1/{SITE}/drill-3/#")
+    watch.subscribe(provision._topic("pages", SITE))
+    watch.subscribe(f"chairside/v1/{SITE}/3/#")   # accepted or not, never delivered
+    publisher = clinic.conn("gateway.publisher")
+    publisher.publish(t("vitals", "3"))
+    publisher.publish(t("alarms", "3"))
+    publisher.publish(provision._topic("pages", SITE))
+    publisher.publish(t("alarms", "drill-3"))
+    assert watch.received(t("alarms", "drill-3")) == [provision._topic("pages", SITE), t("alarms", "drill-3")]
+    for name in ("cmd", "alarm_ack", "drill_end", "limits_set"):
+        watch.publish(t(name, "3"))               # denied: a real chair
+    watch.publish(t("limits_set", "drill-3"))     # denied: not a drill's message
+    for name in ("cmd", "alarm_ack", "drill_end"):
+        watch.publish(t(name, "drill-3"))
+    seen = gateway.received(t("drill_end", "drill-3"), timeout=5)
+    assert seen[-3:] == [t("cmd", "drill-3"), t("alarm_ack", "drill-3"), t("drill_end", "drill-3")]
+    denied = [t(name, "3") for name in ("cmd", "alarm_ack", "drill_end", "limits_set")]
+    assert not set(seen) & {*denied, t("limits_set", "drill-3")}, seen
+
+
+def test_drill_chairs_follow_the_provisioned_boxes(tmp_path: Path) -> None:
+    state = State(tmp_path / "s")
+    state.provision_service("drill")
+    state.provision_box(SITE, "3", mqtt_host="h")
+    state.provision_box("clinic2", "7", mqtt_host="h")
+    acl = (state.broker_dir / "acl").read_text()
+    assert f"topic write chairside/v1/{SITE}/drill-3/vitals" in acl
+    assert "topic write chairside/v1/clinic2/drill-7/vitals" in acl
+    assert f"topic read chairside/v1/{SITE}/pages" in acl
+    state.revoke_box("clinic2", "7")
+    acl = (state.broker_dir / "acl").read_text()
+    assert "drill-7" not in acl and "clinic2" not in acl
+    assert provision.drill_chairs(state.accounts) == [(SITE, "drill-3")]
 
 
 def test_revoked_and_rotated_boxes_cannot_connect(clinic: Clinic) -> None:
