@@ -29,6 +29,9 @@ class GatewayConfig:
     keepalive_s: int = 30
     influx_url: str = "http://127.0.0.1:8086"
     database: str = "chairside"
+    influx_credentials: Path | None = None
+    """JSON file {"user", "password"} of an InfluxDB user with WRITE on ``database``
+    (InfluxDB with auth-enabled); None: no login"""
     influx_timeout_s: float = 2.0
     state_dir: Path | None = None
     store_max_lines: int = 200_000

@@ -13,6 +13,7 @@ from chairside import contract, mqtt_auth
 from chairside.config import GatewayConfig
 from chairside.model import AlarmStage
 from chairside.service import Gateway, default_alarm_stage
+from chairside.store import influx
 
 log = logging.getLogger("chairside.service")
 
@@ -23,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--client-id", default="chairside-gateway", help="stable MQTT client id")
     parser.add_argument("--influx-url", default="http://127.0.0.1:8086", help="InfluxDB 1.x URL")
     parser.add_argument("--database", default=contract.influx_database(), help="database")
+    parser.add_argument(
+        "--influx-credentials", type=Path, default=None,
+        help="JSON file {user, password} of an InfluxDB user with WRITE on the database "
+        "(written by `chairside install`; never put the password on the command line)",
+    )
     parser.add_argument(
         "--state-dir", type=Path, default=None,
         help="folder for frozen boot times, the disk spool and dead letters (must persist)",
@@ -55,6 +61,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         client_id=args.client_id,
         influx_url=args.influx_url,
         database=args.database,
+        influx_credentials=getattr(args, "influx_credentials", None),
         state_dir=args.state_dir,
         metrics_port=args.metrics_port,
         spool_max_bytes=int(args.spool_max_mb * 1024 * 1024),
@@ -87,7 +94,11 @@ def run(args: argparse.Namespace, alarm_stage: AlarmStage | None = None) -> int:
             signal.signal(sig, on_signal)
         except ValueError:  # not the main thread
             log.debug("cannot install handler for signal %d", sig)
-    gateway = Gateway(config, alarm_stage)
+    try:
+        gateway = Gateway(config, alarm_stage)
+    except influx.CredentialsError as exc:
+        log.error("%s", exc)
+        return 2
     try:
         gateway.use_broker_login(getattr(args, "mqtt_credentials", None), getattr(args, "mqtt_ca", None))
     except mqtt_auth.CredentialsError as exc:

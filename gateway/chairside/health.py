@@ -80,8 +80,9 @@ def gateway_health(
     mqtt_connected = metrics.get("mqtt_connected") == 1
     influx_reachable = writer.influx_ok is not False
     stalled = writer.stalled()
-    healthy = (mqtt_connected and publisher and influx_reachable and not writer.spool_full
-               and not stalled)
+    refused = writer.influx_refused
+    healthy = (mqtt_connected and publisher and influx_reachable and refused is None
+               and not writer.spool_full and not stalled)
     age = None if writer.last_write is None else round(time.monotonic() - writer.last_write, 3)
     details: dict[str, Any] = {
         "status": "ok" if healthy else "degraded",
@@ -89,6 +90,7 @@ def gateway_health(
         "mqtt_subscribed": subscribed,
         "mqtt_publisher_connected": publisher,
         "influx_reachable": influx_reachable,
+        "influx_write_refused": refused,
         "writer_stalled": stalled,
         "spool_depth": spool.pending_points,
         "spool_bytes": spool.total_bytes,
@@ -123,6 +125,8 @@ def describe_gateway_metrics(m: Metrics) -> None:
     m.describe("spool_errors", "counter", "failed spool appends (disk errors)")
     m.describe("deadletters", "counter", "points InfluxDB rejected as malformed (dead-lettered)")
     m.describe("influx_reachable", "gauge", "1 while InfluxDB answers")
+    m.describe("influx_write_refused", "gauge",
+               "1 while InfluxDB refuses the gateway's writes (401/403: credentials or grant; points spooled)")
     m.describe("alarm_state_skipped", "counter", "entries of the saved alarm state that could not be restored")
     m.describe("watermarks_published", "counter", "stored watermarks published to boxes")
     m.describe("watermark_gaps", "counter", "kept readings declared lost: never arrived within the gap timeout")

@@ -56,6 +56,7 @@ from chairside.staff.controls import StaffControls
 from chairside.store.confirm import WATERMARKS_FILE, Ack, Confirmations, Receipt, kept_of
 from chairside.store.deadletter import DeadLetters
 from chairside.store.influx import InfluxWriter
+from chairside.store.influx import read_credentials as read_influx_credentials
 from chairside.store.points import reading_line
 from chairside.store.spool import PointSpool
 from chairside.store.watermark import Watermarks
@@ -87,7 +88,10 @@ class Gateway:
         self.metrics = Metrics()
         describe_gateway_metrics(self.metrics)
         self.timebase = Timebase(config.state_dir, skew_limit_ms=config.skew_limit_ms)
-        self.influx = InfluxWriter(config.influx_url, config.database, config.influx_timeout_s)
+        self.influx = InfluxWriter(
+            config.influx_url, config.database, config.influx_timeout_s,
+            credentials=(read_influx_credentials(config.influx_credentials)
+                         if config.influx_credentials is not None else None))
         self._lock = threading.Lock()  # the alarm stage and per-chair state: ingest vs timer
         self._processing = 0  # messages inside _on_message (for wait_idle)
         self._time_sent: dict[tuple[str, str], int] = {}

@@ -9,6 +9,7 @@ temporary folder and stops it (and removes the folder) on ``stop()``.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -199,15 +200,24 @@ class Mosquitto(_Process):
 
 
 class InfluxDB(_Process):
-    """A private InfluxDB 1.x (influxd) with HTTP on 127.0.0.1:port."""
+    """A private InfluxDB 1.x (influxd) with HTTP on 127.0.0.1:port.
+
+    ``auth=True`` turns ``auth-enabled`` on (no user exists until one is
+    created: ``chairside.install.influxdb.configure``); :meth:`query` then
+    logs in as ``credentials``.  ``config_file`` runs influxd with that
+    config instead of a generated one (the installer's, in its tests)."""
 
     name = "influxd"
 
-    def __init__(self, port: int | None = None, workdir: Path | None = None) -> None:
+    def __init__(self, port: int | None = None, workdir: Path | None = None, *,
+                 auth: bool = False, config_file: Path | None = None) -> None:
         super().__init__(workdir)
         self.port = port or free_port()
         self.rpc_port = free_port()
         self.binary = _find_binary("influxd")
+        self.auth = auth
+        self.config_file = config_file
+        self.credentials: tuple[str, str] | None = None
 
     @property
     def url(self) -> str:
@@ -229,6 +239,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
   bind-address = "127.0.0.1:{self.port}"
   log-enabled = false
   max-body-size = 0
+  auth-enabled = {"true" if self.auth else "false"}
 [monitor]
   store-enabled = false
 [continuous_queries]
@@ -238,6 +249,8 @@ bind-address = "127.0.0.1:{self.rpc_port}"
 """
 
     def _command(self) -> list[str]:
+        if self.config_file is not None:
+            return [self.binary, "-config", str(self.config_file)]
         conf = self.workdir / "influxdb.conf"
         conf.write_text(self.config_text())
         return [self.binary, "-config", str(conf)]
@@ -261,7 +274,11 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         if database:
             params["db"] = database
         data = urllib.parse.urlencode(params).encode()
-        with urllib.request.urlopen(f"{self.url}/query", data=data, timeout=30) as resp:
+        request = urllib.request.Request(f"{self.url}/query", data=data)
+        if self.credentials is not None:
+            token = base64.b64encode(":".join(self.credentials).encode()).decode("ascii")
+            request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=30) as resp:
             result: dict[str, object] = json.loads(resp.read())
         return result
 

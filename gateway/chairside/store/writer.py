@@ -23,8 +23,17 @@ other than InfluxDB being unavailable (InfluxDB answers 400, a line that
 cannot be encoded, any unexpected exception) is bisected down to the failing
 line, which goes to the dead-letter file with its reason; the rest is stored.
 
-While InfluxDB is down the writer probes it every ``probe_down_s``, so writes
-resume within about that long after it returns.  Repeated identical errors
+A write InfluxDB refuses with 401 or 403 (wrong or missing credentials, a
+user without WRITE on the database) is not the lines' fault either: it is
+treated like an outage (the batch goes to the spool, nothing is lost or
+dead-lettered) and reported as such: an ERROR line naming the user and the
+database, ``influx_write_refused`` on /health and /metrics, and
+``write_errors{kind="unauthorized"}``.  It clears at the first accepted write
+or probe.
+
+While InfluxDB is down the writer probes it every ``probe_down_s`` (an empty
+``POST /write``, which checks reachability, credentials, the WRITE grant and
+the database), so writes resume within about that long after it returns.  Repeated identical errors
 are logged once per ``log_interval_s`` with a count.
 """
 
@@ -41,7 +50,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from chairside.metrics import Metrics
 from chairside.store.deadletter import DeadLetters
-from chairside.store.influx import InfluxRejected, InfluxUnavailable, InfluxWriter
+from chairside.store.influx import InfluxRejected, InfluxUnauthorized, InfluxUnavailable, InfluxWriter
 from chairside.store.spool import PointSpool, SpoolError
 
 if TYPE_CHECKING:
@@ -149,6 +158,8 @@ class Writer(Generic[T]):
         self._thread: threading.Thread | None = None
         self.spool_full = False
         self.influx_ok: bool | None = None
+        self.influx_refused: str | None = None
+        """InfluxDB's answer to the last refused write or probe (401/403); None once one is accepted"""
         self.last_write: float | None = None
         self._last_contact = 0.0
         self._last_progress = monotonic()
@@ -370,6 +381,11 @@ class Writer(Generic[T]):
             return True
         try:
             self._write(lines)
+        except InfluxUnauthorized as exc:
+            self.metrics.inc("write_errors", kind="unauthorized")
+            self._set_influx(True)  # it answered
+            self._refused(exc, len(lines))
+            return False
         except InfluxUnavailable as exc:
             self.metrics.inc("write_errors", kind="unavailable")
             self._set_influx(False)
@@ -377,8 +393,30 @@ class Writer(Generic[T]):
                          "InfluxDB unavailable (%d points go to the spool): %s", len(lines), exc)
             return False
         self._set_influx(True)
+        self._accepted()
         self.last_write = self._monotonic()
         return True
+
+    def _refused(self, exc: InfluxUnauthorized, points: int) -> None:
+        """InfluxDB refused the gateway's login or its write (401/403): say so plainly."""
+        self.influx_refused = f"HTTP {exc.status}: {exc.body.strip()}"
+        self.metrics.set("influx_write_refused", 1)
+        user = self.influx.user
+        who = f"user {user!r}" if user is not None else "no user: no InfluxDB credentials file given"
+        why = ("wrong or missing credentials" if exc.status == 401
+               else f"the user lacks WRITE on database {self.config.database!r}")
+        kept = (f"{points} points go to the spool and are kept until it accepts them" if points
+                else "readings will go to the spool until it accepts them")
+        self._errors(logging.ERROR, "influx_refused",
+                     "InfluxDB refused the gateway's writes (%s; %s): %s; %s. Check the gateway's "
+                     "--influx-credentials file and the user's grant (docs/install-server.md)",
+                     who, why, self.influx_refused, kept)
+
+    def _accepted(self) -> None:
+        if self.influx_refused is not None:
+            log.info("InfluxDB accepts the gateway's writes again")
+            self.influx_refused = None
+            self.metrics.set("influx_write_refused", 0)
 
     def _set_influx(self, ok: bool) -> None:
         if ok and self.influx_ok is False:
@@ -395,7 +433,7 @@ class Writer(Generic[T]):
         started = self._monotonic()
         try:
             self._write_once(lines)
-        except InfluxUnavailable:
+        except (InfluxUnavailable, InfluxUnauthorized):
             raise
         except InfluxRejected as exc:
             if exc.status not in MALFORMED_STATUSES:
@@ -422,10 +460,12 @@ class Writer(Generic[T]):
 
     def _write_once(self, lines: list[str]) -> None:
         if not self._db_ready:
-            self.influx.ensure_database()
+            self.influx.ensure_database()  # False: a write-only user (the installer made the database)
             self._db_ready = True
         try:
             self.influx.write(lines)
+        except InfluxUnauthorized:
+            raise
         except InfluxRejected as exc:
             if exc.status != 404:
                 raise
@@ -433,12 +473,20 @@ class Writer(Generic[T]):
             self.metrics.inc("write_errors", kind="no_database")
             log.warning("database %s missing; creating it", self.config.database)
             try:
-                self.influx.ensure_database()
+                created = self.influx.ensure_database()
+            except InfluxUnauthorized:
+                raise
             except InfluxRejected as again:
                 raise InfluxUnavailable(f"cannot create the database: {again}") from again
+            if not created:
+                raise InfluxUnavailable(
+                    f"database {self.config.database!r} does not exist and the gateway's InfluxDB user "
+                    "may not create it: create it as the admin (`chairside install` does)") from exc
             self._db_ready = True
             try:
                 self.influx.write(lines)
+            except InfluxUnauthorized:
+                raise
             except InfluxRejected as again:
                 if again.status not in MALFORMED_STATUSES:
                     raise InfluxUnavailable(f"after CREATE DATABASE: {again}") from again
@@ -456,10 +504,19 @@ class Writer(Generic[T]):
         self._last_progress = self._monotonic()
 
     def _probe(self) -> bool:
+        """Is InfluxDB reachable, and does it take the gateway's writes?  Creates
+        the database when the user may; then an empty write checks the login,
+        the WRITE grant and the database."""
         try:
-            self.influx.ensure_database()
+            if not self._db_ready:
+                self.influx.ensure_database()
+            self.influx.check_write()
         except InfluxUnavailable:
             self._set_influx(False)
+            return False
+        except InfluxUnauthorized as exc:
+            self._set_influx(True)
+            self._refused(exc, 0)
             return False
         except InfluxRejected as exc:
             self._errors(logging.WARNING, "probe", "InfluxDB probe answered %s", exc)
@@ -467,6 +524,7 @@ class Writer(Generic[T]):
             return False
         self._db_ready = True
         self._set_influx(True)
+        self._accepted()
         return True
 
     def _maybe_probe(self) -> None:
