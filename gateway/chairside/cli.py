@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "certs": ("chairside.install.pki", "create the clinic CA and server/box certificates"),
     "flash": ("chairside.install.flash", "build and flash the firmware to a board over USB"),
     "serial-bridge": ("chairside.ingest.serial_bridge", "bridge a USB-serial box to MQTT"),
+    "install": ("chairside.install.server", "install or upgrade a clinic server (idempotent; --root DIR)"),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -25,9 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--influx-url", default="http://127.0.0.1:8086", help="InfluxDB 1.x URL")
     parser.add_argument("--database", default=contract.influx_database(), help="database")
     parser.add_argument(
-        "--influx-credentials", type=Path, default=None,
+        "--influx-credentials", type=Path,
+        default=Path(os.environ["CHAIRSIDE_INFLUX_CREDENTIALS"]) if os.environ.get("CHAIRSIDE_INFLUX_CREDENTIALS")
+        else None,
         help="JSON file {user, password} of an InfluxDB user with WRITE on the database "
-        "(written by `chairside install`; never put the password on the command line)",
+        "(written by `chairside install`; default $CHAIRSIDE_INFLUX_CREDENTIALS, which the "
+        "installed unit's drop-in sets; never put the password on the command line)",
     )
     parser.add_argument(
         "--state-dir", type=Path, default=None,
