@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "flash": ("chairside.install.flash", "build and flash the firmware to a board over USB"),
     "serial-bridge": ("chairside.ingest.serial_bridge", "bridge a USB-serial box to MQTT"),
     "install": ("chairside.install.server", "install or upgrade a clinic server (idempotent; --root DIR)"),
+    "backup": ("chairside.install.backup", "back up InfluxDB and the state folders, or --restore one"),
 }
 
 
