@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serial-bridge": ("chairside.ingest.serial_bridge", "bridge a USB-serial box to MQTT"),
     "install": ("chairside.install.server", "install or upgrade a clinic server (idempotent; --root DIR)"),
     "backup": ("chairside.install.backup", "back up InfluxDB and the state folders, or --restore one"),
+    "doctor": ("chairside.install.doctor", "check the installed server: broker, InfluxDB, health, certs, clock, boxes"),
 }
 
 

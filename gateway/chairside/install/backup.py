@@ -6,7 +6,7 @@
 A backup is one folder ``/var/backups/chairside/<UTC time>/`` (root only, 0700):
 
 * ``influx/``: ``influxd backup -portable -db chairside`` through InfluxDB's
-  backup port (``bind-address``, 127.0.0.1:8088; it has no login, which is
+  backup port (``bind-address``, 127.0.0.1:8089; it has no login, which is
   why the installer binds it to loopback), a consistent snapshot taken while
   InfluxDB runs;
 * ``state.tar.gz``: ``/etc/chairside`` (settings, CA and certificates, InfluxDB
@@ -172,6 +172,9 @@ def restore(layout: Layout, source: Path, out: Callable[[str], None] = print) ->
     _systemctl(layout, "stop", out)
     _extract(source / "state.tar.gz", layout.root)
     out(f"restore: {', '.join(manifest['state_folders'])} restored under {layout.root}")
+    if layout.real:  # the restored password file, ACL and Grafana login
+        subprocess.run(["systemctl", "reload", "mosquitto"], check=False)
+        subprocess.run(["systemctl", "try-restart", "grafana-server"], check=False)
     settings = _settings(layout)
     url = influx_url(settings)
     admin = influxdb.Account(*(admin_now or read_credentials(influx_dir / "admin.json")))

@@ -66,6 +66,7 @@ from chairside.install import influxdb, pki, provision
 from chairside.paths import REPO
 
 USER = "chairside"
+CERT_RENEW_DAYS = 60
 SERVICES = ("gateway", "pager", "staff")
 UNITS_DIR = REPO / "deploy" / "systemd"
 INFLUX_TEMPLATE = REPO / "deploy" / "influxdb" / "influxdb.conf"
@@ -84,7 +85,7 @@ DEFAULTS: dict[str, Any] = {
     "mqtt_tls_port": provision.TLS_PORT,
     "mqtt_tls_listen": "",
     "influx_port": 8086,
-    "influx_rpc_port": 8088,
+    "influx_rpc_port": 8089,  # not Debian's 8088: the pager's ack page uses that (example policy)
     "server_hosts": [],
 }
 
@@ -330,16 +331,30 @@ def _server_hosts(settings: dict[str, Any]) -> list[str]:
     return hosts or [socket.getfqdn()]
 
 
-def step_broker(layout: Layout, settings: dict[str, Any], report: Report, owners: Owners) -> None:
+def _expires_within(crt: Path, days: int) -> bool:
+    try:
+        pki._openssl("x509", "-in", str(crt), "-noout", "-checkend", str(days * 86400))
+    except pki.PkiError:
+        return True  # openssl -checkend exits 1 when it expires within that time
+    return False
+
+
+def step_broker(layout: Layout, settings: dict[str, Any], report: Report, owners: Owners,
+                renew: bool = False) -> None:
     pki_dir = layout.pki
     if not (pki_dir / "ca.crt").exists():
         pki.init_ca(pki_dir, name=f"Chairside {settings['site']} CA")
         report(f"clinic CA created in {pki_dir} (copy ca.key somewhere safe and offline)")
     hosts = _server_hosts(settings)
     server_crt = pki_dir / "server.crt"
-    if not server_crt.exists() or _cert_hosts(server_crt) != sorted(hosts):
+    why = ("none yet" if not server_crt.exists()
+           else "asked (--renew-server-cert)" if renew
+           else "its host names changed" if _cert_hosts(server_crt) != sorted(hosts)
+           else f"it expires within {CERT_RENEW_DAYS} days" if _expires_within(server_crt, CERT_RENEW_DAYS)
+           else "")
+    if why:
         pki.issue_server(pki_dir, hosts, force=True)
-        report(f"server certificate for {', '.join(hosts)}")
+        report(f"server certificate for {', '.join(hosts)} ({why}); valid {pki.LEAF_DAYS} days")
     group = "mosquitto" if _group_exists("mosquitto") else "root"
     for name, mode in (("ca.crt", 0o644), ("server.crt", 0o644), ("server.key", 0o640)):
         dest = layout.broker_dir / name
@@ -640,7 +655,7 @@ def install(layout: Layout, args: argparse.Namespace, out: Callable[[str], None]
     step_user_and_folders(layout, report, owners)
     _write(layout.settings, json.dumps(settings, indent=1, sort_keys=True) + "\n", 0o644)
     step_project(layout, report, args.venv_from)
-    step_broker(layout, settings, report, owners)
+    step_broker(layout, settings, report, owners, renew=bool(getattr(args, "renew_server_cert", False)))
     step_influxdb(layout, settings, report, owners)
     step_pager(layout, report, owners)
     units = step_units(layout, settings, report)
@@ -668,7 +683,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address of the TLS listener (default: every interface)")
     parser.add_argument("--influx-port", type=int, default=None, help="InfluxDB HTTP port on loopback (8086)")
     parser.add_argument("--influx-rpc-port", type=int, default=None,
-                        help="InfluxDB backup/restore port on loopback (8088)")
+                        help="InfluxDB backup/restore port on loopback (8089; the pager's ack page has 8088)")
+    parser.add_argument("--renew-server-cert", action="store_true",
+                        help="issue a new broker certificate now (else only when hosts change or it "
+                        f"expires within {CERT_RENEW_DAYS} days)")
 
 
 def run(args: argparse.Namespace) -> int:

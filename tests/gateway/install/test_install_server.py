@@ -29,9 +29,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from chairside.install import provision
+from chairside.install import doctor, provision
 from chairside.install.influxdb import InfluxClient
-from chairside.install.server import unit_command
+from chairside.install.server import Layout, unit_command
 from chairside.paths import REPO
 from chairside.sim.services import InfluxDB, Mosquitto, ServiceError, _Process, free_port
 from csfw import contract as fw
@@ -147,6 +147,7 @@ def test_install_into_a_folder_then_start_it_and_push_a_reading(
     # a box, provisioned against the installed broker files (before the broker starts)
     state = provision.State(root / "var/lib/chairside", root / "etc/mosquitto/chairside")
     box_conf, _ = state.provision_box("clinic1", "1", mqtt_host="127.0.0.1", mqtt_port=ports["mqtt-tls-port"])
+    state.provision_box("clinic1", "2", mqtt_host="127.0.0.1", mqtt_port=ports["mqtt-tls-port"])
     box = json.loads(box_conf.read_text())["mqtt"]
 
     broker = InstalledMosquitto(root / "etc/mosquitto/conf.d/chairside.conf", ports["mqtt-port"],
@@ -167,9 +168,14 @@ def test_install_into_a_folder_then_start_it_and_push_a_reading(
         try:
             now = time.time_ns() // 1_000_000
             env = fw.envelope(0, 4, 60_000, now, True, False)
-            info = client.publish(fw.Topics("clinic1", "1").vitals, fw.vitals_payload(env, 96, 71, 6, "ok"), qos=1)
-            info.wait_for_publish(timeout=5)
-            assert info.is_published()
+            topics = fw.Topics("clinic1", "1")
+            status = fw.status_payload(fw.envelope(1, 4, 60_500, now, True, False),
+                                       {"fw": "1.2.3", "spool": 2, "dropped": 0})
+            for topic, payload in ((topics.vitals, fw.vitals_payload(env, 96, 71, 6, "ok")),
+                                   (topics.status, status)):
+                info = client.publish(topic, payload, qos=1)
+                info.wait_for_publish(timeout=5)
+                assert info.is_published()
         finally:
             client.disconnect()
             client.loop_stop()
@@ -192,6 +198,26 @@ def test_install_into_a_folder_then_start_it_and_push_a_reading(
         assert [(p["name"], p["duration"]) for p in policies if p["default"]] == [("chairside", "720h0m0s")]
         health = gateway.health()
         assert health is not None and health["influx_write_refused"] is None
+
+        # `chairside doctor` on the running layout: all well but the pager (template
+        # policy) and the box never seen; then the gateway stops and the clock is off
+        health_url = f"http://127.0.0.1:{gateway.metrics_port}/health"
+        layout = Layout(root)
+        found = {f.what: f for f in doctor.diagnose(layout, clock_synced=lambda: True, gateway_health=health_url)}
+        by_level = {level: sorted(w for w, f in found.items() if f.level == level) for level in ("OK", "WARN", "FAIL")}
+        assert by_level["FAIL"] == [], found
+        assert [w for w in by_level["WARN"] if not w.startswith("pager") and "clinic1/2" not in w] == []
+        assert any(w.startswith("box clinic1/1: last reading") and "fw 1.2.3" in w for w in by_level["OK"])
+        assert any(w.startswith("InfluxDB retention of chairside: 720h0m0s") for w in by_level["OK"])
+        assert any(w.startswith("broker: TLS on port") for w in by_level["OK"])
+        assert any(w.startswith("server certificate valid until") for w in by_level["OK"])
+        assert any(w.startswith("box clinic1/2: never sent a reading") for w in by_level["WARN"])
+        gateway.stop()
+        started.remove(gateway)
+        failed = [f for f in doctor.diagnose(layout, clock_synced=lambda: False, gateway_health=health_url)
+                  if f.level == "FAIL"]
+        assert [f.what.split(":")[0] for f in failed] == ["gateway", "clock"]
+        assert all(f.fix for f in failed)
     finally:
         for service in reversed(started):
             service.stop()
