@@ -510,7 +510,15 @@ class Writer(Generic[T]):
         try:
             if not self._db_ready:
                 self.influx.ensure_database()
-            self.influx.check_write()
+            try:
+                self.influx.check_write()
+            except InfluxUnauthorized:
+                raise
+            except InfluxRejected as exc:
+                # the database was dropped since: create it again if this user may
+                if exc.status != 404 or not self.influx.ensure_database():
+                    raise
+                self.influx.check_write()
         except InfluxUnavailable:
             self._set_influx(False)
             return False

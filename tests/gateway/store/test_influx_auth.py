@@ -249,3 +249,27 @@ def test_gateway_command_refuses_a_bad_credentials_file(tmp_path: Path,
     assert gateway_command.run(args) == 2
     assert any("InfluxDB credentials" in r.getMessage() and "password" in r.getMessage()
                for r in caplog.records)
+
+
+def test_the_idle_probe_recreates_a_dropped_database_when_it_may(influxdb: InfluxDB, tmp_path: Path) -> None:
+    """The probe now writes nothing (an empty POST /write, which checks the login and
+    the grant); a database dropped while the gateway idles is still created again."""
+    influx = InfluxWriter(influxdb.url, "probe_db", 2.0)
+    writer: Writer[int] = Writer(
+        WriterConfig(database="probe_db", batch_interval_s=0.02, probe_interval_s=0.1), influx,
+        PointSpool(tmp_path / "spool"), DeadLetters(tmp_path / "dl"), Metrics(),
+        on_durable=lambda token: None, now_ms=wall_ms, on_spool_full=lambda full: None)
+    writer.start()
+    try:
+        _until(lambda: writer.influx_ok, 5, "the first probe did not succeed")
+        influxdb.query('DROP DATABASE "probe_db"')
+        def databases() -> list[str]:
+            result: Any = influxdb.query("SHOW DATABASES")
+            return [row[0] for row in result["results"][0]["series"][0].get("values", [])]
+
+        assert "probe_db" not in databases()
+        _until(lambda: "probe_db" in databases(), 5, "the probe did not create the database again")
+        assert writer.influx_ok and writer.influx_refused is None
+    finally:
+        writer.stop(5)
+        influx.close()
