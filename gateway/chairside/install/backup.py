@@ -194,14 +194,8 @@ def restore(layout: Layout, source: Path, out: Callable[[str], None] = print) ->
     client.query(f'DROP DATABASE "{temp}"')
     _influxd("restore", "-portable", "-db", database, "-newdb", temp,
              "-host", f"127.0.0.1:{settings['influx_rpc_port']}", str(source / "influx"))
-    copied = 0
     try:
-        _wait_open(client, temp)
-        for rp in client.rows(f'SHOW RETENTION POLICIES ON "{temp}"'):
-            series = client.query(f'SELECT * INTO "{database}"."{influxdb.RETENTION_POLICY}".:MEASUREMENT '
-                                  f'FROM "{temp}"."{rp["name"]}"./.*/ GROUP BY *')
-            if series:
-                copied += int(series[0]["values"][0][1])
+        copied = _copy_back(client, temp, database, shards=_backup_shards(source / "influx"))
     finally:
         client.query(f'DROP DATABASE "{temp}"')
     out(f"restore: {copied} points copied into {database}")
@@ -209,19 +203,58 @@ def restore(layout: Layout, source: Path, out: Callable[[str], None] = print) ->
     return copied
 
 
-def _wait_open(client: influxdb.InfluxClient, database: str, deadline_s: float = 300.0) -> None:
-    """Restored shards open in the background ("engine is closed" until then), and a
-    ``SELECT INTO`` from a shard still closed copies nothing without an error: wait
-    until a query that reads every shard of ``database`` succeeds."""
+def _backup_shards(folder: Path) -> int:
+    """How many shards the portable backup holds (its ``*.manifest``)."""
+    count = 0
+    for manifest in folder.glob("*.manifest"):
+        count += len(json.loads(manifest.read_text()).get("files") or [])
+    return count
+
+
+def _counts(client: influxdb.InfluxClient, database: str, rp: str) -> dict[tuple[str, str], int]:
+    """(measurement, field) -> number of values, over every shard of ``rp``."""
+    out: dict[tuple[str, str], int] = {}
+    for item in client.query(f'SELECT count(*) FROM "{database}"."{rp}"./.*/', database):
+        for column, value in zip(item["columns"][1:], item["values"][0][1:], strict=True):
+            if value:
+                out[(str(item["name"]), column.removeprefix("count_"))] = int(value)
+    return out
+
+
+def _copy_back(client: influxdb.InfluxClient, temp: str, database: str, shards: int,
+               deadline_s: float = 600.0) -> int:
+    """Copy every point of ``temp`` into ``database``'s default policy; returns the
+    points written.
+
+    Restored shards open in the background: until then a query answers "engine
+    is closed", or sees no measurement at all, and a ``SELECT INTO`` may copy
+    nothing without an error.  So the copy (idempotent: same points) is repeated
+    until ``database`` holds at least as many values of each measurement and
+    field as ``temp`` does, and ``temp`` shows data when the backup had shards."""
     end = time.monotonic() + deadline_s
     while True:
         try:
-            client.query("SELECT count(*) FROM /.*/", database)
-            return
+            policies = [str(rp["name"]) for rp in client.rows(f'SHOW RETENTION POLICIES ON "{temp}"')]
+            source: dict[tuple[str, str], int] = {}
+            for rp in policies:
+                for key, value in _counts(client, temp, rp).items():
+                    source[key] = source.get(key, 0) + value
+            copied = 0
+            if source or not shards:
+                for rp in policies:
+                    series = client.query(f'SELECT * INTO "{database}"."{influxdb.RETENTION_POLICY}".:MEASUREMENT '
+                                          f'FROM "{temp}"."{rp}"./.*/ GROUP BY *')
+                    if series:
+                        copied += int(series[0]["values"][0][1])
+                target = _counts(client, database, influxdb.RETENTION_POLICY)
+                if all(target.get(key, 0) >= value for key, value in source.items()):
+                    return copied
         except influxdb.InfluxSetupError as exc:
-            if "engine is closed" not in str(exc) or time.monotonic() > end:
+            if "engine is closed" not in str(exc):
                 raise
-        time.sleep(0.1)
+        if time.monotonic() > end:
+            raise BackupError(f"the restored database {temp} did not become readable within {deadline_s:.0f} s")
+        time.sleep(0.2)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

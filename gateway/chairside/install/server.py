@@ -23,7 +23,8 @@ installs the Debian packages first) it:
 5. writes the pager policy (from ``gateway/chairside/pager/example-policy.json``,
    only if there is none: the clinic edits it) and the ack secret (only if none);
 6. installs the units (``deploy/systemd``) and enables them;
-7. checks that everything is up (:func:`check`).
+7. checks that everything is up: the files (:func:`check`), then ``chairside
+   doctor`` until nothing fails (up to a minute; :func:`check_running`).
 
 Re-running it is an upgrade: the project and units are replaced, the broker
 config rewritten, the InfluxDB users' grants and the retention policy set
@@ -545,52 +546,32 @@ def step_enable(layout: Layout, units: list[str], report: Report) -> None:
 # ---- the final check --------------------------------------------------------------------
 
 
-def check(layout: Layout, settings: dict[str, Any], *, services: bool) -> list[str]:
-    """Problems found (empty when all is well): files, and with ``services`` the
-    broker's login, InfluxDB's login, grant and retention."""
-    problems: list[str] = []
+def check(layout: Layout) -> list[str]:
+    """Files the services need that are missing (empty when all are there)."""
     needed = [layout.mosquitto_conf, layout.broker_dir / "passwd", layout.broker_dir / "acl",
               layout.broker_dir / "server.crt", layout.broker_dir / "server.key", layout.influx_conf,
               layout.influx_dir / "gateway.json", layout.etc / "pager-policy.json",
               layout.etc / "pager-ack.secret", layout.venv / "bin" / "python"]
     needed += [layout.state / "services" / f"{name}.json" for name in SERVICES]
-    problems += [f"missing {path}" for path in needed if not path.exists()]
-    if not services:
-        return problems
-    problems += check_influx(layout, settings)
-    problems += check_broker(layout, settings)
-    return problems
+    return [f"missing {path}" for path in needed if not path.exists()]
 
 
-def check_influx(layout: Layout, settings: dict[str, Any]) -> list[str]:
-    from chairside.store.influx import InfluxError, InfluxWriter, read_credentials
+def check_running(layout: Layout, report: Report, deadline_s: float = 60.0) -> list[str]:
+    """``chairside doctor`` until nothing FAILs (the services need a few seconds
+    after their restart) or the deadline; returns the FAIL lines."""
+    from chairside.install import doctor
 
-    url = influx_url(settings)
-    problems = []
-    writer = InfluxWriter(url, str(settings["database"]), 5.0,
-                          credentials=read_credentials(layout.influx_dir / "gateway.json"))
-    try:
-        writer.check_write()
-    except InfluxError as exc:
-        problems.append(f"InfluxDB at {url}: the gateway's user cannot write: {exc}")
-    finally:
-        writer.close()
-    anonymous = InfluxWriter(url, str(settings["database"]), 5.0)
-    try:
-        anonymous.check_write()
-        problems.append(f"InfluxDB at {url} accepts writes without a login: set auth-enabled = true")
-    except InfluxError:
-        pass
-    finally:
-        anonymous.close()
-    admin = influxdb.InfluxClient(url, read_credentials(layout.influx_dir / "admin.json"))
-    try:
-        duration = influxdb.retention_of(admin, str(settings["database"]))
-        if duration is None:
-            problems.append("InfluxDB: the database has no default retention policy")
-    except influxdb.InfluxSetupError as exc:
-        problems.append(str(exc))
-    return problems
+    end = time.monotonic() + deadline_s
+    while True:
+        found = doctor.diagnose(layout)
+        failed = [f.line() for f in found if f.level == doctor.FAIL]
+        if not failed or time.monotonic() > end:
+            break
+        time.sleep(2.0)
+    for finding in found:
+        if finding.level != doctor.FAIL:
+            report(f"check: {finding.line()}")
+    return failed
 
 
 def check_broker(layout: Layout, settings: dict[str, Any]) -> list[str]:
@@ -660,10 +641,14 @@ def install(layout: Layout, args: argparse.Namespace, out: Callable[[str], None]
     step_pager(layout, report, owners)
     units = step_units(layout, settings, report)
     step_enable(layout, units, report)
-    problems = check(layout, settings, services=layout.real)
+    problems = check(layout)
+    if problems:
+        return problems
     if not layout.real:
-        report.skip("checking the running services (--root: start them from the layout)")
-    return problems
+        report.skip("checking the running services (--root: start them from the layout, then "
+                    f"`chairside doctor --root {layout.root}`)")
+        return []
+    return check_running(layout, report)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
