@@ -68,7 +68,10 @@ from chairside.paths import REPO
 
 USER = "chairside"
 CERT_RENEW_DAYS = 60
-SERVICES = ("gateway", "pager", "staff")
+SERVICES = tuple(provision.SERVICES)
+"""every service account provisioning knows (gateway, pager, staff, drill)"""
+RUN_BY_SERVICE = frozenset({"gateway", "pager"})
+"""read by the units (owned by chairside); the others (staff, drill) by people with sudo (root only)"""
 UNITS_DIR = REPO / "deploy" / "systemd"
 INFLUX_TEMPLATE = REPO / "deploy" / "influxdb" / "influxdb.conf"
 PAGER_TEMPLATE = REPO / "gateway" / "chairside" / "pager" / "example-policy.json"
@@ -369,7 +372,8 @@ def step_broker(layout: Layout, settings: dict[str, Any], report: Report, owners
         report(f"broker account for {name}: {path}")
     state.save()
     for name in SERVICES:
-        owners(state.service_path(name), USER, USER, 0o600)
+        who = USER if name in RUN_BY_SERVICE else "root"
+        owners(state.service_path(name), who, who, 0o600)
     owners(state.accounts_path, "root", "root", 0o600)
     owners(layout.broker_dir / "passwd", "root", group, 0o640)
     owners(layout.broker_dir / "acl", "root", group, 0o644)

@@ -67,6 +67,7 @@ from chairside import contract, mqtt_auth
 from chairside.alarms.engine import DRILL_PREFIX
 from chairside.sim.simulator import box_refused, make_box
 from chairside.store.influx import InfluxError, InfluxWriter
+from chairside.store.influx import read_credentials as read_influx_credentials
 
 from .drill_watch import BoxRunner, Clock, Payload, Seen, SystemClock, Watch
 
@@ -443,9 +444,11 @@ class Drill:
             result.notes.append(f"the drill box failed {runner.errors} step(s) (see log)")
 
 
-def store(result: DrillResult, influx_url: str, database: str, timeout_s: float = 5.0) -> None:
-    """Write the drill to ``drills``; raises :class:`chairside.store.influx.InfluxError`."""
-    writer = InfluxWriter(influx_url, database, timeout_s)
+def store(result: DrillResult, influx_url: str, database: str, timeout_s: float = 5.0,
+          credentials: tuple[str, str] | None = None) -> None:
+    """Write the drill to ``drills`` (logging in with ``credentials`` on an InfluxDB
+    with auth on); raises :class:`chairside.store.influx.InfluxError`."""
+    writer = InfluxWriter(influx_url, database, timeout_s, credentials=credentials)
     try:
         writer.ensure_database()
         writer.write([result.influx_line()])
@@ -465,6 +468,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mqtt-port", type=int, default=1883, help="broker port")
     parser.add_argument("--influx-url", default="http://127.0.0.1:8086", help="InfluxDB 1.x URL")
     parser.add_argument("--database", default=contract.influx_database(), help="database")
+    parser.add_argument(
+        "--influx-credentials", type=Path,
+        default=Path(os.environ["CHAIRSIDE_INFLUX_CREDENTIALS"]) if os.environ.get("CHAIRSIDE_INFLUX_CREDENTIALS")
+        else None,
+        help="JSON file {user, password} of an InfluxDB user with WRITE (an installed server: "
+        "/etc/chairside/influx/gateway.json; default $CHAIRSIDE_INFLUX_CREDENTIALS)")
     parser.add_argument("--ack-timeout", type=float, default=300.0,
                         help="seconds to wait for the acknowledgement after the first page")
     parser.add_argument("--page-timeout", type=float, default=600.0,
@@ -494,8 +503,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         config = config_from_args(args)
+        influx_path = getattr(args, "influx_credentials", None)
+        influx_login = read_influx_credentials(influx_path) if influx_path is not None else None
         drill = Drill(config, progress=_print)
-    except ValueError as exc:  # including mqtt_auth.CredentialsError
+    except ValueError as exc:  # including mqtt_auth.CredentialsError and the InfluxDB login's
         log.error("bad arguments: %s", exc)
         return 2
     except OSError as exc:  # the CA file (the credentials file's errors are CredentialsErrors)
@@ -510,7 +521,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(result.summary(config.ack_timeout_s), flush=True)
     try:
-        store(result, config.influx_url, config.database)
+        store(result, config.influx_url, config.database, credentials=influx_login)
     except InfluxError as exc:
         log.error("drill not stored in InfluxDB: %s", exc)
         return 2

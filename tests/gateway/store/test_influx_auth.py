@@ -33,6 +33,7 @@ from chairside.metrics import Metrics
 from chairside.paths import REPO
 from chairside.service import Gateway
 from chairside.sim.services import InfluxDB, Mosquitto, free_port
+from chairside.staff import drill
 from chairside.store.deadletter import DeadLetters
 from chairside.store.influx import InfluxUnauthorized, InfluxWriter
 from chairside.store.spool import PointSpool
@@ -273,3 +274,18 @@ def test_the_idle_probe_recreates_a_dropped_database_when_it_may(influxdb: Influ
     finally:
         writer.stop(5)
         influx.close()
+
+
+def test_a_drill_is_stored_with_the_write_login(auth_influx: AuthInflux) -> None:
+    """`chairside drill --influx-credentials`: its result goes in with the write user's
+    login; without one an auth-enabled InfluxDB refuses it."""
+
+    class Result:
+        def influx_line(self) -> str:
+            return f'drills,site=clinic1,chair=4,scenario=desat result="acked" {wall_ms()}'
+
+    result: Any = Result()
+    with pytest.raises(InfluxUnauthorized):
+        drill.store(result, auth_influx.url, DB)
+    drill.store(result, auth_influx.url, DB, credentials=(PLAN.writer.user, PLAN.writer.password))
+    assert [r["result"] for r in auth_influx.rows("SELECT result FROM drills WHERE chair = '4'")] == ["acked"]
