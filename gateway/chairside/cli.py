@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "certs": ("chairside.install.pki", "create the clinic CA and server/box certificates"),
     "flash": ("chairside.install.flash", "build and flash the firmware to a board over USB"),
     "serial-bridge": ("chairside.ingest.serial_bridge", "bridge a USB-serial box to MQTT"),
+    "station": ("chairside.station.command", "the nurses' station web app and its staff accounts"),
 }
 
 
