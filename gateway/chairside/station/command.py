@@ -113,10 +113,9 @@ class StationServer:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        runner = web.AppRunner(self.station.app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(self.station.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port, ssl_context=self.ssl,
-                           shutdown_timeout=1.0)
+        site = web.TCPSite(runner, self.config.host, self.config.port, ssl_context=self.ssl)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []

@@ -104,7 +104,7 @@ class Sessions:
         self._by_token.pop(session.token, None)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Client:
     queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(CLIENT_QUEUE))
     resync: bool = False
@@ -229,11 +229,13 @@ class Station:
         hub = self.hub = Hub(self.board, self.feed.lock, self.clock)
 
         def on_change(chair: str) -> None:
-            loop.call_soon_threadsafe(hub.mark, chair)
+            with contextlib.suppress(RuntimeError):  # the loop is closing: no board to update
+                loop.call_soon_threadsafe(hub.mark, chair)
 
         self.feed.on_change = on_change
         task = asyncio.create_task(hub.run())
         yield
+        self.feed.on_change = lambda _chair: None
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
