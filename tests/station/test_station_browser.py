@@ -30,18 +30,18 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from e2e_support import Observer, SimWallClock, lockstep, start_gateway, wait_rows  # noqa: E402
+from e2e_support import Observer, SimWallClock, lockstep, start_gateway, wait_rows
 
-from chairside.install.pki import init_ca, issue_server  # noqa: E402
-from chairside.pager.escalation import State  # noqa: E402
-from chairside.pager.policy import parse_policy  # noqa: E402
-from chairside.pager.service import Pager  # noqa: E402
-from chairside.service import Gateway  # noqa: E402
-from chairside.sim.services import InfluxDB, Mosquitto, free_port  # noqa: E402
-from chairside.sim.simulator import Fleet, make_box  # noqa: E402
-from chairside.station.accounts import Accounts  # noqa: E402
-from chairside.station.command import StationConfig, StationServer, wall_ms  # noqa: E402
-from host.clock import SimClock  # noqa: E402
+from chairside.install.pki import init_ca, issue_server
+from chairside.pager.escalation import State
+from chairside.pager.policy import parse_policy
+from chairside.pager.service import Pager
+from chairside.service import Gateway
+from chairside.sim.services import InfluxDB, Mosquitto, free_port
+from chairside.sim.simulator import Fleet, make_box
+from chairside.station.accounts import Accounts
+from chairside.station.command import StationConfig, StationServer, wall_ms
+from host.clock import SimClock
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = os.environ.get("CHAIRSIDE_CHROMIUM", "/usr/bin/chromium")
