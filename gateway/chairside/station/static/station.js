@@ -113,6 +113,7 @@
     const tile = el("article", "tile");
     tile.id = "tile-" + t.chair;
     tile.dataset.chair = t.chair;
+    tile.dataset.seq = t.seq === null ? "" : String(t.seq);
     if (t.stale) tile.classList.add("is-stale");
     if (t.drill) tile.classList.add("is-drill");
     if (t.chair === focus) tile.classList.add("focus");
