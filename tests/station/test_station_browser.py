@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from argon2 import PasswordHasher
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from e2e_support import Observer, SimWallClock, lockstep, start_gateway, wait_rows
@@ -141,7 +142,8 @@ def world(mosquitto_module: Mosquitto, influxdb_module: InfluxDB,
     assert pager.wait_connected(10)
     init_ca(tmp / "pki")
     cert = issue_server(tmp / "pki", ["127.0.0.1"])
-    accounts = Accounts(tmp / "users.json")
+    # argon2 at a lower cost than the station's default (the default is what test_station_accounts checks)
+    accounts = Accounts(tmp / "users.json", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
     accounts.add(NURSE, NURSE_PW, "nurse", 0)
     accounts.add(LEAD, LEAD_PW, "lead", 0)
     clock = OffsetClock()

@@ -95,7 +95,13 @@ class Accounts:
         self._lock = threading.Lock()
         self._failures: dict[str, _Failures] = {}
         self.failures_dropped = 0
-        self._dummy_hash = self.hasher.hash("chairside-station-no-such-user")
+        self._dummy: str | None = None
+
+    def _dummy_hash(self) -> str:
+        """What an unknown name is checked against (made on first use: hashing costs time)."""
+        if self._dummy is None:
+            self._dummy = self.hasher.hash("chairside-station-no-such-user")
+        return self._dummy
 
     # ---- the file ------------------------------------------------------------------
 
@@ -161,7 +167,7 @@ class Accounts:
         ok = False
         try:
             # verify against a dummy hash for unknown names: same cost, same answer
-            ok = self.hasher.verify(stored if isinstance(stored, str) else self._dummy_hash, password[:MAX_PASSWORD])
+            ok = self.hasher.verify(stored if isinstance(stored, str) else self._dummy_hash(), password[:MAX_PASSWORD])
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             ok = False
         if ok and isinstance(stored, str) and role in ROLES:

@@ -203,6 +203,7 @@ class Station:
         self.answer_timeout_s = answer_timeout_s
         self.sessions = Sessions()
         self.hub: Hub | None = None
+        self._streams: set[asyncio.Task[Any]] = set()
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
             undefined=jinja2.StrictUndefined)
@@ -222,7 +223,13 @@ class Station:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_static("/static", HERE / "static")
         app.cleanup_ctx.append(self._hub_ctx)
+        app.on_shutdown.append(self._end_streams)
         return app
+
+    async def _end_streams(self, _app: web.Application) -> None:
+        """Open event streams never end by themselves: end them so shutdown does not wait."""
+        for task in list(self._streams):
+            task.cancel()
 
     async def _hub_ctx(self, _app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
@@ -338,6 +345,9 @@ class Station:
         await response.prepare(request)
         client = _Client()
         self.hub.clients.add(client)
+        task = asyncio.current_task()
+        if task is not None:
+            self._streams.add(task)
         try:
             await response.write(self.hub.snapshot().encode())
             while True:
@@ -352,10 +362,12 @@ class Station:
                 except TimeoutError:
                     message = _event("heartbeat", {"t": self.clock()})
                 await response.write(message.encode())
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the browser went away
         finally:
             self.hub.clients.discard(client)
+            if task is not None:
+                self._streams.discard(task)
         return response
 
     # ---- actions ---------------------------------------------------------------------
