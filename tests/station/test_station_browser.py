@@ -286,7 +286,8 @@ def test_wrong_password_missing_csrf_and_a_nurse_changing_a_limit_are_refused(wo
     page.context.close()
 
     page = login(world, LEAD, LEAD_PW)
-    page.wait_for_selector("#tile-4 button.limit")
+    page.goto(world.station.url + "/chair/4")  # where Grafana's overview links a chair
+    page.wait_for_selector("#tile-4.focus button.limit")
     for value, outcome in (("70", "refused: bad_limit"), ("93", "applied: spo2_low.limit = 93")):
         page.click("#tile-4 button.limit")
         page.select_option("#limit-param", "spo2_low.limit")

@@ -109,6 +109,8 @@ def test_an_action_while_the_broker_is_unreachable_is_refused_at_once(tmp_path: 
         response = await client.post("/api/chair/3/standby", json={}, headers={"X-CSRF-Token": csrf})
         answer = await response.json()
         assert (answer["ok"], answer["reason"]) == (0, "broker")
+        assert (await (await client.get("/healthz")).json())["mqtt_subscribed"] is False
+        assert not st.feed.connected  # the heartbeat tells the page: NOT LIVE
 
     try:
         serve(st, body)

@@ -74,6 +74,7 @@ class Feed:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *_a: self._subscribed.set()
+        self.client.on_disconnect = self._on_disconnect
         self.client.reconnect_delay_set(1, 30)
         root = contract.topic_root()
         site = board.site
@@ -86,6 +87,16 @@ class Feed:
 
     def wait_subscribed(self, timeout_s: float) -> bool:
         return self._subscribed.wait(timeout_s)
+
+    @property
+    def connected(self) -> bool:
+        """Subscribed and still connected: the board is fed."""
+        return self._subscribed.is_set()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
+        if self._subscribed.is_set():
+            log.warning("station lost the broker (%s); reconnecting", reason)
+        self._subscribed.clear()
 
     def stop(self) -> None:
         self.client.disconnect()

@@ -334,7 +334,7 @@ class Station:
             limit_params=[(p, RUNTIME_RANGES[p]) for p in LIMIT_PARAMS])
 
     async def healthz(self, _request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "mqtt_subscribed": self.feed.wait_subscribed(0)})
+        return web.json_response({"ok": True, "mqtt_subscribed": self.feed.connected})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         session = self._session(request)
@@ -360,7 +360,7 @@ class Station:
                 try:
                     message = await asyncio.wait_for(client.queue.get(), HEARTBEAT_S)
                 except TimeoutError:
-                    message = _event("heartbeat", {"t": self.clock()})
+                    message = _event("heartbeat", {"t": self.clock(), "mqtt": self.feed.connected})
                 await response.write(message.encode())
         except ConnectionResetError:
             pass  # the browser went away

@@ -278,9 +278,15 @@
     updateSound();
     window.stationUpdates = (window.stationUpdates || 0) + 1;
   });
-  source.addEventListener("heartbeat", () => {
+  source.addEventListener("heartbeat", (ev) => {
     lastEvent = Date.now();
-    connection(true);
+    const beat = JSON.parse(ev.data);
+    if (beat.mqtt === false) {
+      connection(false);  // the station server lost the broker: nothing it shows is fed
+      document.getElementById("connection").textContent = "NOT LIVE: the station lost the MQTT broker";
+    } else {
+      connection(true);
+    }
   });
   source.onerror = () => connection(false);
   setInterval(() => {
