@@ -298,3 +298,29 @@ def test_wrong_password_missing_csrf_and_a_nurse_changing_a_limit_are_refused(wo
     (row,) = wait_rows(world.influxdb, f"SELECT * FROM limit_audit WHERE site = '{SITE}' AND chair = '4'", 1)
     assert (row["param"], row["new"], row["by"], row["reason"]) == ("spo2_low.limit", 93, LEAD, "baseline 94 %")
     page.context.close()
+
+
+def test_the_page_says_not_live_when_the_station_has_no_broker_or_the_page_no_station(
+    world: World, tmp_path: Path,
+) -> None:
+    """A second station whose broker is gone (nobody listens on its port)."""
+    accounts = Accounts(tmp_path / "users.json", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+    accounts.add(NURSE, NURSE_PW, "nurse", 0)
+    orphan = StationServer(StationConfig(site=SITE, users=tmp_path / "users.json", mqtt_port=free_port(),
+                                         host="127.0.0.1", port=0, heartbeat_s=0.3), accounts=accounts)
+    orphan.start()
+    try:
+        context = world.browser.new_context()
+        page = context.new_page()
+        page.goto(orphan.url + "/login")
+        page.fill("input[name=name]", NURSE)
+        page.fill("input[name=password]", NURSE_PW)
+        page.click("#login-button")
+        page.wait_for_selector('#connection.lost >> text="NOT LIVE: the station lost the MQTT broker"',
+                               timeout=5000)
+        assert "feed-lost" in (page.locator("body").get_attribute("class") or "")
+    finally:
+        orphan.stop()
+    page.wait_for_selector('#connection.lost >> text="NOT LIVE: no connection to the station server"',
+                           timeout=5000)
+    context.close()

@@ -61,6 +61,7 @@ class StationConfig:
     profile: Path = DEFAULT_PROFILE_PATH
     audit_log: Path | None = None
     answer_timeout_s: float = 10.0
+    heartbeat_s: float = 5.0
 
 
 class StationServer:
@@ -76,7 +77,8 @@ class StationServer:
         self.accounts = accounts or Accounts(config.users)
         tls = config.tls_cert is not None and config.tls_key is not None
         self.station = Station(board, self.feed, self.accounts, clock, secure_cookies=tls,
-                               audit_path=config.audit_log, answer_timeout_s=config.answer_timeout_s)
+                               audit_path=config.audit_log, answer_timeout_s=config.answer_timeout_s,
+                               heartbeat_s=config.heartbeat_s)
         self.ssl = server_ssl(config.tls_cert, config.tls_key) if tls else None  # type: ignore[arg-type]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -113,8 +113,10 @@ class _Client:
 class Hub:
     """Pushes changed tiles to every open board (SSE)."""
 
-    def __init__(self, board: Board, lock: threading.Lock, clock: Callable[[], int]) -> None:
+    def __init__(self, board: Board, lock: threading.Lock, clock: Callable[[], int],
+                 connected: Callable[[], bool] = lambda: True) -> None:
         self.board = board
+        self.connected = connected
         self.lock = lock
         self.clock = clock
         self.clients: set[_Client] = set()
@@ -130,7 +132,7 @@ class Hub:
     def snapshot(self) -> str:
         with self.lock:
             views = self.board.views(self.clock())
-        return _event("tiles", {"tiles": views, "full": True})
+        return _event("tiles", {"tiles": views, "full": True, "mqtt": self.connected()})
 
     def push_changes(self, everything: bool) -> None:
         now = self.clock()
@@ -145,7 +147,7 @@ class Hub:
                 self.sent[view["chair"]] = text
                 changed.append(view)
         if changed:
-            self.broadcast(_event("tiles", {"tiles": changed, "full": False}))
+            self.broadcast(_event("tiles", {"tiles": changed, "full": False, "mqtt": self.connected()}))
 
     def broadcast(self, message: str) -> None:
         for client in self.clients:
@@ -193,6 +195,7 @@ class Station:
         secure_cookies: bool,
         audit_path: Path | None = None,
         answer_timeout_s: float = ANSWER_TIMEOUT_S,
+        heartbeat_s: float = HEARTBEAT_S,
     ) -> None:
         self.board = board
         self.feed = feed
@@ -201,6 +204,7 @@ class Station:
         self.secure_cookies = secure_cookies
         self.audit_path = audit_path
         self.answer_timeout_s = answer_timeout_s
+        self.heartbeat_s = heartbeat_s
         self.sessions = Sessions()
         self.hub: Hub | None = None
         self._streams: set[asyncio.Task[Any]] = set()
@@ -233,7 +237,7 @@ class Station:
 
     async def _hub_ctx(self, _app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        hub = self.hub = Hub(self.board, self.feed.lock, self.clock)
+        hub = self.hub = Hub(self.board, self.feed.lock, self.clock, lambda: self.feed.connected)
 
         def on_change(chair: str) -> None:
             with contextlib.suppress(RuntimeError):  # the loop is closing: no board to update
@@ -358,7 +362,7 @@ class Station:
                     await response.write(self.hub.snapshot().encode())
                     continue
                 try:
-                    message = await asyncio.wait_for(client.queue.get(), HEARTBEAT_S)
+                    message = await asyncio.wait_for(client.queue.get(), self.heartbeat_s)
                 except TimeoutError:
                     message = _event("heartbeat", {"t": self.clock(), "mqtt": self.feed.connected})
                 await response.write(message.encode())

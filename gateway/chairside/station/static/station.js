@@ -260,17 +260,22 @@
 
   // ---- the live feed -----------------------------------------------------------
   let lastEvent = 0;
-  function connection(live) {
+  let mqttOk = true;  // the station server's own feed, from its heartbeats
+  function connection(streamOk) {
+    const live = streamOk && mqttOk;
     const c = document.getElementById("connection");
-    c.textContent = live ? "LIVE" : "NOT LIVE: no connection to the station server";
+    c.textContent = live ? "LIVE"
+      : !streamOk ? "NOT LIVE: no connection to the station server"
+      : "NOT LIVE: the station lost the MQTT broker";  // nothing it shows is fed
     c.className = "connection " + (live ? "live" : "lost");
     body.classList.toggle("feed-lost", !live);
   }
   const source = new EventSource("/events");
   source.addEventListener("tiles", (ev) => {
     lastEvent = Date.now();
-    connection(true);
     const msg = JSON.parse(ev.data);
+    mqttOk = msg.mqtt !== false;
+    connection(true);
     for (const t of msg.tiles) {
       tiles.set(t.chair, t);
       render(t);
@@ -280,13 +285,8 @@
   });
   source.addEventListener("heartbeat", (ev) => {
     lastEvent = Date.now();
-    const beat = JSON.parse(ev.data);
-    if (beat.mqtt === false) {
-      connection(false);  // the station server lost the broker: nothing it shows is fed
-      document.getElementById("connection").textContent = "NOT LIVE: the station lost the MQTT broker";
-    } else {
-      connection(true);
-    }
+    mqttOk = JSON.parse(ev.data).mqtt !== false;
+    connection(true);
   });
   source.onerror = () => connection(false);
   setInterval(() => {
