@@ -283,6 +283,11 @@ def test_wrong_password_missing_csrf_and_a_nurse_changing_a_limit_are_refused(wo
     time.sleep(0.3)
     sent = [t for t, _, _ in world.observer.messages[before:] if "/standby" in t or "/limits/set" in t]
     assert sent == []  # nothing refused reached the gateway
+    assert page.locator("#tile-4 button.limit").count() == 0
+    page.click("#tile-4 button.standby")  # a nurse may: confirmed in the dialog, applied by the gateway
+    page.wait_for_selector("#tile-4 .result >> text=applied: standby")
+    standby = world.observer.wait_for("/4/standby", lambda p: True)
+    assert standby["by"] == NURSE
     page.context.close()
 
     page = login(world, LEAD, LEAD_PW)
