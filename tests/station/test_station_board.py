@@ -82,3 +82,11 @@ def test_drill_chairs_are_marked_and_sorted_after_the_real_chairs() -> None:
         b.apply(chair, "vitals", vitals(), T0)
     views = b.views(T0)
     assert [(v["chair"], v["drill"]) for v in views] == [("2", False), ("10", False), ("drill-3", True)]
+
+
+def test_the_board_holds_at_most_max_chairs_and_counts_the_rest(monkeypatch: Any) -> None:
+    monkeypatch.setattr("chairside.station.board.MAX_CHAIRS", 2)
+    b = board()
+    assert [b.apply(chair, "vitals", vitals(), T0) for chair in ("1", "2", "3")] == [True, True, False]
+    assert sorted(b.chairs) == ["1", "2"] and b.chairs_dropped == 1
+    assert b.apply("1", "vitals", vitals(), T0 + 1000)  # known chairs still update

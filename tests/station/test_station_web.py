@@ -111,6 +111,8 @@ def test_an_action_while_the_broker_is_unreachable_is_refused_at_once(tmp_path: 
         assert (answer["ok"], answer["reason"]) == (0, "broker")
         assert (await (await client.get("/healthz")).json())["mqtt_subscribed"] is False
         assert not st.feed.connected  # the heartbeat tells the page: NOT LIVE
+        metrics = await (await client.get("/metrics")).text()
+        assert "chairside_station_board_chairs 0.0" in metrics and "chairside_station_chairs_dropped 0.0" in metrics
 
     try:
         serve(st, body)

@@ -26,6 +26,7 @@ from chairside.alarms.profile import Profile
 
 DRILL_PREFIX: Final = "drill-"
 NIBP_WINDOW_MS: Final = 3600_000  # the dashboards' NIBP_WINDOW (1 h)
+MAX_CHAIRS: Final = 2000  # a site's chairs; messages of further chair ids are dropped and counted
 PRIORITY_RANK: Final[dict[str, int]] = {"high": 3, "medium": 2, "low": 1}
 SENSOR_WORDS: Final[dict[str, str]] = {
     "ok": "SENSOR OK",
@@ -75,6 +76,7 @@ class Board:
         self.stale_ms = int(profile.stale_after_s * 1000)
         self.grafana_url = grafana_url.rstrip("/") if grafana_url else None
         self.chairs: dict[str, ChairState] = {}
+        self.chairs_dropped = 0
 
     def words(self, alarm: str) -> str:
         cond = self.profile.conditions.get(alarm)
@@ -90,6 +92,9 @@ class Board:
 
     def apply(self, chair: str, kind: str, fields: Mapping[str, Any], rx_ms: int, *, last_will: bool = False) -> bool:
         """Take one validated message of this site; True when the chair's tile may change."""
+        if chair not in self.chairs and len(self.chairs) >= MAX_CHAIRS:
+            self.chairs_dropped += 1
+            return False
         state = self._chair(chair)
         if kind == "vitals":
             if fields.get("h") == 1:

@@ -119,10 +119,9 @@ class StationServer:
         await runner.setup()
         site = web.TCPSite(runner, self.config.host, self.config.port, ssl_context=self.ssl)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
+        addresses = runner.addresses
+        if addresses:
+            self.port = int(addresses[0][1])
         self._ready.set()
         try:
             await self._stop.wait()

@@ -225,6 +225,7 @@ class Station:
         app.router.add_get("/events", self.events)
         app.router.add_post("/api/chair/{chair}/{action}", self.action)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
         app.router.add_static("/static", HERE / "static")
         app.cleanup_ctx.append(self._hub_ctx)
         app.on_shutdown.append(self._end_streams)
@@ -300,7 +301,8 @@ class Station:
         if not isinstance(name, str) or not isinstance(password, str):
             return await self.login_page(request, "Enter your name and password.", 400)
         now = self.clock()
-        result = self.accounts.login(name, password, now)
+        # argon2 takes tens of milliseconds by design: off the event loop, so the boards keep updating
+        result = await asyncio.to_thread(self.accounts.login, name, password, now)
         if result.user is None:
             self.feed.metrics.inc("logins_refused", reason=result.reason)
             self._audit(None, "login", "", {"name": name[:64]}, {"ok": 0, "reason": result.reason})
@@ -339,6 +341,17 @@ class Station:
 
     async def healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "mqtt_subscribed": self.feed.connected})
+
+    async def metrics(self, _request: web.Request) -> web.Response:
+        """Prometheus text: refused input and requests, and what the bounded tables dropped."""
+        m = self.feed.metrics
+        m.set("board_chairs", len(self.board.chairs))
+        m.set("chairs_dropped", self.board.chairs_dropped)
+        m.set("sessions_dropped", self.sessions.dropped)
+        m.set("login_failures_dropped", self.accounts.failures_dropped)
+        m.set("board_clients", len(self.hub.clients) if self.hub else 0)
+        m.set("board_updates_dropped", self.hub.dropped if self.hub else 0)
+        return web.Response(text=m.render(), content_type="text/plain")
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         session = self._session(request)
