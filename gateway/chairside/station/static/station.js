@@ -228,6 +228,10 @@
     } catch (err) {
       answer = {ok: 0, reason: "station not reachable", detail: String(err)};
     }
+    if (answer.reason === "not_logged_in") {
+      window.location.assign("/login");  // the session ended (12 h without a request, or logged out)
+      return answer;
+    }
     const text = answer.ok ? "applied: " + what
                            : "refused: " + answer.reason + (answer.detail ? " (" + answer.detail + ")" : "");
     results.set(chair, {ok: !!answer.ok, text: text});
