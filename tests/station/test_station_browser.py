@@ -54,6 +54,7 @@ LEAD, LEAD_PW = "Dr Lead", "lead password 12"
 REPO = Path(__file__).resolve().parents[2]
 ARTEFACTS = Path(os.environ.get("CHAIRSIDE_TEST_ARTEFACTS", REPO / "test-artefacts")) / "station"
 DESAT_AT_MS = 8_000
+PROMPT = [""]  # what the "nurse" types into the next prompt (the session's clinic reference)
 
 
 class OffsetClock:
@@ -183,7 +184,7 @@ def login(world: World, name: str, password: str) -> Any:
     context = world.browser.new_context(viewport={"width": 1100, "height": 700})
     context.set_default_timeout(10_000)
     page = context.new_page()
-    page.on("dialog", lambda dialog: dialog.accept())
+    page.on("dialog", lambda dialog: dialog.accept(PROMPT[0]) if dialog.type == "prompt" else dialog.accept())
     page.goto(world.station.url + "/login")
     page.fill("input[name=name]", name)
     page.fill("input[name=password]", password)
@@ -288,6 +289,18 @@ def test_wrong_password_missing_csrf_and_a_nurse_changing_a_limit_are_refused(wo
     page.wait_for_selector("#tile-4 .result >> text=applied: standby")
     standby = world.observer.wait_for("/4/standby", lambda p: True)
     assert standby["by"] == NURSE
+    # the infusion session (issue 20's chair_session): the prompt's answer is the clinic reference
+    PROMPT[0] = "ENC-42"
+    page.click("#tile-4 button.session-start")
+    page.wait_for_selector(f"#tile-4 .result >> text=applied: session started ({SITE}.4.")
+    PROMPT[0] = "ENC-43"
+    page.click("#tile-4 button.session-start")
+    page.wait_for_selector("#tile-4 .result >> text=refused: session_open")
+    page.click("#tile-4 button.session-end")
+    page.wait_for_selector("#tile-4 .result >> text=applied: session ended")
+    rows = wait_rows(world.influxdb, f"SELECT * FROM sessions WHERE site = '{SITE}' AND chair = '4'", 2)
+    assert sorted((r["event"], r["by"], r.get("ref")) for r in rows) == [
+        ("end", NURSE, "ENC-42"), ("start", NURSE, "ENC-42")]  # the session keeps its reference
     page.context.close()
 
     page = login(world, LEAD, LEAD_PW)

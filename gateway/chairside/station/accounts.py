@@ -4,8 +4,8 @@ The accounts live in one JSON file (``{"v": 1, "users": {name: {"hash", "role",
 "created"}}}``), written atomically, mode 0600.  Only argon2id hashes are kept
 (argon2-cffi's defaults: 64 MiB, 3 passes); a password is never stored or logged.
 
-Roles: ``nurse`` (acknowledge, standby, infusion session) and ``lead`` (all of
-that, and per-chair limit changes).
+Roles: ``nurse`` (acknowledge, standby, start/end an infusion session) and
+``lead`` (all of that, and per-chair limit changes).
 
 Lock-out: :data:`MAX_FAILURES` failed logins of one name within
 :data:`FAILURE_WINDOW_MS` lock that name for :data:`LOCKOUT_MS`; while locked,

@@ -8,7 +8,7 @@ answers).  A message that does not decode is counted by reason in
 ``rejected{reason}`` and logged, never raised.
 
 Sent: the gateway's existing staff messages (``alarm_ack``, ``chair_standby``,
-``limits_set``; contract.json), each with a request ``id``; :meth:`Feed.request`
+``limits_set``, ``chair_session``; contract.json), each with a request ``id``; :meth:`Feed.request`
 returns a future completed with the gateway's ``staff/result`` answer for that
 id.  At most :data:`MAX_PENDING` requests wait at once (more are refused).
 """
@@ -36,7 +36,7 @@ from .board import Board
 log = logging.getLogger("chairside.station.feed")
 
 MAX_PENDING: Final = 256
-STAFF_KINDS: Final = ("alarm_ack", "chair_standby", "limits_set")
+STAFF_KINDS: Final = ("alarm_ack", "chair_standby", "limits_set", "chair_session")
 _TAILS: Final = {"alarms/active": "alarms_active", "alarms": "alarm_event", "staff/result": "control_result"}
 
 

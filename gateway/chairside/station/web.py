@@ -16,7 +16,8 @@ Security:
   ``csrf_token`` or header ``X-CSRF-Token``), compared in constant time;
   without it the request is refused with 403 and nothing is sent;
 * an action is sent as the logged-in name (``by``), never a typed one; a nurse
-  may acknowledge and put a chair in standby, only a lead may change a limit;
+  may acknowledge, put a chair in standby and start or end its infusion
+  session, only a lead may change a limit;
 * every action and its answer is written to the station's audit log (JSON
   lines) and the gateway stores the action itself (``alarm_events``,
   ``limit_audit``) under that name.
@@ -430,8 +431,11 @@ class Station:
         except ConnectionError as exc:
             answer = {"ok": 0, "reason": "broker", "detail": str(exc)}
         self._audit(user, action, chair, message, answer)
-        return web.json_response({"ok": 1 if answer.get("ok") else 0, "reason": answer.get("reason", ""),
-                                  "detail": answer.get("detail", "")})
+        reply = {"ok": 1 if answer.get("ok") else 0, "reason": answer.get("reason", ""),
+                 "detail": answer.get("detail", "")}
+        if isinstance(answer.get("session"), str):
+            reply["session"] = answer["session"]  # the session id the gateway gave a start or end
+        return web.json_response(reply)
 
     @staticmethod
     def _message(action: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]] | str:
@@ -443,6 +447,16 @@ class Station:
             return "alarm_ack", {"alarm": alarm}
         if action == "standby":
             return "chair_standby", {}
+        if action == "session":
+            what, ref = body.get("action"), body.get("ref")
+            if what not in ("start", "end"):
+                return "action: start or end"
+            message: dict[str, Any] = {"action": what}
+            if what == "start" and ref not in (None, ""):
+                if not isinstance(ref, str) or len(ref) > 64 or text_problem(ref):
+                    return "ref: at most 64 printable characters (a clinic reference, never a patient name)"
+                message["ref"] = ref
+            return "chair_session", message
         if action == "limit":
             param, value, reason = body.get("param"), body.get("value"), body.get("reason", "")
             if param not in LIMIT_PARAMS:

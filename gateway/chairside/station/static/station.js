@@ -168,6 +168,21 @@
       }
     });
     actions.append(standby);
+    const start = el("button", "session-start", "Start session");
+    start.type = "button";
+    start.title = "Start this chair's infusion session (the record chairside report makes)";
+    start.addEventListener("click", () => {
+      const ref = window.prompt("Clinic reference for this session, e.g. the encounter number (optional; never a patient name)", "");
+      if (ref !== null) act(t.chair, "session", {action: "start", ref: ref.trim()}, "session started");
+    });
+    const end = el("button", "session-end", "End session");
+    end.type = "button";
+    end.addEventListener("click", () => {
+      if (window.confirm("End the infusion session on chair " + t.chair + "?")) {
+        act(t.chair, "session", {action: "end"}, "session ended");
+      }
+    });
+    actions.append(start, end);
     if (role === "lead") {
       const lim = el("button", "limit", "Change limit…");
       lim.type = "button";
@@ -232,6 +247,7 @@
       window.location.assign("/login");  // the session ended (12 h without a request, or logged out)
       return answer;
     }
+    if (answer.ok && answer.session) what += " (" + answer.session + ")";
     const text = answer.ok ? "applied: " + what
                            : "refused: " + answer.reason + (answer.detail ? " (" + answer.detail + ")" : "");
     results.set(chair, {ok: !!answer.ok, text: text});
