@@ -1,8 +1,9 @@
 """``chairside-overview``: every chair at a glance, for the nurses.
 
 One row per chair (repeated over ``$chair``): sensor state, SpO2, pulse, last
-NIBP with its age, highest active alarm priority.  Drill chairs
-(``drill-<chair>``, ``chairside drill``) are left out of ``$chair``.
+NIBP with its age, highest active alarm priority, the active alarms named in
+words (linked to the chair on the nurses' station, ``station_links.py``).
+Drill chairs (``drill-<chair>``, ``chairside drill``) are left out of ``$chair``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dashboards.panels import (
     variables,
 )
 from dashboards.sdk import common, dash, dm, stat
+from dashboards.station_links import alarm_names, station_link, station_variable
 
 
 def overview(profile: Profile) -> dash.Dashboard:
@@ -66,7 +68,7 @@ def overview(profile: Profile) -> dash.Dashboard:
         )
         .color_mode(common.BigValueColorMode.BACKGROUND)
         .graph_mode(common.BigValueGraphMode.NONE)
-        .grid_pos(grid(4, 5))
+        .grid_pos(grid(3, 5))
     )
 
     def vital(title: str, field: str, unit: str) -> stat.Panel:
@@ -94,7 +96,7 @@ def overview(profile: Profile) -> dash.Dashboard:
             .no_value("STALE")
             .color_mode(common.BigValueColorMode.BACKGROUND)
             .graph_mode(common.BigValueGraphMode.NONE)
-            .grid_pos(grid(4, 5))
+            .grid_pos(grid(3, 5))
         )
 
     nibp = (
@@ -138,7 +140,7 @@ def overview(profile: Profile) -> dash.Dashboard:
         .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
         .color_mode(common.BigValueColorMode.BACKGROUND)
         .graph_mode(common.BigValueGraphMode.NONE)
-        .grid_pos(grid(7, 5))
+        .grid_pos(grid(6, 5))
     )
 
     def active(priority: str) -> str:
@@ -192,7 +194,7 @@ def overview(profile: Profile) -> dash.Dashboard:
         )
         .color_mode(common.BigValueColorMode.BACKGROUND)
         .graph_mode(common.BigValueGraphMode.NONE)
-        .grid_pos(grid(5, 5))
+        .grid_pos(grid(3, 5))
     )
 
     row = (
@@ -203,6 +205,7 @@ def overview(profile: Profile) -> dash.Dashboard:
         .with_panel(vital("Pulse", "pr", "suffix: bpm"))
         .with_panel(nibp)
         .with_panel(alarm)
+        .with_panel(alarm_names(profile))  # which alarm, linked to the station
     )
     return (
         dash.Dashboard("Chairside — clinic overview")
@@ -213,6 +216,7 @@ def overview(profile: Profile) -> dash.Dashboard:
         .refresh("5s")
         .timezone("browser")
         .variables(variables(multi=True, exclude_drills=True))
+        .with_variable(station_variable())
         .link(
             dash.DashboardLink("Chair detail")
             .type(dm.DashboardLinkType.DASHBOARDS)
@@ -221,5 +225,6 @@ def overview(profile: Profile) -> dash.Dashboard:
             .include_vars(True)
             .keep_time(True)
         )
+        .link(station_link())
         .with_row(row)
     )

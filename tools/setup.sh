@@ -23,6 +23,8 @@ command -v pdftoppm >/dev/null 2>&1 || need_apt+=(poppler-utils)
 # systemd-analyze (tests/deploy: `systemd-analyze verify` on the shipped units)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# the station's browser tests drive Debian's chromium (Playwright never downloads a browser here)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" != "0" ]; then
@@ -42,7 +44,7 @@ fi
 stamp=.venv/.chairside-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/pip install -q --upgrade pip >/dev/null
-    .venv/bin/pip install -q -e '.[dev]'
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 .venv/bin/pip install -q -e '.[dev]'
     touch "$stamp"
 fi
 

@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "install": ("chairside.install.server", "install or upgrade a clinic server (idempotent; --root DIR)"),
     "backup": ("chairside.install.backup", "back up InfluxDB and the state folders, or --restore one"),
     "doctor": ("chairside.install.doctor", "check the installed server: broker, InfluxDB, health, certs, clock, boxes"),
+    "station": ("chairside.station.command", "the nurses' station web app and its staff accounts"),
 }
 
 

@@ -74,6 +74,8 @@ def test_every_panel_variable_and_annotation_uses_the_datasource_uid(name: str) 
             assert target["resultFormat"] in ("time_series", "table")
             assert target["refId"]
     for var in board["templating"]["list"]:
+        if var["type"] == "textbox":  # $station: a URL, not a query
+            continue
         assert var["datasource"]["uid"] == UID
     for anno in board.get("annotations", {}).get("list", []):
         assert anno["datasource"]["uid"] == UID
@@ -197,4 +199,17 @@ def test_current_value_queries_are_bounded_by_now() -> None:
                     assert query.count("$timeFilter AND time <= now()") == query.count("$timeFilter"), (
                         panel["title"])
                     checked += 1
-    assert checked == 8
+    assert checked == 9  # with the overview's Alarms (names) panel
+
+
+def test_overview_names_active_alarms_and_links_each_chair_to_the_station() -> None:
+    panel = _overview_row_panels()["Alarms"]
+    options = panel["fieldConfig"]["defaults"]["mappings"][0]["options"]
+    assert options["spo2_critical"] == {"color": "red", "index": options["spo2_critical"]["index"],
+                                        "text": "SpO2 critically low"}
+    assert options["probe_off"]["color"] == "yellow" and options["nibp_failed"]["color"] == "#00FFFF"
+    assert panel["options"]["reduceOptions"] == {"calcs": ["last"], "fields": "/^alarm$/", "values": True}
+    assert [link["url"] for link in panel["fieldConfig"]["defaults"]["links"]] == ["${station}/chair/${chair}"]
+    assert [link["url"] for link in panel["links"]] == ["${station}/chair/${chair}"]
+    station = next(v for v in BOARDS["chairside-overview.json"]["templating"]["list"] if v["name"] == "station")
+    assert station["type"] == "textbox" and station["hide"] == 2 and station["query"].startswith("https://")

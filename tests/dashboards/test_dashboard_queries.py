@@ -186,6 +186,8 @@ def test_every_query_of_every_dashboard_executes(seeded: tuple[InfluxDB, int]) -
                 run(db, expand(anno["target"]["query"], scope(board, None, chairs, multi)))
                 executed += 1
         for var in board["templating"]["list"]:
+            if var["type"] == "textbox":  # $station: a URL, not a query
+                continue
             run(db, expand(var["query"], scope(board, None, CHAIRS, multi)))
             executed += 1
     assert executed > 100
@@ -195,7 +197,7 @@ def test_variables_list_sites_and_chairs(seeded: tuple[InfluxDB, int]) -> None:
     db, _ = seeded
     board = BOARDS["chairside-overview"]
     found = {}
-    for var in board["templating"]["list"]:
+    for var in (v for v in board["templating"]["list"] if v["type"] != "textbox"):
         found[var["name"]] = sorted(r["value"] for r in rows(run(
             db, expand(var["query"], scope(board, None, CHAIRS)))))
     assert found == {"site": [SITE], "chair": list(CHAIRS)}
@@ -282,6 +284,15 @@ def test_overview_active_alarm_is_highest_priority(seeded: tuple[InfluxDB, int],
                                                   rank: int | None) -> None:
     db, _ = seeded
     assert _last(run_panel(db, "chairside-overview", "Active alarm", (chair,))) == rank
+
+
+@pytest.mark.parametrize(("chair", "names"), [("c1", []), ("c2", ["spo2_critical", "spo2_low"]),
+                                              ("c3", ["bp_intervention"]), ("c4", ["box_offline"])])
+def test_overview_alarms_panel_names_every_active_alarm(seeded: tuple[InfluxDB, int], chair: str,
+                                                        names: list[str]) -> None:
+    """The Alarms panel shows one value per active alarm (acknowledged included, cleared not)."""
+    db, _ = seeded
+    assert sorted(r["alarm"] for r in rows(run_panel(db, "chairside-overview", "Alarms", (chair,)))) == names
 
 
 # ------------------------------------------------------------------ chair detail

@@ -1,0 +1,1 @@
+"""The nurses' station: a web app beside Grafana (board, actions, alarm tones, accounts)."""
