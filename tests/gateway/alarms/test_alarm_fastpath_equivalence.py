@@ -5,9 +5,12 @@ delay bookkeeping, remembered value/limit/detail, reason) after every call as
 the engine before the hot-path work did.  That engine's results are recorded
 in ``data/alarm_stream_digests.json``: a SHA-256 over every call's result and
 snapshot, checkpointed every ``CHECKPOINT`` calls, so a mismatch names the
-first window of calls that differs.  After an *intended* behaviour change,
-re-record with ``python tests/gateway/test_alarm_fastpath_equivalence.py``
-and say why in the commit.
+first window of calls that differs.  These digests are the second net: each
+rule of docs/alarms.md has a readable test (test_alarm_rules_readable.py).
+After an *intended* behaviour change, run
+``python tests/gateway/alarms/test_alarm_fastpath_equivalence.py``: it prints
+which streams changed and where, and refuses to overwrite the recording unless
+given ``--write`` (or ``CHAIRSIDE_RECORD_DIGESTS=1``); say why in the commit.
 
 The streams deliberately visit what the fast paths skip over: conditions
 going normal → abnormal → normal while their slot is idle, dips shorter than
@@ -21,9 +24,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import random
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -312,9 +316,70 @@ def test_streams_visit_every_condition() -> None:
     assert seen >= set(profile.conditions) - {"data_stale"}
 
 
-if __name__ == "__main__":  # re-record after an intended behaviour change
+Digests = Mapping[str, list[str]]
+
+
+def all_digests() -> dict[str, list[str]]:
+    return {_key(seed, sat): stream_digests(seed, sat) for seed in range(3) for sat in (False, True)}
+
+
+def changed_streams(old: Digests, new: Digests) -> list[str]:
+    """One line per stream that differs: which, and the first window of calls."""
+    lines = []
+    for key in sorted(old.keys() | new.keys()):
+        was, now = old.get(key), new.get(key)
+        if was == now:
+            continue
+        if was is None or now is None:
+            lines.append(f"{key}: {'new stream' if was is None else 'stream removed'}")
+            continue
+        first = next((i for i, (a, b) in enumerate(zip(was, now, strict=False)) if a != b), min(len(was), len(now)))
+        lines.append(f"{key}: differs from calls {first * CHECKPOINT}..{first * CHECKPOINT + CHECKPOINT - 1}")
+    return lines
+
+
+def record(golden: Path, compute: Callable[[], Digests], write: bool, say: Callable[[str], None] = print) -> int:
+    """Compare the engine's digests with the recording, print what changed, and
+    overwrite the recording only when ``write`` is set.  Exit status: 0 when
+    nothing changed or the new digests were written, 1 when they differ and
+    ``write`` was not given."""
+    old = json.loads(golden.read_text()) if golden.exists() else {}
+    new = compute()
+    changed = changed_streams(old, new)
+    for line in changed:
+        say(line)
+    if not changed:
+        say(f"no stream changed: {golden} left as it is")
+        return 0
+    if not write:
+        say(f"{len(changed)} stream(s) changed; {golden} NOT overwritten. If the change is intended, "
+            "run again with --write (or CHAIRSIDE_RECORD_DIGESTS=1) and say why in the commit.")
+        return 1
+    golden.parent.mkdir(exist_ok=True)
+    golden.write_text(json.dumps(dict(new), indent=1, sort_keys=True) + "\n")
+    say(f"recorded {golden}")
+    return 0
+
+
+def test_recorder_refuses_to_overwrite_without_the_flag_and_names_the_changed_streams(tmp_path: Path) -> None:
+    golden = tmp_path / "digests.json"
+    before = {"0-delay": ["a", "b", "c"], "0-satseconds": ["x"], "1-delay": ["gone"]}
+    golden.write_text(json.dumps(before))
+    after = {"0-delay": ["a", "B", "C"], "0-satseconds": ["x"], "2-delay": ["new"]}
+    said: list[str] = []
+    assert record(golden, lambda: after, write=False, say=said.append) == 1
+    assert json.loads(golden.read_text()) == before
+    assert said[:3] == ["0-delay: differs from calls 100..199", "1-delay: stream removed", "2-delay: new stream"]
+    assert "NOT overwritten" in said[3] and "--write" in said[3]
+    said.clear()
+    assert record(golden, lambda: after, write=True, say=said.append) == 0
+    assert json.loads(golden.read_text()) == after and said[-1] == f"recorded {golden}"
+    said.clear()
+    assert record(golden, lambda: after, write=False, say=said.append) == 0
+    assert said == [f"no stream changed: {golden} left as it is"]
+
+
+if __name__ == "__main__":  # re-record after an intended behaviour change (see the module docstring)
     sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "gateway"))
-    GOLDEN.parent.mkdir(exist_ok=True)
-    record = {_key(seed, sat): stream_digests(seed, sat) for seed in range(3) for sat in (False, True)}
-    GOLDEN.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    print(f"recorded {GOLDEN}")
+    flag = "--write" in sys.argv[1:] or os.environ.get("CHAIRSIDE_RECORD_DIGESTS") == "1"
+    sys.exit(record(GOLDEN, all_digests, write=flag))
