@@ -22,6 +22,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from chairside import contract
 from chairside.install import pki, provision
 from chairside.install.provision import ShippedMosquitto, State
 
@@ -210,24 +211,32 @@ def test_gateway_receives_everything(clinic: Clinic) -> None:
     assert sorted(seen) == sorted(expected)
 
 
+PAGER_WRITES = ("pages", "alarm_ack")  # and its own technical alarms (chair "pager")
+
+
 def test_pager_reads_alarms_and_writes_pages_only(clinic: Clinic) -> None:
     pager = clinic.conn("pager")
     pager.subscribe("chairside/v1/+/+/alarms")
     pager.subscribe("chairside/v1/+/+/vitals")   # accepted but never delivered
     gateway = clinic.conn("gateway")
-    gateway.subscribe(provision._topic("pages", SITE))
     gateway.publish(t("vitals"))
     gateway.publish(t("alarms"))
     assert pager.received(t("alarms")) == [t("alarms")]
-    pager.publish(t("cmd"))                       # denied
-    pager.publish(provision._topic("pages", SITE))
-    assert gateway.received(provision._topic("pages", SITE)) == [provision._topic("pages", SITE)]
-    # its own technical alarms, and no chair's alarms
+    # what the pager may write, seen by a listener on the whole tree: every
+    # other topic of the contract (and a chair's alarms: only the engine speaks
+    # for a chair) is denied, so nothing arrives before the end marker, the
+    # pager's own technical alarm, which it may write
+    gateway.subscribe("chairside/v1/#")
+    names = sorted(contract.load()["topics"])
+    denied = [t(name) for name in names if name not in PAGER_WRITES] + ["chairside/v1/other/3/alarms"]
+    for topic in denied:
+        pager.publish(topic)
+    allowed = [t(name) for name in PAGER_WRITES]
+    for topic in allowed:
+        pager.publish(topic)
     tech = provision._topic("alarms", SITE, "pager")
-    gateway.subscribe("chairside/v1/+/+/alarms")
-    pager.publish(t("alarms"))                    # denied: only the engine speaks for a chair
     pager.publish(tech)
-    assert gateway.received(tech) == [tech]
+    assert gateway.received(tech) == [*allowed, tech]
 
 
 def test_drill_accounts_touch_drill_chairs_only(clinic: Clinic) -> None:
