@@ -2,7 +2,9 @@
 
 A paho publisher plays the chair boxes, building payloads with the firmware's
 own encoders (firmware/csfw/contract.py); results are read back with
-InfluxQL and from MQTT.
+InfluxQL and from MQTT.  The gateway runs the production alarm engine and
+profile (tests/gateway/instant_engine.py: only spo2_low's 15-s delay is 0,
+checked by test_instant_engine.py), so the expectations are the shipped ones.
 """
 
 from __future__ import annotations
@@ -116,6 +118,18 @@ def test_desaturation_raises_alarm_historical_does_not(
         ]
         hist = query(influxdb, "SELECT spo2, hist FROM vitals WHERE chair = 'chair2'")
         assert [(r["spo2"], r["hist"], r["time"]) for r in hist] == [(80, True, now - 600_000)]
+
+        # the production engine's deep desaturation: SpO2 84 % (< 85) is
+        # spo2_critical, high, at once, escalating the announced spo2_low
+        box.send(live.vitals, vitals(3, now - 500, spo2=84))
+        deadline = time.monotonic() + 5
+        while len(ear.on("chairside/v1/clinic1/chair1/alarms")) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        critical = ear.on("chairside/v1/clinic1/chair1/alarms")[1]
+        assert (critical["alarm"], critical["event"], critical["priority"], critical["value"]) == (
+            "spo2_critical", "escalated", "high", 84.0,
+        )
     finally:
         ear.close()
 
