@@ -127,13 +127,30 @@ def test_uncommitted_batch_is_replayed_after_reboot():
 
 
 def test_capacity_eight_hours_fit_in_512k():
-    # sizes only: 8 h of 1 Hz vitals + NIBP every 5 min, against what survives
-    # a drop (all segments but one)
-    need = 8 * 3600 * spool.VITALS_LEN + (8 * 3600 // 300) * spool.NIBP_LEN
-    max_bytes = 512 * 1024
-    seg = 32 * 1024
-    kept = (max_bytes // seg - 1) * (seg - spool.MAX_LEN)
-    assert need <= kept, (need, kept)
+    # the shipped sizes (512 KB of 32 KB segments, 64 records in RAM) on the
+    # real code path: 1 Hz vitals + NIBP every 5 min until the spool is full
+    # and drops its oldest segment; right after that drop (its lowest point)
+    # it still holds at least the last 8 h, and a reboot finds them all
+    d = fresh_dir("cap8h")
+    sp = Spool(d, os, ram_records=64, max_bytes=512 * 1024, seg_bytes=32 * 1024)
+    assert sp.max_bytes == 512 * 1024  # not shrunk by the filesystem budget
+    eight_hours = 8 * 3600 + 8 * 3600 // 300  # records
+    i = 0
+    pushed = 0
+    while sp.dropped == 0:
+        sp.push(_v(i))
+        pushed += 1
+        if i % 300 == 0:
+            sp.push(_n(i))
+            pushed += 1
+        i += 1
+        assert i < 12 * 3600, "never full"
+    assert pushed > eight_hours
+    assert sp.depth == pushed - sp.dropped
+    assert sp.depth >= eight_hours, (sp.depth, eight_hours)
+    sp.flush()
+    sp2 = Spool(d, os, ram_records=64, max_bytes=512 * 1024, seg_bytes=32 * 1024)
+    assert sp2.depth == sp.depth
 
 
 def test_capacity_full_run_small_segments():
