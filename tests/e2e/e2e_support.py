@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
 from pathlib import Path
 from typing import Any
 
@@ -98,20 +99,27 @@ def query_rows(influxdb: InfluxDB, q: str) -> list[dict[str, Any]]:
 def wait_rows(influxdb: InfluxDB, q: str, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
     """At least `count` rows, and the same answer twice in a row: InfluxDB 1.x
     makes a point's fields visible one by one, so a query that runs during a
-    write can see a row whose other fields are still null."""
+    write can see a row whose other fields are still null.  On timeout it
+    raises, naming the rows it had and InfluxDB's last error (never partial rows)."""
     end = time.monotonic() + timeout
     rows: list[dict[str, Any]] = []
     previous: list[dict[str, Any]] | None = None
+    last_error: BaseException | None = None
+    said = ""
     while time.monotonic() < end:
         try:
             rows = query_rows(influxdb, q)
-        except AssertionError:
-            rows = []
+            last_error, said = None, ""
+        except (AssertionError, OSError, ValueError) as exc:  # an error result, no answer, not JSON
+            rows, last_error, said = [], exc, repr(exc)
+            if isinstance(exc, urllib.error.HTTPError):  # InfluxDB's reason is in the body
+                said += " " + exc.read().decode(errors="replace")[:300]
         if len(rows) >= count and rows == previous:
             return rows
         previous = rows
         time.sleep(0.1)
-    return rows
+    raise AssertionError(f"{q}: {len(rows)} row(s) after {timeout:g} s, wanted at least {count} (twice the same)"
+                         + (f"; last InfluxDB error: {said}" if said else "")) from last_error
 
 
 def lockstep(fleet: Any, gateway: Gateway, sim_ms: int, step_ms: int = 1000, timeout: float = 5.0) -> None:

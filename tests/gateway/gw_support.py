@@ -92,13 +92,20 @@ def next_id() -> int:
 
 
 def wait_rows(influx: InfluxDB, q: str, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """The rows of ``q`` once there are at least ``count`` (the gateway stores asynchronously)."""
+    """The rows of ``q`` once there are at least ``count`` (the gateway stores
+    asynchronously).  On timeout it raises, naming the rows it had and the last
+    error (never partial rows)."""
     deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
     while True:
         try:
             rows = query(influx, q)
-        except OSError:
-            rows = []
-        if len(rows) >= count or time.monotonic() > deadline:
+            last_error = None
+        except OSError as exc:
+            rows, last_error = [], exc
+        if len(rows) >= count:
             return rows
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{q}: {len(rows)} row(s) after {timeout:g} s, wanted at least {count}"
+                                 + (f"; last error: {last_error!r}" if last_error is not None else "")) from last_error
         time.sleep(0.05)
