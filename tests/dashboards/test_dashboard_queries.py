@@ -7,7 +7,8 @@ regex form, one chair per repeated row) and executed through InfluxDB's real
 /query endpoint, and the result is checked against what the nurse must see.
 
 Seeding: FOR NOW line protocol written straight from the contract schema
-(the lead will switch this to the real gateway + simulated chairs).
+(the lead will switch this to the real gateway + simulated chairs); the
+``rejects`` points come from the gateway's own validator and reject log.
 Four chairs at site ``clinic1``: c1 normal, c2 desaturating (with its
 alarm_events), c3 with a BP spike, c4 offline for five minutes.
 """
@@ -28,6 +29,9 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from chairside.ingest.rejects import RejectLog  # noqa: E402
+from chairside.ingest.validate import REASONS, Rejected, validate  # noqa: E402
+from chairside.metrics import Metrics  # noqa: E402
 from chairside.sim.services import InfluxDB  # noqa: E402
 from dashboards.grafana_macros import Scope, TimeRange, Variable, expand  # noqa: E402
 
@@ -102,10 +106,28 @@ def _seed_lines(now: int) -> list[str]:
     alarm("c1", now - 40 * MIN, "pulse_high", "medium", "raised", "Pulse 125 (chair c1)", True)
     alarm("c1", now - 38 * MIN, "pulse_high", "medium", "cleared", "Pulse back to 100", False)
     alarm("c4", now - 5 * MIN, "box_offline", "medium", "raised", "Chair box offline (c4)", True)
-    lines.append(f'rejects,reason=schema n=3i,topic="chairside/v1/clinic1/c9/vitals",'
-                 f'detail="spo2 out of range" {now - 5 * MIN}')
-    lines.append(f'rejects,reason=unknown_topic n=1i,topic="x/y",detail="bad topic" {now - MIN}')
+    lines += _reject_lines(now)
     return lines
+
+
+BAD_VITALS = json.dumps({"v": 1, "seq": 5, "boot": 1, "up": 1000, "t": 1_790_000_000_000, "sync": 1, "h": 0,
+                         "spo2": 130, "pr": 72, "sig": 6, "st": "ok"}).encode()
+
+
+def _reject_lines(now: int) -> list[str]:
+    """``rejects`` points as the gateway writes them: refused messages through
+    its validator and reject log (three out-of-range vitals five minutes ago,
+    one message on a topic outside the contract a minute ago)."""
+    metrics = Metrics()
+    first, second = RejectLog(metrics), RejectLog(metrics)
+    for _ in range(3):
+        refused = validate(f"chairside/v1/{SITE}/c9/vitals", BAD_VITALS)
+        assert isinstance(refused, Rejected)
+        first.note(refused)
+    refused = validate("x/y", b"{}")
+    assert isinstance(refused, Rejected)
+    second.note(refused)
+    return first.flush(now - 5 * MIN) + second.flush(now - MIN)
 
 
 @pytest.fixture(scope="module")
@@ -364,7 +386,8 @@ def test_device_inventory_spool_and_rejects(seeded: tuple[InfluxDB, int]) -> Non
     assert max(r["last"] for r in spool if r["chair"] == "c4" and r["last"] is not None) == 12
     totals = {r["reason"]: r["sum"] for r in rows(
         run_panel(db, "chairside-devices", "Rejections in range", CHAIRS))}
-    assert totals == {"schema": 3, "unknown_topic": 1}
+    assert totals == {"out_of_range": 3, "bad_topic": 1}
+    assert set(totals) <= set(REASONS)
     delay = [r["mean"] for r in rows(run_panel(
         db, "chairside-devices", "Receive delay: gateway clock − box clock (synced boxes)",
         ("c1",))) if r["mean"] is not None]
