@@ -91,8 +91,7 @@ def pager(mosquitto: Mosquitto, receiver: Receiver, tmp_path: Path) -> Iterator[
     service = Pager(policy, secret=SECRET, state_path=tmp_path / "pager-state.json",
                     broker_port=mosquitto.port, client_id="drill-test-pager", tick_s=0.2)
     service.start()
-    assert service.wait_connected(10)
-    time.sleep(0.3)  # let the SUBACK land
+    assert service.wait_subscribed(10)  # the SUBACK has landed
     yield service
     service.stop()
 
@@ -130,7 +129,8 @@ def test_desat_drill_pages_is_acknowledged_and_is_stored(
     assert result.page_ms is not None and result.page_ms >= 0
     assert result.ack_ms is not None and result.ack_ms >= 300
     assert result.acked_by == "nurse-kim" and result.ack_via == "mqtt"
-    assert result.alarm_ms < 1000  # no condition delay for spo2_critical
+    # no condition delay for spo2_critical: far below spo2_low's 15 s, with room for a loaded 2-core CI
+    assert result.alarm_ms < 5000
     # the drill never touched the real chair 3
     assert real_chair.messages == []
     assert live_gateway.wait_idle(10)

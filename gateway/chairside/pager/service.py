@@ -181,9 +181,12 @@ class Pager(Acknowledgements, Outbox):
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         # second line of defence: the guard in _on_message already catches everything
         self.client.suppress_exceptions = True
         self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        """set when the broker granted the alarm and page-ack subscriptions (SUBACK)"""
 
         self.senders: dict[str, Sender] = {
             "webhook": WebhookSender(policy.webhook_timeout_s),
@@ -225,6 +228,10 @@ class Pager(Acknowledgements, Outbox):
 
     def wait_connected(self, timeout_s: float) -> bool:
         return self.connected.wait(timeout_s)
+
+    def wait_subscribed(self, timeout_s: float) -> bool:
+        """Connected and the subscriptions granted: from now on alarms reach the pager."""
+        return self.subscribed.wait(timeout_s)
 
     def stop(self) -> None:
         self._stop.set()
@@ -293,7 +300,22 @@ class Pager(Acknowledgements, Outbox):
         client.subscribe([(ALARMS_SUB, 1), (PAGE_ACK_SUB, 1)])
         self._disconnected_since = None
         self.connected.set()
-        log.info("connected to broker; subscribed to alarms and page acks")
+        log.info("connected to broker; subscribing to alarms and page acks")
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        if refused:
+            log.error("broker refused the alarm/page-ack subscriptions: %s", ", ".join(refused))
+            return
+        self.subscribed.set()
+        log.info("subscribed to alarms and page acks")
 
     def _on_disconnect(
         self,
@@ -304,6 +326,7 @@ class Pager(Acknowledgements, Outbox):
         properties: Properties | None,
     ) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         if self._disconnected_since is None:
             self._disconnected_since = self.clock()
         if not self._stop.is_set():

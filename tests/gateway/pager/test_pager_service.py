@@ -162,8 +162,7 @@ def start_pager(doc: dict[str, Any], mosquitto: Mosquitto, state: Path) -> Pager
         broker_port=mosquitto.port, client_id=f"pager-{state.parent.name}",
     )  # fmt: skip
     pager.start()
-    assert pager.wait_connected(10)
-    time.sleep(0.3)  # let the SUBACK land
+    assert pager.wait_subscribed(10)  # the SUBACK has landed: alarms reach it from now on
     return pager
 
 
@@ -340,8 +339,7 @@ def test_restart_after_kill_9_keeps_escalation_schedule(
 
     try:
         procs.append(_spawn(cmd, log))
-        wait_until(lambda: connected(1), 15, "first pager connected")
-        time.sleep(0.3)
+        wait_until(lambda: connected(1), 15, "first pager subscribed")  # logged on the SUBACK
         watcher.publish("chairside/v1/clinic1/chair3/alarms", alarm())
         (t_page, _), = wait_until(lambda: rx.events("trigger", "alice"), 10, "alice paged")
 
@@ -351,10 +349,15 @@ def test_restart_after_kill_9_keeps_escalation_schedule(
         assert rx.events("trigger", "bob") == []
 
         procs.append(_spawn(cmd, log))
-        wait_until(lambda: connected(2), 15, "restarted pager connected")
+        wait_until(lambda: connected(2), 15, "restarted pager subscribed")
+        t_up = time.time()
         assert "restored 1 page thread" in log.read_text()
         (t_bob, bob), = wait_until(lambda: rx.events("trigger", "bob"), 10, "bob paged")
-        assert 3.0 <= t_bob - t_page <= 5.5, t_bob - t_page
+        # the schedule survives: bob is paged at t_page + 4 s (the ack timeout),
+        # or, when the restart on a loaded machine took longer than that, within
+        # a tick (1 s) plus delivery of the restarted pager coming up
+        assert t_bob - t_page >= 3.0, t_bob - t_page
+        assert t_bob <= max(t_page + 4.0, t_up) + 3.0, (t_bob - t_page, t_up - t_page)
         assert bob["dedup_key"] == KEY and bob["payload"]["custom_details"]["level"] == 2
         assert len(rx.events("trigger", "alice")) == 1  # same thread, alice not re-paged
         state = json.loads((tmp_path / "state.json").read_text())
