@@ -47,6 +47,8 @@ class Receiver:
 
     def __init__(self) -> None:
         self.bodies: list[tuple[float, dict[str, Any]]] = []
+        self.answering = threading.Event()  # cleared: requests are recorded but left unanswered
+        self.answering.set()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -56,6 +58,8 @@ class Receiver:
             def do_POST(self) -> None:
                 data = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.bodies.append((time.time(), json.loads(data)))
+                if not outer.answering.wait(30):
+                    return  # never answered (the sender's timeout decides)
                 self.send_response(202)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -75,6 +79,7 @@ class Receiver:
         ]
 
     def close(self) -> None:
+        self.answering.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -365,6 +370,58 @@ def test_restart_after_kill_9_keeps_escalation_schedule(
             "alice",
             "bob",
         ]
+        procs[1].send_signal(signal.SIGTERM)
+        assert procs[1].wait(timeout=15) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+    assert not re.search(r"Traceback", log.read_text()), log.read_text()
+
+
+@pytest.mark.slow
+def test_restart_after_kill_9_mid_delivery_carries_the_page_out_again(
+    mosquitto: Mosquitto, rx: Receiver, watcher: Watcher, tmp_path: Path
+) -> None:
+    """docs/paging.md, "Durability": an action interrupted mid-delivery is
+    carried out again.  The paging tool receives alice's page but does not
+    answer; the pager is killed while it waits for the answer; the restarted
+    pager sends the page again (it may arrive twice, it is never lost)."""
+    doc = policy_doc(rx, free_port(), timeout_s=60)  # no escalation during the test
+    doc["webhook"] = {"timeout_s": 30}  # still waiting for the answer when it is killed
+    policy_path = tmp_path / "policy.json"
+    policy_path.write_text(json.dumps(doc))
+    state_path = tmp_path / "state.json"
+    log = tmp_path / "pager.log"
+    cmd = [
+        sys.executable, "-m", "chairside.pager", "--policy", str(policy_path),
+        "--broker-port", str(mosquitto.port), "--state", str(state_path),
+        "--client-id", "pager-mid-delivery", "--ack-port", "0",
+    ]  # fmt: skip
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def subscribed(count: int) -> bool:
+        return log.read_text().count("subscribed to alarms") >= count if log.exists() else False
+
+    try:
+        rx.answering.clear()
+        procs.append(_spawn(cmd, log))
+        wait_until(lambda: subscribed(1), 15, "first pager subscribed")
+        watcher.publish("chairside/v1/clinic1/chair3/alarms", alarm())
+        wait_until(lambda: rx.events("trigger", "alice"), 10, "the page reached the tool (unanswered)")
+        saved = json.loads(state_path.read_text())
+        assert [(i["kind"], i["key"]) for i in saved["outbox"]] == [("page", KEY)]  # on disk, not yet done
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(timeout=10)
+        rx.answering.set()
+
+        procs.append(_spawn(cmd, log))
+        wait_until(lambda: subscribed(2), 15, "restarted pager subscribed")
+        again = wait_until(lambda: rx.events("trigger", "alice")[1:], 15, "the page carried out again")
+        assert again[0][1]["dedup_key"] == KEY
+        wait_until(lambda: json.loads(state_path.read_text())["outbox"] == [], 10, "the outbox emptied")
+        assert len(rx.events("trigger", "alice")) == 2 and rx.events("trigger", "bob") == []
         procs[1].send_signal(signal.SIGTERM)
         assert procs[1].wait(timeout=15) == 0
     finally:
