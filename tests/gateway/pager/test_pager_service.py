@@ -318,6 +318,30 @@ def test_rate_limit_suppresses_then_sends_one_summary(
         pager.stop()
 
 
+def test_acknowledge_and_resolve_notices_are_not_rate_limited(
+    mosquitto: Mosquitto, rx: Receiver, watcher: Watcher, tmp_path: Path
+) -> None:
+    """docs/paging.md, "Rate limits": alice may get 1 page a minute and gets
+    it; the acknowledge and the resolve notice of that thread still reach her
+    at once (neither held nor summarised)."""
+    doc = policy_doc(rx, free_port(), timeout_s=60)
+    doc["fallback"] = ["alice"]
+    doc["rate_limit"] = {"max_pages": 1, "window_s": 60}
+    pager = start_pager(doc, mosquitto, tmp_path / "state.json")
+    try:
+        watcher.publish("chairside/v1/clinic1/chair3/alarms", alarm())
+        wait_until(lambda: rx.events("trigger", "alice"), 10, "alice paged")
+        watcher.publish("chairside/v1/clinic1/pages/ack", {"v": 1, "key": KEY, "by": "alice"})
+        wait_until(lambda: rx.events("acknowledge"), 5, "acknowledge notice")
+        watcher.publish("chairside/v1/clinic1/chair3/alarms", alarm("cleared"))
+        wait_until(lambda: rx.events("resolve"), 6, "resolve notice after the 1-s flap window")
+        assert [b["dedup_key"] for _, b in rx.bodies] == [KEY, KEY, KEY]  # no summary page
+        assert pager.metrics.get("pages_suppressed") == 0
+        assert pager.ratelimit.suppressed_total.get("alice", 0) == 0
+    finally:
+        pager.stop()
+
+
 def _spawn(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, CHAIRSIDE_PAGER_SECRET=SECRET, PYTHONPATH=str(REPO / "gateway"))
     with open(log, "ab") as fh:
