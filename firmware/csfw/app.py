@@ -271,7 +271,7 @@ class App:
                 self._send_pending(now)
                 self._maybe_resend(now)
                 self._replay_some(now)
-                if now >= self._next_status:
+                if now >= self._next_status or self._health_changed(now):
                     self._next_status = now + STATUS_PERIOD_MS
                     self._publish_status(now)
                 if was_online:  # never NTP in the poll that connected (watchdog)
@@ -509,8 +509,16 @@ class App:
             "cmd_expired": self.cmd_expired,
         }
 
+    _sent_oxi = None  # the module health the last status said (contract: status on change)
+    _sent_nibp = None
+
+    def _health_changed(self, now):
+        # compares the health strings (constants): nothing is allocated per poll
+        return self.oxi.health(now) != self._sent_oxi or self.nibp.health(now) != self._sent_nibp
+
     def _publish_status(self, now):
         fields = self.status_fields(now)
+        self._sent_oxi, self._sent_nibp = fields["oxi"], fields["nibp"]
         if fields["boot_t"] is None:
             del fields["boot_t"]
         env = contract.envelope(self._next_seq(), self.boot, now, self.clock.epoch_ms(),

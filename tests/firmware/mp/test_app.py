@@ -403,3 +403,43 @@ def test_replay_after_a_year_of_uptime_keeps_the_measured_time():
     assert len(hist) >= 29 and app.spool.depth == 0
     for v in hist:
         assert v["up"] > year and v["t"] - v["up"] == 1790000000000 - year
+
+
+def _step(app, clock, oxi, ms, frames=True, step=20):
+    frame = bci.encode_frame(6, 50, 70, 96)
+    for _ in range(ms // step):
+        clock.up += step
+        if frames:
+            for _ in range(step // 20):  # the module's 50 Hz frames
+                oxi.push(frame)
+        app.poll()
+        app.recorder.gateway.tick(clock.up)
+
+
+def test_status_at_once_when_the_oximeters_health_changes():
+    # docs/contract.md: status "on connect, then every 60 s and on change".  The
+    # oximeter stops sending: after 2 s without a byte it is silent, and the
+    # status says so in the same poll, not up to 60 s later; back: ok at once.
+    app, clock, broker, oxi = _make()
+    _step(app, clock, oxi, 5000)
+    assert broker.topics("/status")[-1]["oxi"] == "ok"
+    before = len(broker.topics("/status"))
+    stopped = clock.up
+    _step(app, clock, oxi, 3000, frames=False)
+    changed = broker.topics("/status")[before:]
+    assert [s["oxi"] for s in changed] == ["silent"]
+    assert 2000 < changed[0]["up"] - stopped <= 2040  # the first poll past 2 s
+    _step(app, clock, oxi, 1000)
+    back = broker.topics("/status")[before + 1:]
+    assert [s["oxi"] for s in back] == ["ok"] and back[0]["up"] - stopped <= 3040
+
+
+def test_status_every_60_s_while_nothing_changes():
+    app, clock, broker, oxi = _make()
+    _step(app, clock, oxi, 5000)
+    first = broker.topics("/status")[-1]
+    _step(app, clock, oxi, 125000, step=100)
+    ups = [s["up"] for s in broker.topics("/status") if s["up"] >= first["up"]]
+    gaps = [b - a for a, b in zip(ups, ups[1:])]
+    assert len(gaps) == 2 and all(60000 <= g <= 60100 for g in gaps), ups  # the first poll past 60 s
+    assert all(s["oxi"] == "ok" for s in broker.topics("/status")[-2:])
