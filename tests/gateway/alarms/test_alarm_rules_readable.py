@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -694,3 +695,75 @@ def test_alarm_rules_doc_names_this_file() -> None:
     """The doc's "Tests" line points reviewers here."""
     assert "test_alarm_rules_readable.py" in DOC.read_text()
 
+
+
+def test_high_priority_alarms_always_latch() -> None:
+    """Per-chair limits: ``latching`` 0 is refused for a high-priority alarm."""
+    engine = engine_()
+    with pytest.raises(ProfileError, match="always latch"):
+        engine.set_limit(SITE, CHAIR, "spo2_critical.latching", 0, "dr lee", "", T0)
+
+
+# ================================================================== "Texts"
+def test_texts_of_the_doc_example_table() -> None:
+    """Texts: the doc's examples, event by event, on chair c3: SpO2 88 % raises
+    spo2_low; 82 % escalates to critical; kim acknowledges at 86 %; 91 % after
+    the 120-s pause re-notifies; 97 % clears (the critical latches meanwhile)."""
+    engine = engine_()
+    texts: list[tuple[str, str, str]] = []
+
+    def note(events: list[AlarmEvent]) -> None:
+        texts.extend((e.alarm, e.event, e.text) for e in events)
+
+    for second in range(16):
+        note(at(engine, second, fields=spo2(88)))
+    note(at(engine, 16, fields=spo2(82)))
+    note(at(engine, 17, fields=spo2(86)))
+    note(engine.acknowledge(SITE, CHAIR, "spo2_low", "nurse kim", T0 + 17 * S))
+    for second in range(18, 140):
+        note(at(engine, second, fields=spo2(91)))
+    for second in range(140, 152):
+        note(at(engine, second, fields=spo2(97)))
+    assert ("spo2_low", "raised", "SpO2 low: SpO2 88 % < 90 % (chair c3)") in texts
+    assert ("spo2_critical", "escalated", "escalated: SpO2 critically low: SpO2 82 % < 85 % (chair c3)") in texts
+    assert ("spo2_low", "acknowledged", "SpO2 low: SpO2 86 % < 90 % (chair c3), acknowledged by nurse kim") in texts
+    assert ("spo2_low", "renotify",
+            "still active: SpO2 low: SpO2 91 %, not yet recovered (limit 90 %) (chair c3)") in texts
+    assert ("spo2_low", "cleared", "SpO2 low: SpO2 back to 97 % (limit 90 %) (chair c3)") in texts
+
+
+# =============================================================== "Restarts"
+def restarted(engine: AlarmEngine, second: int) -> tuple[AlarmEngine, list[AlarmEvent]]:
+    saved = json.loads(json.dumps(engine.snapshot()))  # through JSON, as on disk
+    fresh = engine_()
+    return fresh, fresh.restore(saved, T0 + second * S)
+
+
+def test_restart_names_every_restored_chair_in_changed_chairs() -> None:
+    """Restarts: after ``restore``, ``changed_chairs()`` names every restored chair."""
+    engine = engine_()
+    play(engine, [vitals()] * 3)
+    engine, events = restarted(engine, 5)
+    assert events == [] and engine.changed_chairs() == {(SITE, CHAIR)}
+
+
+def test_restart_keeps_flap_onsets_inside_the_window() -> None:
+    """Restarts: flap onsets inside the flap window are kept.  One-second pulse
+    dips (130) at 0 and 2 s, a restart at 3 s, a third dip at 4 s: three within
+    60 s raise at once, at 4 s."""
+    engine = engine_()
+    play(engine, [pr(130), pr(100), pr(130), pr(100)])
+    engine, _ = restarted(engine, 4)
+    assert only(play(engine, [pr(130)], start=4), "pulse_high") == [("pulse_high", "raised", 4)]
+
+
+def test_restart_af_flag_stays_until_24_s_of_rates_decide_again() -> None:
+    """Restarts: the AF window's rates are not saved.  The flag raised at 23 s
+    stays announced after a restart at 40 s (unknown is not recovered) while
+    steady 80 bpm arrives; from the 24th rate (at 63 s) the window decides
+    (mean 80 < 100: recovered) and the flag clears after the 10-s hold, at 73 s."""
+    engine = engine_()
+    assert only(play(engine, irregular(40)), "afib_rvr_suspected") == [("afib_rvr_suspected", "raised", 23)]
+    engine, _ = restarted(engine, 40)
+    got = play(engine, [pr(80)] * 40, start=40)
+    assert only(got, "afib_rvr_suspected") == [("afib_rvr_suspected", "cleared", 73)]
