@@ -19,7 +19,7 @@ from chairside.cli import SUBCOMMANDS, build_parser
 # the commands the docs promise (README, docs/engineer.md), listed here and not
 # taken from the implementation: each must parse --help and name a module with run()
 EXPECTED_SUBCOMMANDS = ("gateway", "simulate", "demo", "pager", "drill", "staff", "report", "export", "dashboards",
-                        "provision", "certs", "flash", "serial-bridge")
+                        "provision", "certs", "flash", "serial-bridge", "install", "backup", "doctor", "station")
 
 
 @pytest.mark.parametrize("name", EXPECTED_SUBCOMMANDS)
