@@ -61,6 +61,16 @@ def read_credentials(path: Path, login: str | None = None) -> tuple[str, str]:
     return user, password
 
 
+def has_login(path: Path, login: str) -> bool:
+    """Whether the credentials file holds the further login ``login``."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    logins = data.get("logins") if isinstance(data, dict) else None
+    return isinstance(logins, dict) and isinstance(logins.get(login), dict)
+
+
 def client_id(credentials: Path | None, default: str, login: str | None = None) -> str:
     """The client id to connect with: the account's user name when logging in
     (the shipped broker uses it whatever the client asks), else ``default``."""

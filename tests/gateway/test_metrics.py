@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).parent / "data"
 PACKAGE = REPO / "gateway" / "chairside"
 SOURCES = {
-    "gateway": sorted(p for p in PACKAGE.rglob("*.py") if "pager" not in p.parts and p.name != "metrics.py"),
+    "gateway": sorted(p for p in PACKAGE.rglob("*.py") if "pager" not in p.parts and "station" not in p.parts and p.name != "metrics.py"),
     "pager": sorted((PACKAGE / "pager").rglob("*.py")),
 }
 PREFIX = {"gateway": "chairside_gateway_", "pager": "chairside_pager_"}

@@ -75,7 +75,7 @@ SERVICES: dict[str, str] = {
 SERVICE_LOGINS: dict[str, dict[str, str]] = {
     "gateway": {"publisher": "chairside-gateway-pub"},
     "pager": {},
-    "staff": {"flash": "chairside-flash"},
+    "staff": {"flash": "chairside-flash", "station": "chairside-station"},
     "drill": {"box": "chairside-drill-box"},
 }
 SHIPPED_CONF = REPO / "deploy" / "mosquitto" / "chairside.conf"
@@ -148,9 +148,10 @@ def acl_text(accounts: Mapping[str, Any]) -> str:
              "# No topic lines before the first `user`: anonymous clients get nothing.", ""]
     services: Mapping[str, Any] = accounts.get("services", {})
     if "gateway" in services:
+        # the ingest session: reads what boxes and staff send, writes the stored watermarks
         lines += [f"user {services['gateway']['user']}", f"topic readwrite {root}/#", ""]
         publisher = _login(services["gateway"], "publisher")
-        if publisher is not None:  # publishes alarm events, commands, answers, watermarks
+        if publisher is not None:  # publishes alarm events, commands, answers
             lines += [f"user {publisher}", f"topic write {root}/#", ""]
     if "pager" in services:
         lines += [f"user {services['pager']['user']}",
@@ -163,10 +164,12 @@ def acl_text(accounts: Mapping[str, Any]) -> str:
                   # its own technical alarms (pager_undeliverable, pager_exhausted)
                   f"topic write {_topic('alarms', chair='pager')}", ""]
     if "staff" in services:
-        lines += [f"user {services['staff']['user']}", f"topic read {root}/#"]
-        lines += [f"topic write {_topic(n)}" for n in sorted(topics)
-                  if topics[n]["from"] == "staff"]
-        lines.append("")
+        staff_grants = [f"topic read {root}/#"] + [f"topic write {_topic(n)}" for n in sorted(topics)
+                                                   if topics[n]["from"] == "staff"]
+        lines += [f"user {services['staff']['user']}", *staff_grants, ""]
+        station = _login(services["staff"], "station")
+        if station is not None:  # the nurses' station: the staff grants on a connection of its own
+            lines += [f"user {station}", *staff_grants, ""]
         flash = _login(services["staff"], "flash")
         if flash is not None:  # waits for a flashed box's birth message
             lines += [f"user {flash}", f"topic read {_topic('status')}", ""]

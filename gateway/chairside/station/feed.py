@@ -68,9 +68,13 @@ class Feed:
         self.lock = threading.Lock()  # guards board
         self._pending: dict[str, Future[dict[str, Any]]] = {}
         self._subscribed = threading.Event()
-        cid = client_id or mqtt_auth.client_id(credentials, f"chairside-station-{uuid.uuid4().hex[:8]}")
+        # the staff file's own `station` login when provisioned: the shipped broker
+        # takes the account name as client id, so sharing the staff account let
+        # every `chairside staff` command take the station's connection over
+        login = "station" if credentials is not None and mqtt_auth.has_login(credentials, "station") else None
+        cid = client_id or mqtt_auth.client_id(credentials, f"chairside-station-{uuid.uuid4().hex[:8]}", login)
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid)
-        mqtt_auth.apply(self.client, credentials, ca_file)
+        mqtt_auth.apply(self.client, credentials, ca_file, login)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *_a: self._subscribed.set()

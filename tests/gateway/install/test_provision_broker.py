@@ -22,9 +22,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from chairside import contract
+from chairside import contract, mqtt_auth
+from chairside.alarms import load_profile
 from chairside.install import pki, provision
 from chairside.install.provision import ShippedMosquitto, State
+from chairside.station.board import Board
+from chairside.station.feed import Feed
 
 pytestmark = pytest.mark.services
 
@@ -417,7 +420,7 @@ def test_every_connection_has_its_own_account(clinic: Clinic) -> None:
     watcher have their own, and all log in at once without knocking each
     other off."""
     users = {}
-    for who in ("gateway", "gateway.publisher", "pager", "staff", "staff.flash"):
+    for who in ("gateway", "gateway.publisher", "pager", "staff", "staff.flash", "staff.station"):
         name, _, login = who.partition(".")
         users[who] = clinic.state.service_credentials(name, login or None)[0]
     assert len(set(users.values())) == len(users)
@@ -427,6 +430,26 @@ def test_every_connection_has_its_own_account(clinic: Clinic) -> None:
     assert [c.disconnects for c in conns] == [0] * len(conns)
     passwd = (clinic.state.broker_dir / "passwd").read_text()
     assert all(f"{user}:$7$" in passwd for user in users.values())
+
+
+def test_station_login_has_the_staff_grants_on_its_own_connection(clinic: Clinic, tmp_path: Path) -> None:
+    """The nurses' station logs in with the staff file's ``station`` login, so a
+    ``chairside staff`` command (the main staff account) no longer takes its
+    connection over; it may send what staff send, and nothing a box sends."""
+    creds = clinic.state.service_path("staff")
+    assert mqtt_auth.has_login(creds, "station") and not mqtt_auth.has_login(creds, "nosuch")
+    feed = Feed(Board(SITE, load_profile(), None), lambda: 0, lambda _chair: None,
+                port=clinic.broker.port, credentials=creds)
+    assert feed.client._client_id.decode() == clinic.state.service_credentials("staff", "station")[0]
+    gateway = clinic.conn("gateway")
+    gateway.subscribe(f"{contract.topic_root()}/#")
+    station = clinic.conn("staff.station")
+    staff = clinic.conn("staff")  # a staff command beside it
+    station.publish(t("vitals"))  # a box's topic: denied
+    station.publish(t("alarm_ack"))
+    assert gateway.received(t("alarm_ack")) == [t("alarm_ack")]
+    time.sleep(0.5)
+    assert station.disconnects == 0 and staff.disconnects == 0
 
 
 def test_box_cannot_take_another_clients_id(clinic: Clinic) -> None:
