@@ -30,7 +30,9 @@ REPO = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).parent / "data"
 PACKAGE = REPO / "gateway" / "chairside"
 SOURCES = {
-    "gateway": sorted(p for p in PACKAGE.rglob("*.py") if "pager" not in p.parts and "station" not in p.parts and p.name != "metrics.py"),
+    # the pager and the station have registries of their own
+    "gateway": sorted(p for p in PACKAGE.rglob("*.py")
+                      if not {"pager", "station"} & set(p.parts) and p.name != "metrics.py"),
     "pager": sorted((PACKAGE / "pager").rglob("*.py")),
 }
 PREFIX = {"gateway": "chairside_gateway_", "pager": "chairside_pager_"}
