@@ -23,6 +23,10 @@ the writer spools to disk while it is away.
 Everything the gateway publishes (alarm events, time, staff answers) goes
 through a separate paho client.  ``/health`` and ``/metrics`` are served by
 :mod:`chairside.health`.
+
+Why this module is longer than ~500 lines: it is only the wiring of the stages and their threads and
+lifecycle; each stage lives in its own package (``ingest``, ``alarms``,
+``store``, ``staff``).
 """
 
 from __future__ import annotations

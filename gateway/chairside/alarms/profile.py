@@ -9,6 +9,11 @@ Per-chair overrides are set at run time (MQTT ``limits_set``) through
 (who, when, old → new).  An override is applied by re-validating the whole
 profile with the new value, so an override can never produce a profile the
 loader would reject.  ``value=None`` removes the override (back to default).
+
+Why this module is longer than ~500 lines: one file holds the profile's whole schema: the loader, its
+validation (every field's type and range, with the reason for each
+refusal) and the per-chair override layer that must validate with the same
+rules; a second file would duplicate the rules or import them back.
 """
 
 from __future__ import annotations

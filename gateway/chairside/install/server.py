@@ -38,6 +38,12 @@ started from that layout): nothing outside DIR is touched, so there is no
 ``useradd``, no ``chown`` and no ``systemctl`` (the command says what it
 skipped); InfluxDB is configured by starting ``influxd`` with the installed
 config for the duration of the install.
+
+Why this module is longer than ~500 lines: the install is one ordered procedure (the seven steps above) over one
+:class:`Layout`; each step is a short function here, and what they call is in
+modules of its own (``pki``, ``provision``, ``influxdb``, ``doctor``).  Split
+across files, the order of the steps and what each leaves for the next would
+no longer read from top to bottom.
 """
 
 from __future__ import annotations

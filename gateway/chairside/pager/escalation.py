@@ -28,6 +28,11 @@ unacknowledged: after ``max_rounds`` an ``exhausted`` action is emitted once
 and the last level is paged again every ``ack_timeout_s``.  A level that
 could not be reached moves on to the next level at once, but the rota starts
 over only after the last level's ``ack_timeout_s``.
+
+Why this module is longer than ~500 lines: it is one pure state machine (a :class:`Thread` per episode and
+every transition: open, page, escalate, reopen, merge, acknowledge,
+resolve); its transitions read each other's rules, and keeping them on one
+page is what lets a reviewer check that every state has a way out.
 """
 
 from __future__ import annotations

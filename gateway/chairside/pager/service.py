@@ -22,6 +22,10 @@ in-memory state; deliveries run outside it.  Every state change is saved
 (atomically) before the MQTT message that caused it is acknowledged, and an
 action stays in the outbox until it was carried out, so a crash repeats a
 page rather than losing it.
+
+Why this module is longer than ~500 lines: it is only the wiring (MQTT in, the escalation decisions, the
+outbox, the ack server, threads and lifecycle); the logic is in the modules
+it wires, and the mixins ``delivery.py`` and ``acks.py`` hold the rest.
 """
 
 from __future__ import annotations

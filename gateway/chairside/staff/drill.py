@@ -48,6 +48,9 @@ never falls back to the demo's site on a real install.
 Exit code: 0 acknowledged, 1 drill finished without an acknowledgement (or
 no alarm/page), 2 bad arguments, the broker refused the drill's logins, or
 the broker/database unreachable.
+
+Why this module is longer than ~500 lines: a drill is one scripted procedure (scenarios, the run, its
+result, storing it and the command); the watching is in ``drill_watch.py``.
 """
 
 from __future__ import annotations

@@ -35,6 +35,12 @@ While InfluxDB is down the writer probes it every ``probe_down_s`` (an empty
 ``POST /write``, which checks reachability, credentials, the WRITE grant and
 the database), so writes resume within about that long after it returns.  Repeated identical errors
 are logged once per ``log_interval_s`` with a count.
+
+Why this module is longer than ~500 lines: one thread owns the buffer, the batches, the spool fallback, the
+probe and the durability reports; they share its state (what is in flight,
+what is spooled, whether InfluxDB is up) under one lock, so splitting them
+would spread one state machine over several files.  The pure parts are
+elsewhere (``spool.py``, ``influx.py``, ``deadletter.py``).
 """
 
 from __future__ import annotations
