@@ -21,7 +21,8 @@ queue sits between receiving and alarming.  Alarms never wait for InfluxDB:
 the writer spools to disk while it is away.
 
 Everything the gateway publishes (alarm events, time, staff answers) goes
-through a separate paho client.  ``/health`` and ``/metrics`` are served by
+through a separate paho client, except the stored watermarks: those go out
+on the ingest connection, batched with its PUBACKs (``store/confirm.py``).  ``/health`` and ``/metrics`` are served by
 :mod:`chairside.health`.
 
 Why this module is longer than ~500 lines: it is only the wiring of the stages and their threads and
