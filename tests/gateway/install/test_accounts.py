@@ -28,11 +28,13 @@ def test_services_get_one_account_per_connection(state: State) -> None:
     assert mqtt_auth.read_credentials(path)[0] == "chairside-gateway"
     assert mqtt_auth.read_credentials(path, "publisher")[0] == "chairside-gateway-pub"
     assert state.service_credentials("staff", "flash")[0] == "chairside-flash"
+    assert state.service_credentials("staff", "station")[0] == "chairside-station"
     assert state.service_credentials("pager")[0] == "chairside-pager"
     passwd = (state.broker_dir / "passwd").read_text()
     users = [line.split(":")[0] for line in passwd.splitlines()]
     assert users == sorted(["box-clinic1-3", "chairside-flash", "chairside-gateway",
-                            "chairside-gateway-pub", "chairside-pager", "chairside-staff"])
+                            "chairside-gateway-pub", "chairside-pager", "chairside-staff",
+                            "chairside-station"])
     assert path.stat().st_mode & 0o077 == 0
     accounts = json.loads(state.accounts_path.read_text())
     assert "password" not in json.dumps(accounts)  # hashes only
@@ -52,6 +54,7 @@ def test_acl_of_the_extra_logins_and_the_stored_topic(state: State) -> None:
     for tail in ("alarms/ack", "limits/set", "standby", "drill/end", "session"):
         assert f"topic write chairside/v1/+/+/{tail}" in staff
     assert "topic write chairside/v1/+/pages/ack" in staff
+    assert blocks["user chairside-station"] == staff  # the nurses' station: the staff grants
     assert "topic write chairside/v1/+/+/alarms/ack" in blocks["user chairside-pager"]
 
 
