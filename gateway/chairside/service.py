@@ -454,6 +454,8 @@ class Gateway:
         a crash before that redelivers the unacknowledged reading, which
         raises the same event id again (the pager drops the repeat)."""
         changed = self.engine.changed_chairs() if self.engine is not None else set()
+        if not events and not changed:
+            return []  # the common case: nothing to announce
         if events or changed:
             self._engine_dirty = True
             self._save_now = True

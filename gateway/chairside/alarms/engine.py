@@ -50,6 +50,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from typing import Any, Final, Literal
 
 from chairside.model import PRIORITY_RANK, AlarmEvent, EventType, Reading
@@ -88,6 +89,7 @@ from .snapshot import AlarmSnapshots
 from .texts import event_text
 
 DEFAULT_ID_PREFIX: Final = "al"
+_NO_CHAIRS: Final[frozenset[tuple[str, str]]] = frozenset()
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +132,9 @@ class AlarmEngine(AlarmSnapshots):
                     if verdict is None:
                         continue  # skip, hold or invalid: none of them changes an idle slot
                     if not verdict:
-                        slot.rest(now_ms)
+                        # Slot.rest, inline: state INACTIVE and no delay already hold
+                        slot.rest_ms = now_ms
+                        slot.reason = "inside limit"
                         continue
                 action, obs = self._observe(chair, cond, reading, now_ms)
                 events.extend(self._apply(chair, cond, action, obs, now_ms, reading.measured_ms))
@@ -340,10 +344,12 @@ class AlarmEngine(AlarmSnapshots):
             return dict(state.profile.overrides) if state is not None else {}
 
     # -------------------------------------------------------- restart state
-    def changed_chairs(self) -> set[tuple[str, str]]:
+    def changed_chairs(self) -> AbstractSet[tuple[str, str]]:
         """Chairs whose announced set changed since the last call without an
         event saying so (an alarm LATCHED or back from LATCHED, a restore):
         the gateway republishes their retained ``alarms/active``.  Drains."""
+        if not self._changed:  # the common case, without the lock or a new set
+            return _NO_CHAIRS
         with self._lock:
             changed, self._changed = self._changed, set()
             return changed

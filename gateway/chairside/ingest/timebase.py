@@ -97,7 +97,7 @@ class Timebase:
         historical: bool = False,
     ) -> Stamp:
         """Timestamp one validated message received at wall time ``rx_ms``."""
-        boot, up, t, sync = (fields.get(k) for k in ("boot", "up", "t", "sync"))
+        boot, up, t, sync = fields.get("boot"), fields.get("up"), fields.get("t"), fields.get("sync")
         if not (isinstance(boot, int) and isinstance(up, int)):
             # e.g. the last will, which has no common fields
             return Stamp(rx_ms, True, "rx")

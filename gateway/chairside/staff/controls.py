@@ -35,6 +35,7 @@ T = TypeVar("T")
 _TAILS = {"alarms/ack": "alarm_ack", "limits/set": "limits_set", "standby": "chair_standby",
           "drill/end": "drill_end", "session": "chair_session"}
 KINDS = tuple(_TAILS.values())
+_ENDINGS = tuple(f"/{tail}" for tail in _TAILS)  # a box's topic ends otherwise: one check, no split
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,8 @@ class Control(Generic[T]):
 def control_of(topic: str, payload: bytes, token: T | None) -> Control[T] | None:
     """Recognise the staff topics .../{site}/{chair}/alarms/ack, limits/set,
     standby, drill/end and session (contract.json topics); None for any other topic."""
+    if not topic.endswith(_ENDINGS):
+        return None
     parts = topic.split("/")
     if len(parts) not in (5, 6) or "/".join(parts[:2]) != contract.topic_root():
         return None

@@ -217,7 +217,9 @@ class Writer(Generic[T]):
             depth = len(store)
             if depth >= config.batch_max or self._tokens_waiting >= config.ack_window:
                 self._cond.notify_all()
-        self.metrics.set("store_depth", depth)
+        if depth & 0xFF == 0 or dropped:
+            # every 256th line here; the writer thread sets it after each batch it takes
+            self.metrics.set("store_depth", depth)
         if dropped:
             self.metrics.inc("queue_dropped", len(dropped), queue="store")
             log.error("store buffer full: dropped %d oldest points", len(dropped))
