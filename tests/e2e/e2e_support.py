@@ -1,5 +1,6 @@
 """End-to-end helpers: the real gateway (in this process) between a real
-Mosquitto and a real InfluxDB, an MQTT observer, InfluxQL row helpers."""
+Mosquitto and a real InfluxDB, an MQTT observer, InfluxQL row helpers, a
+local webhook receiver and a deadline wait."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import threading
 import time
 import urllib.error
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +162,49 @@ class ShippedClinic:
 
     def creds(self, service: str) -> Path:
         return self.state.service_path(service)
+
+
+class Receiver:
+    """A local HTTP server standing in for the clinic's incident tool (the pager's webhook)."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+            def do_POST(self) -> None:
+                outer.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/events"
+
+    def actions(self, action: str) -> list[dict[str, Any]]:
+        return [b for b in list(self.bodies) if b.get("event_action") == action]
+
+    def triggers(self) -> list[dict[str, Any]]:
+        return self.actions("trigger")
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    """``pred()``'s first truthy value, polled every 50 ms until ``timeout`` s."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

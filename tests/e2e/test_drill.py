@@ -9,12 +9,11 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Observer, ShippedClinic, query_rows, start_gateway, wait_rows
+from e2e_support import Observer, Receiver, ShippedClinic, query_rows, start_gateway, wait_rows
 
 from chairside.pager.policy import parse_policy
 from chairside.pager.service import Pager
@@ -25,39 +24,6 @@ from chairside.staff.drill import Drill, DrillConfig, DrillResult, store
 pytestmark = pytest.mark.services
 SITE = "clinic-drill"
 SECRET = b"drill-test-secret-0123456789"
-
-
-class Receiver:
-    """A local HTTP server standing in for the clinic's incident tool."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-            def do_POST(self) -> None:
-                data = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.bodies.append(json.loads(data))
-                self.send_response(202)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/events"
-
-    def triggers(self) -> list[dict[str, Any]]:
-        return [b for b in list(self.bodies) if b.get("event_action") == "trigger"]
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture

@@ -20,10 +20,8 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,7 @@ import pytest
 from argon2 import PasswordHasher
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from e2e_support import Observer, SimWallClock, lockstep, start_gateway, wait_rows
+from e2e_support import Observer, Receiver, SimWallClock, lockstep, start_gateway, wait_rows, wait_until
 
 from chairside.install.pki import init_ca, issue_server
 from chairside.pager.escalation import State
@@ -70,40 +68,6 @@ class OffsetClock:
         self.offset += ms
 
 
-class Receiver:
-    """A local HTTP server standing in for the clinic's incident tool (the pager's webhook)."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-            def do_POST(self) -> None:
-                outer.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(202)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def actions(self, action: str) -> list[dict[str, Any]]:
-        return [b for b in list(self.bodies) if b.get("event_action") == action]
-
-
-def wait_until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def spki_sha256(cert: Path) -> str:
     """base64 SHA-256 of the certificate's public key: chromium trusts exactly this key."""
     openssl = shutil.which("openssl") or "openssl"
@@ -130,7 +94,7 @@ def world(mosquitto_module: Mosquitto, influxdb_module: InfluxDB,
     policy = parse_policy({
         "timezone": "UTC",
         "people": {"nurse-kim": {"channels": [{"type": "webhook", "url":
-                                               f"http://127.0.0.1:{receiver.httpd.server_address[1]}/e",
+                                               receiver.url,
                                                "routing_key": "k"}]}},
         "fallback": ["nurse-kim"],
         "priorities": {"high": {"delay_s": 0, "ack_timeout_s": 60}, "medium": {"delay_s": 0, "ack_timeout_s": 60},
@@ -175,8 +139,7 @@ def world(mosquitto_module: Mosquitto, influxdb_module: InfluxDB,
         observer.close()
         station.stop()
         pager.stop()
-        receiver.httpd.shutdown()
-        receiver.httpd.server_close()
+        receiver.close()
         gateway.stop()
 
 
