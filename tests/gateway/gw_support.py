@@ -6,6 +6,8 @@ import itertools
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -109,3 +111,12 @@ def wait_rows(influx: InfluxDB, q: str, count: int, timeout: float = 10.0) -> li
             raise AssertionError(f"{q}: {len(rows)} row(s) after {timeout:g} s, wanted at least {count}"
                                  + (f"; last error: {last_error!r}" if last_error is not None else "")) from last_error
         time.sleep(0.05)
+
+
+def health(port: int) -> tuple[int, dict[str, Any]]:
+    """The gateway's ``/health``: HTTP status and body (503 included)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())

@@ -12,13 +12,11 @@ import json
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gw_support import DB, Box, Listener, next_id, query, vitals, wait_rows, wall_ms
+from gw_support import DB, Box, Listener, health, next_id, query, vitals, wait_rows, wall_ms
 from instant_engine import instant_engine
 
 from chairside.config import GatewayConfig
@@ -69,18 +67,10 @@ def test_writer_isolates_a_point_that_cannot_be_encoded(influxdb: InfluxDB, tmp_
     assert "chair=b" in str(letters[0]["line"])
 
 
-def _health(port: int) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
 def _wait_health(port: int, status: int, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        code, body = _health(port)
+        code, body = health(port)
         if code == status:
             return body
         assert time.monotonic() < deadline, f"/health stayed {code}: {body}"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gw_support import Box, next_id, vitals, wall_ms
+from gw_support import Box, health, next_id, vitals, wall_ms
 from instant_engine import instant_engine
 
 from chairside import gateway_command
@@ -119,14 +119,6 @@ def test_the_datasource_provisioning_reads_with_the_read_only_user(auth_influx: 
     assert status == 403
 
 
-def _health(port: int) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
 def _metrics(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as answer:
         return answer.read().decode()
@@ -166,7 +158,7 @@ def test_gateway_writes_with_its_write_user(
         rows = _until(lambda: len(r := auth_influx.rows("SELECT seq FROM vitals WHERE chair = 'auth-ok'")) == 3
                       and r, 10, "the gateway's points never arrived")
         assert [r["seq"] for r in rows] == [0, 1, 2]
-        _code, body = _until(lambda: (h := _health(port))[0] == 200 and h, 10, "/health stayed degraded")
+        _code, body = _until(lambda: (h := health(port))[0] == 200 and h, 10, "/health stayed degraded")
         assert body["influx_write_refused"] is None
     finally:
         gw.stop()
@@ -191,7 +183,7 @@ def test_a_refused_write_is_reported_and_kept_in_the_spool(
         base = wall_ms() - 10_000
         for seq in range(5):
             box.send(topics.vitals, vitals(seq, base + seq * 1000))
-        _code, body = _until(lambda: (h := _health(port))[0] == 503 and h[1]["spool_depth"] >= 5 and h,
+        _code, body = _until(lambda: (h := health(port))[0] == 503 and h[1]["spool_depth"] >= 5 and h,
                             10, "/health never reported the refusal")
         assert body["influx_write_refused"].startswith("HTTP 403")
         assert "not authorized to write" in body["influx_write_refused"]
@@ -207,7 +199,7 @@ def test_a_refused_write_is_reported_and_kept_in_the_spool(
         rows = _until(lambda: len(r := auth_influx.rows("SELECT seq FROM vitals WHERE chair = 'auth-late'")) == 5
                       and r, 10, "the spooled points were not written after the grant")
         assert [r["seq"] for r in rows] == [0, 1, 2, 3, 4]
-        _code, body = _until(lambda: (h := _health(port))[0] == 200 and h, 10, "/health stayed degraded")
+        _code, body = _until(lambda: (h := health(port))[0] == 200 and h, 10, "/health stayed degraded")
         assert body["influx_write_refused"] is None and body["spool_depth"] == 0
         assert "chairside_gateway_influx_write_refused 0.0" in _metrics(port)
     finally:
