@@ -8,16 +8,19 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
+import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from argon2 import PasswordHasher
 
 from chairside.alarms.profile import load_profile
-from chairside.sim.services import Mosquitto, free_port
+from chairside.sim.services import InfluxDB, Mosquitto, free_port
 from chairside.station.accounts import MAX_FAILURES, Accounts
 from chairside.station.board import Board
 from chairside.station.feed import Feed
@@ -186,3 +189,94 @@ def test_a_slow_board_client_is_resynchronised_not_allowed_to_grow_memory() -> N
         assert not fast.resync
 
     asyncio.run(main())
+
+
+T0 = 1_799_990_000_000  # before the test clock's now
+
+
+def _seed(url: str, writer: tuple[str, str]) -> None:
+    """Two sessions of chair 3 as the gateway stores them: the latest with a dip and a BP."""
+    from chairside.store.influx import InfluxWriter
+    from chairside.store.points import session_line
+
+    lines = [session_line(SITE, "3", "start", {"session": f"s.3.{T0 - 600_000}", "by": "RN Old"}, T0 - 600_000),
+             session_line(SITE, "3", "end", {"session": f"s.3.{T0 - 600_000}", "by": "RN Old", "why": "staff"},
+                          T0 - 540_000),
+             session_line(SITE, "3", "start", {"session": f"s.3.{T0}", "by": "RN Web", "ref": "ENC-7"}, T0),
+             session_line(SITE, "3", "end", {"session": f"s.3.{T0}", "by": "RN Web", "why": "staff"}, T0 + 60_000)]
+    lines += [f'vitals,site={SITE},chair=3 spo2={88 if 20 <= i < 30 else 97}i,pr=80i,st="ok" {T0 + i * 1000}'
+              for i in range(60)]
+    lines.append(f'nibp,site={SITE},chair=3 sys=131i,dia=84i,map=100i,pr=78i,st="ok" {T0 + 30_000}')
+    db = InfluxWriter(url, "chairside", credentials=writer)
+    try:
+        db.write(lines)
+    finally:
+        db.close()
+
+
+@pytest.mark.services
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils missing: run tools/setup.sh")
+def test_a_logged_in_nurse_downloads_the_session_record_pdf(tmp_path: Path) -> None:
+    from chairside.install.influxdb import Account, InfluxPlan, configure
+    from chairside.record.query import InfluxReader
+    from chairside.station.report import RecordSource
+
+    influxd = InfluxDB(auth=True, workdir=tmp_path / "influxd")  # as installed: auth on, a read-only login
+    influxd.start()
+    try:
+        plan = InfluxPlan(database="chairside", retention="INF", admin=Account("admin", "admin password 1"),
+                          writer=Account("writer", "writer password 1"), reader=Account("reader", "reader pw 1"))
+        configure(influxd.url, plan)
+        _seed(influxd.url, ("writer", "writer password 1"))
+        clock = Clock()
+        st = station(tmp_path, free_port(), clock)
+        st.records = RecordSource(InfluxReader(influxd.url, "chairside", 5.0, ("reader", "reader pw 1")))
+
+        async def body(client: TestClient[Any, Any]) -> None:
+            anonymous = await client.get("/chair/3/report", allow_redirects=False)
+            assert anonymous.status == 303 and unquote(anonymous.headers["Location"]) == "/login?next=/chair/3/report"
+            page = await (await client.get(anonymous.headers["Location"])).text()  # the Grafana link's way in
+            token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+            nxt = re.search(r'name="next" value="([^"]+)"', page)
+            assert token is not None and nxt is not None and nxt.group(1) == "/chair/3/report"
+            login = await client.post("/login", data={"csrf_token": token.group(1), "name": "RN Web",
+                                                      "password": "web password 1", "next": nxt.group(1)},
+                                      allow_redirects=False)
+            assert login.status == 303 and login.headers["Location"] == "/chair/3/report"
+            got = await client.get("/chair/3/report")
+            assert got.status == 200 and got.content_type == "application/pdf"
+            assert got.headers["Content-Disposition"] == f'attachment; filename="s.3.{T0}.pdf"'
+            pdf = await got.read()
+            assert pdf[:4] == b"%PDF"
+            (tmp_path / "latest.pdf").write_bytes(pdf)
+            missing = await client.get("/chair/3/report", params={"session": "s.3.nope"})
+            assert missing.status == 404
+            assert await missing.text() == (f"No session 's.3.nope' stored for chair {SITE}/3 "
+                                             "(start one with `chairside staff session start`).")
+            none = await client.get("/chair/9/report")
+            assert none.status == 404 and await none.text() == (f"No session stored for chair {SITE}/9 "
+                                                              "(start one with `chairside staff session start`).")
+            assert (await client.get("/chair/BAD ID/report")).status == 400
+            st.records = RecordSource(InfluxReader(influxd.url, "chairside", 5.0, ("reader", "wrong password")))
+            refused = await client.get("/chair/3/report")
+            assert refused.status == 502 and "login was refused" in await refused.text()
+
+        serve(st, body)
+    finally:
+        influxd.stop()
+    text = subprocess.run(["pdftotext", "-layout", str(tmp_path / "latest.pdf"), "-"], check=True,
+                          capture_output=True, text=True, timeout=30).stdout
+    for expected in ("Infusion session record", f"s.3.{T0}", "ENC-7", "RN Web", "88 %", "131 mmHg"):
+        assert expected in text, expected
+    assert re.search(r"Chair\s+3\b", text)
+    audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [(a["action"], a["by"], a["chair"], a["request"]) for a in audit if a["action"] == "report"] == [
+        ("report", "RN Web", "3", {"session": f"s.3.{T0}"})]
+
+
+def test_after_the_login_the_station_only_goes_to_its_own_pages() -> None:
+    from chairside.station.web import _local_path
+
+    assert _local_path("/chair/3/report?session=s.3.1") == "/chair/3/report?session=s.3.1"
+    for bad in ("//evil.example/x", "https://evil.example/", "/\\evil.example", "chair/3", None, 5, "/a\nb"):
+        assert _local_path(bad) == "", bad

@@ -12,8 +12,9 @@ import argparse
 import time
 from pathlib import Path
 
-from chairside.record.query import InfluxReader, RecordQueryError
-from chairside.record.report_command import add_common, load_session
+from chairside.record.query import RecordQueryError
+from chairside.record.report_command import add_common, load_session, reader_from_args
+from chairside.store.influx import CredentialsError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +31,11 @@ def run(args: argparse.Namespace) -> int:
     from chairside.record import fhir
 
     now_ms = time.time_ns() // 1_000_000
-    reader = InfluxReader(args.influx_url, args.database, args.timeout)
+    try:
+        reader = reader_from_args(args)
+    except CredentialsError as exc:
+        print(str(exc))
+        return 2
     try:
         loaded = load_session(reader, args.site, args.chair, args.session, now_ms)
     except RecordQueryError as exc:

@@ -8,6 +8,7 @@ the reason, never a half-filled record.
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.error
 import urllib.parse
@@ -28,18 +29,31 @@ def _quote(text: str) -> str:
 
 
 class InfluxReader:
-    """InfluxQL queries against one database; rows as dicts with ``time`` in ms."""
+    """InfluxQL queries against one database; rows as dicts with ``time`` in ms.
 
-    def __init__(self, url: str, database: str, timeout_s: float = 10.0) -> None:
+    ``credentials`` (user, password) log in with HTTP Basic auth, as the
+    gateway's writer does (an installed server runs InfluxDB with auth on; a
+    read-only user is enough: ``/etc/chairside/influx/grafana.json``)."""
+
+    def __init__(self, url: str, database: str, timeout_s: float = 10.0,
+                 credentials: tuple[str, str] | None = None) -> None:
         self.url = url.rstrip("/")
         self.database = database
         self.timeout_s = timeout_s
+        self._auth = (None if credentials is None else
+                      "Basic " + base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode("ascii"))
 
     def rows(self, influxql: str) -> list[dict[str, Any]]:
         data = urllib.parse.urlencode({"q": influxql, "db": self.database, "epoch": "ms"}).encode()
+        request = urllib.request.Request(f"{self.url}/query", data=data)
+        if self._auth is not None:
+            request.add_header("Authorization", self._auth)
         try:
-            with urllib.request.urlopen(f"{self.url}/query", data=data, timeout=self.timeout_s) as resp:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
                 answer = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            why = "the login was refused (--influx-credentials)" if exc.code in (401, 403) else exc.reason
+            raise RecordQueryError(f"InfluxDB at {self.url}: HTTP {exc.code}: {why}") from exc
         except (OSError, urllib.error.URLError, ValueError) as exc:
             raise RecordQueryError(f"InfluxDB at {self.url}: {exc}") from exc
         rows: list[dict[str, Any]] = []

@@ -23,6 +23,7 @@ from chairside import contract
 from chairside.record.data import SessionData
 from chairside.record.figures import Figures, compute
 from chairside.record.query import InfluxReader, RecordQueryError, find_session, load
+from chairside.store.influx import CredentialsError, read_credentials
 
 log = logging.getLogger("chairside.record")
 
@@ -33,6 +34,9 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session", default=None, help="session id (default: the chair's latest session)")
     parser.add_argument("--influx-url", default="http://127.0.0.1:8086", help="InfluxDB 1.x URL")
     parser.add_argument("--database", default=contract.influx_database(), help="database")
+    parser.add_argument("--influx-credentials", type=Path, default=None,
+                        help="JSON file {user, password} of an InfluxDB user with READ (an installed server: "
+                        "/etc/chairside/influx/grafana.json)")
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds per InfluxDB query")
 
 
@@ -54,10 +58,33 @@ def load_session(reader: InfluxReader, site: str, chair: str, session_id: str | 
     """The session's data and figures, or why not (a message for the user)."""
     session = find_session(reader, site, chair, session_id)
     if session is None:
-        which = f"session {session_id!r}" if session_id else "any session"
+        which = f"session {session_id!r}" if session_id else "session"
         return f"no {which} stored for chair {site}/{chair} (start one with `chairside staff session start`)"
     data = load(reader, session, now_ms)
     return Loaded(data, compute(data, now_ms))
+
+
+def reader_from_args(args: argparse.Namespace) -> InfluxReader:
+    """The InfluxDB reader of ``chairside report``/``export`` (raises CredentialsError, a ValueError)."""
+    path = getattr(args, "influx_credentials", None)
+    credentials = read_credentials(path) if path is not None else None
+    return InfluxReader(args.influx_url, args.database, args.timeout, credentials)
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    pdf: bytes
+    png: bytes
+
+
+def render_report(loaded: Loaded, *, tz: tzinfo, site_name: str | None = None,
+                  now_ms: int | None = None) -> Rendered:
+    """The chart (PNG) and the PDF of a loaded session, in memory: what
+    ``chairside report`` writes and what the station serves."""
+    from chairside.record import chart, pdf  # matplotlib and fpdf2: only when a report is made
+
+    png = chart.render_png(loaded.data, loaded.figures)
+    return Rendered(pdf.render_pdf(loaded.figures, png, site_name=site_name, tz=tz, made_ms=now_ms), png)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,15 +97,12 @@ class ReportFiles:
 def write_report(loaded: Loaded, out_dir: Path, *, tz: tzinfo, site_name: str | None = None,
                  now_ms: int | None = None) -> ReportFiles:
     """Render the chart and the PDF of a loaded session into ``out_dir``."""
-    from chairside.record import chart, pdf  # matplotlib and fpdf2: only when a report is made
-
+    rendered = render_report(loaded, tz=tz, site_name=site_name, now_ms=now_ms)
     out_dir.mkdir(parents=True, exist_ok=True)
-    png = chart.render_png(loaded.data, loaded.figures)
-    document = pdf.render_pdf(loaded.figures, png, site_name=site_name, tz=tz, made_ms=now_ms)
     name = loaded.figures.session.id
     png_path, pdf_path = out_dir / f"{name}.png", out_dir / f"{name}.pdf"
-    png_path.write_bytes(png)
-    pdf_path.write_bytes(document)
+    png_path.write_bytes(rendered.png)
+    pdf_path.write_bytes(rendered.pdf)
     return ReportFiles(pdf_path, png_path, loaded.figures)
 
 
@@ -89,7 +113,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"unknown time zone {args.tz!r} (e.g. UTC, Europe/London)")
         return 2
     now_ms = time.time_ns() // 1_000_000
-    reader = InfluxReader(args.influx_url, args.database, args.timeout)
+    try:
+        reader = reader_from_args(args)
+    except CredentialsError as exc:
+        print(str(exc))
+        return 2
     try:
         loaded = load_session(reader, args.site, args.chair, args.session, now_ms)
     except RecordQueryError as exc:

@@ -1,7 +1,8 @@
 """``chairside station``: the nurses' station web app, and its staff accounts.
 
     chairside station serve --site clinic1 --users /etc/chairside/station-users.json \\
-        --tls-cert pki/server.crt --tls-key pki/server.key --grafana-url https://grafana.clinic.lan
+        --tls-cert pki/server.crt --tls-key pki/server.key --grafana-url https://grafana.clinic.lan \\
+        --influx-url http://127.0.0.1:8086 --influx-credentials /etc/chairside/influx/grafana.json
     chairside station user add "RN Jones" --role nurse --users /etc/chairside/station-users.json
     chairside station user list --users ...
 
@@ -11,6 +12,11 @@ certificate: ``chairside certs --pki-dir DIR server --host station.clinic.lan``)
 without them it serves plain HTTP and says so on its log (tests and a demo on
 loopback only).  ``user add`` asks for the password twice on the terminal, or
 reads one line from standard input with ``--password-stdin`` (the installer).
+
+``--influx-url`` (with ``--database`` and ``--influx-credentials``, a
+read-only login is enough) turns on the session record download
+(``/chair/<chair>/report``, the PDF of ``chairside report``); ``--no-records``
+turns it off.
 """
 
 from __future__ import annotations
@@ -26,15 +32,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
-from chairside import mqtt_auth
+from chairside import contract, mqtt_auth
 from chairside.alarms.profile import DEFAULT_PROFILE_PATH, load_profile
+from chairside.record.query import InfluxReader
+from chairside.store.influx import read_credentials
 
 from .accounts import ROLES, AccountError, Accounts
 from .board import Board
 from .feed import Feed
+from .report import RecordSource
 from .web import Station, server_ssl
 
 log = logging.getLogger("chairside.station")
@@ -62,6 +72,23 @@ class StationConfig:
     audit_log: Path | None = None
     answer_timeout_s: float = 10.0
     heartbeat_s: float = 5.0
+    influx_url: str | None = None
+    """None: no session record download"""
+    database: str = contract.influx_database()
+    influx_credentials: Path | None = None
+    report_tz: str = "UTC"
+    influx_timeout_s: float = 20.0
+
+    def records(self) -> RecordSource | None:
+        """The session record source (raises ValueError: credentials file, time zone)."""
+        if self.influx_url is None:
+            return None
+        try:
+            tz = ZoneInfo(self.report_tz)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"--report-tz {self.report_tz!r}: unknown time zone (e.g. UTC, Europe/London)") from exc
+        login = read_credentials(self.influx_credentials) if self.influx_credentials is not None else None
+        return RecordSource(InfluxReader(self.influx_url, self.database, self.influx_timeout_s, login), tz)
 
 
 class StationServer:
@@ -78,7 +105,7 @@ class StationServer:
         tls = config.tls_cert is not None and config.tls_key is not None
         self.station = Station(board, self.feed, self.accounts, clock, secure_cookies=tls,
                                audit_path=config.audit_log, answer_timeout_s=config.answer_timeout_s,
-                               heartbeat_s=config.heartbeat_s)
+                               heartbeat_s=config.heartbeat_s, records=config.records())
         self.ssl = server_ssl(config.tls_cert, config.tls_key) if tls else None  # type: ignore[arg-type]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -152,6 +179,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--grafana-url", default=None, help="Grafana's base URL: each tile links to its chair")
     serve.add_argument("--profile", type=Path, default=DEFAULT_PROFILE_PATH, help="alarm profile (alarm words)")
     serve.add_argument("--audit-log", type=Path, default=None, help="JSON-lines file of every action")
+    serve.add_argument("--influx-url", default="http://127.0.0.1:8086",
+                       help="InfluxDB 1.x URL: the session record PDFs are read from there")
+    serve.add_argument("--no-records", action="store_true", help="no session record download")
+    serve.add_argument("--database", default=contract.influx_database())
+    serve.add_argument("--influx-credentials", type=Path, default=None,
+                       help="JSON file {user, password} of an InfluxDB user with READ on the database "
+                       "(an installed server: /etc/chairside/influx/grafana.json)")
+    serve.add_argument("--report-tz", default="UTC", help="time zone of the record's printed times")
     serve.add_argument("--mqtt-host", default="127.0.0.1")
     serve.add_argument("--mqtt-port", type=int, default=1883)
     mqtt_auth.add_arguments(serve)
@@ -197,11 +232,12 @@ def run(args: argparse.Namespace) -> int:
         site=args.site, users=args.users, mqtt_host=args.mqtt_host, mqtt_port=args.mqtt_port,
         mqtt_credentials=args.mqtt_credentials, mqtt_ca=args.mqtt_ca, host=args.host, port=args.port,
         tls_cert=args.tls_cert, tls_key=args.tls_key, grafana_url=args.grafana_url, profile=args.profile,
-        audit_log=args.audit_log)
+        audit_log=args.audit_log, influx_url=None if args.no_records else args.influx_url,
+        database=args.database, influx_credentials=args.influx_credentials, report_tz=args.report_tz)
     try:
         server = StationServer(config)
         server.start()
-    except (RuntimeError, OSError, mqtt_auth.CredentialsError) as exc:
+    except (RuntimeError, OSError, ValueError) as exc:  # ValueError: mqtt_auth's and InfluxDB's CredentialsError
         print(f"chairside station: {exc}")
         return 1
     done = threading.Event()

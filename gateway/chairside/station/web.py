@@ -20,7 +20,9 @@ Security:
   session, only a lead may change a limit;
 * every action and its answer is written to the station's audit log (JSON
   lines) and the gateway stores the action itself (``alarm_events``,
-  ``limit_audit``) under that name.
+  ``limit_audit``) under that name;
+* ``GET /chair/{chair}/report[?session=ID]`` (logged in) is the session
+  record PDF (:mod:`chairside.station.report`); a download is audited too.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlencode
 
 import jinja2
 from aiohttp import web
@@ -46,10 +49,12 @@ from aiohttp import web
 from chairside import contract
 from chairside.alarms.profile import RUNTIME_RANGES
 from chairside.ingest.validate import text_problem
+from chairside.record.query import RecordQueryError
 
 from .accounts import Accounts, User
 from .board import Board
 from .feed import Feed, FeedBusy
+from .report import RecordSource, make_report
 
 log = logging.getLogger("chairside.station.web")
 
@@ -197,6 +202,7 @@ class Station:
         audit_path: Path | None = None,
         answer_timeout_s: float = ANSWER_TIMEOUT_S,
         heartbeat_s: float = HEARTBEAT_S,
+        records: RecordSource | None = None,
     ) -> None:
         self.board = board
         self.feed = feed
@@ -206,6 +212,8 @@ class Station:
         self.audit_path = audit_path
         self.answer_timeout_s = answer_timeout_s
         self.heartbeat_s = heartbeat_s
+        self.records = records
+        self._report_lock = asyncio.Lock()  # one report at a time: rendering is CPU-bound
         self.sessions = Sessions()
         self.hub: Hub | None = None
         self._streams: set[asyncio.Task[Any]] = set()
@@ -220,6 +228,7 @@ class Station:
         app = web.Application(middlewares=[self._headers], client_max_size=MAX_BODY)
         app.router.add_get("/", self.board_page)
         app.router.add_get("/chair/{chair}", self.board_page)
+        app.router.add_get("/chair/{chair}/report", self.report)
         app.router.add_get("/login", self.login_page)
         app.router.add_post("/login", self.login)
         app.router.add_post("/logout", self.logout)
@@ -286,21 +295,25 @@ class Station:
 
     # ---- pages -----------------------------------------------------------------------
 
-    async def login_page(self, request: web.Request, message: str = "", status: int = 200) -> web.Response:
+    async def login_page(self, request: web.Request, message: str = "", status: int = 200,
+                         next_url: str | None = None) -> web.Response:
         session = self._session(request) or self.sessions.new(self.clock())
-        response = self._render("login.html", status, csrf=session.csrf, message=message, site=self.board.site)
+        target = _local_path(next_url if next_url is not None else request.query.get("next"))
+        response = self._render("login.html", status, csrf=session.csrf, message=message, site=self.board.site,
+                                next=target)
         self._set_cookie(response, session)
         return response
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         session = self._session(request)
         form = await request.post()
+        target = _local_path(form.get("next"))
         if not self._csrf_ok(session, form.get("csrf_token")):
             self.feed.metrics.inc("refused", reason="csrf")
-            return await self.login_page(request, "The form expired: please log in again.", 403)
+            return await self.login_page(request, "The form expired: please log in again.", 403, target)
         name, password = form.get("name"), form.get("password")
         if not isinstance(name, str) or not isinstance(password, str):
-            return await self.login_page(request, "Enter your name and password.", 400)
+            return await self.login_page(request, "Enter your name and password.", 400, target)
         now = self.clock()
         # argon2 takes tens of milliseconds by design: off the event loop, so the boards keep updating
         result = await asyncio.to_thread(self.accounts.login, name, password, now)
@@ -312,12 +325,12 @@ class Station:
                 text = f"Too many failed attempts: this account is locked for {minutes} min."
             else:
                 text = "Wrong name or password."
-            return await self.login_page(request, text, 401)
+            return await self.login_page(request, text, 401, target)
         assert session is not None
         self.sessions.drop(session)
         fresh = self.sessions.new(now, result.user)
         self._audit(result.user, "login", "", {}, {"ok": 1})
-        response = web.HTTPSeeOther("/")
+        response = web.HTTPSeeOther(target or "/")
         self._set_cookie(response, fresh)
         raise response
 
@@ -339,6 +352,33 @@ class Station:
             "board.html", user=session.user, csrf=session.csrf, site=self.board.site,
             focus=focus if contract.id_regex().fullmatch(focus) else "",
             limit_params=[(p, RUNTIME_RANGES[p]) for p in LIMIT_PARAMS])
+
+    async def report(self, request: web.Request) -> web.StreamResponse:
+        """The session record PDF of a chair: its latest session, or ``?session=ID``."""
+        session = self._session(request)
+        if session is None or session.user is None:
+            raise web.HTTPSeeOther("/login?" + urlencode({"next": request.path_qs}))
+        chair = request.match_info["chair"]
+        wanted = request.query.get("session") or None
+        if not contract.id_regex().fullmatch(chair) or (
+                wanted is not None and (len(wanted) > 128 or text_problem(wanted) is not None)):
+            self.feed.metrics.inc("refused", reason="bad_report_request")
+            return web.Response(status=400, text="expected a chair id and at most one session id")
+        if self.records is None:
+            return web.Response(status=503, text="session records are off: the station was started without "
+                                "--influx-url (docs/station.md)")
+        async with self._report_lock:
+            try:
+                made = await asyncio.to_thread(make_report, self.records, self.board.site, chair, wanted,
+                                               self.clock())
+            except RecordQueryError as exc:
+                log.error("session record of chair %s: %s", chair, exc)
+                return web.Response(status=502, text=f"cannot read the session from InfluxDB: {exc}")
+        if isinstance(made, str):
+            return web.Response(status=404, text=made[:1].upper() + made[1:] + ".")
+        self._audit(session.user, "report", chair, {"session": made.session}, {"ok": 1})
+        return web.Response(body=made.pdf, content_type="application/pdf",
+                            headers={"Content-Disposition": f'attachment; filename="{made.filename}"'})
 
     async def healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "mqtt_subscribed": self.feed.connected})
@@ -485,6 +525,15 @@ class Station:
         except OSError as exc:
             self.feed.metrics.inc("persist_errors", what="audit")
             log.error("cannot write the station audit log %s: %s", self.audit_path, exc)
+
+
+def _local_path(value: object) -> str:
+    """``value`` when it is a path on this station (where to go after the login), else ``""``:
+    never another site (``//host``, ``https://…``)."""
+    if (not isinstance(value, str) or not value.startswith("/") or value.startswith("//") or "\\" in value
+            or len(value) > 512 or text_problem(value) is not None):
+        return ""
+    return value
 
 
 def server_ssl(cert: Path, key: Path) -> ssl.SSLContext:

@@ -130,6 +130,13 @@
       a.rel = "noopener";
       head.append(a);
     }
+    if (!t.drill) {
+      // the chair's latest infusion session as the PDF record for the chart (chairside report)
+      const r = el("a", "record", "Session record (PDF)");
+      r.href = "/chair/" + encodeURIComponent(t.chair) + "/report";
+      r.download = "";
+      head.append(r);
+    }
     tile.append(head);
 
     tile.append(el("div", "sensor level-" + t.sensor_level, t.sensor));
