@@ -1,7 +1,9 @@
 """``chairside-chair``: one chair's detail.
 
 SpO2/pulse trends, NIBP points with the limits drawn, alarm annotations, an
-alarm state timeline and the alarm log.
+alarm state timeline and the alarm log; links to the chair's session record
+PDF and to the chair on the nurses' station (``$station``, as the overview's:
+``station_links.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dashboards.panels import (
     variables,
 )
 from dashboards.sdk import common, common_builders, dash, dm, statetimeline, table, timeseries
+from dashboards.station_links import chair_station_link, record_link, station_variable
 
 
 def trend(profile: Profile, title: str, select: str, field: str, unit: str) -> timeseries.Panel:
@@ -164,6 +167,9 @@ def chair_detail(profile: Profile) -> dash.Dashboard:
         .refresh("10s")
         .timezone("browser")
         .variables(variables(multi=False))
+        .with_variable(station_variable())
+        .link(record_link())
+        .link(chair_station_link())
         .annotation(annotation("Alarms", "raised|escalated|renotify", PRIORITY_COLOURS["high"]))
         .annotation(annotation("Acknowledged / cleared", "acknowledged|cleared", "blue"))
         .with_panel(trend(profile, "SpO2", 'min("spo2")', "spo2", "percent"))

@@ -8,7 +8,11 @@
   station's base URL (default :data:`STATION_URL`; a clinic with another name
   opens the dashboard with ``?var-station=https://…`` once and saves it, or
   changes :data:`STATION_URL` and rebuilds);
-* ``station_link()``: the dashboard link to the station's board.
+* ``station_link()``: the dashboard link to the station's board;
+* ``record_link()`` and ``chair_station_link()``: the chair dashboard's links
+  to the chair's session record PDF (``${station}/chair/${chair}/report``,
+  the station's download of ``chairside report``; the station asks for a
+  login first) and to the chair on the station.
 
 The station links each tile back to ``chairside-chair`` (its own code).
 """
@@ -34,6 +38,7 @@ from dashboards.sdk import cogbuilder, common, common_builders, dash, dm, stat
 
 STATION_URL = "https://chairside-station:8443"
 STATION_CHAIR = "${station}/chair/${chair}"
+STATION_RECORD = "${station}/chair/${chair}/report"
 
 
 def _conditions() -> dict[str, tuple[str, str]]:
@@ -66,6 +71,27 @@ def station_link() -> dash.DashboardLink:
         .url("${station}/")
         .target_blank(True)
         .tooltip("acknowledge, standby and limits: the Chairside station")
+    )
+
+
+def record_link() -> dash.DashboardLink:
+    return (
+        dash.DashboardLink("Session record (PDF)")
+        .type(dm.DashboardLinkType.LINK)
+        .url(STATION_RECORD)
+        .target_blank(True)
+        .icon("doc")
+        .tooltip("the chair's latest infusion session as a PDF for the chart (the station asks for a login)")
+    )
+
+
+def chair_station_link() -> dash.DashboardLink:
+    return (
+        dash.DashboardLink("Chair ${chair} on the station")
+        .type(dm.DashboardLinkType.LINK)
+        .url(STATION_CHAIR)
+        .target_blank(True)
+        .tooltip("acknowledge, standby, session and limits on the nurses' station")
     )
 
 

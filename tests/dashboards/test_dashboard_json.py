@@ -213,3 +213,14 @@ def test_overview_names_active_alarms_and_links_each_chair_to_the_station() -> N
     assert [link["url"] for link in panel["links"]] == ["${station}/chair/${chair}"]
     station = next(v for v in BOARDS["chairside-overview.json"]["templating"]["list"] if v["name"] == "station")
     assert station["type"] == "textbox" and station["hide"] == 2 and station["query"].startswith("https://")
+
+
+def test_chair_dashboard_links_to_the_session_record_and_the_station() -> None:
+    board = BOARDS["chairside-chair.json"]
+    links = {link["title"]: link for link in board["links"]}
+    record = links["Session record (PDF)"]
+    assert record["url"] == "${station}/chair/${chair}/report" and record["type"] == "link"
+    assert links["Chair ${chair} on the station"]["url"] == "${station}/chair/${chair}"
+    overview = next(v for v in BOARDS["chairside-overview.json"]["templating"]["list"] if v["name"] == "station")
+    station = next(v for v in board["templating"]["list"] if v["name"] == "station")
+    assert station == overview  # the same $station as the overview's
