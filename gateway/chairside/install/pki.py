@@ -93,8 +93,10 @@ def _issue(pki_dir: Path, stem: Path, cn: str, extensions: str, days: int,
 
 
 def issue_server(pki_dir: Path, hosts: list[str], days: int = LEAF_DAYS,
-                 force: bool = False) -> Path:
-    """Broker certificate valid for every host name / IP address in ``hosts``."""
+                 force: bool = False, stem: str = "server") -> Path:
+    """Server certificate valid for every host name / IP address in ``hosts``:
+    the broker's (``server.crt``), or with ``stem`` another server's (the
+    nurses' station: ``station.crt``)."""
     if not hosts:
         raise PkiError("server certificate needs at least one --host")
     names = []
@@ -108,7 +110,7 @@ def issue_server(pki_dir: Path, hosts: list[str], days: int = LEAF_DAYS,
            "keyUsage=critical,digitalSignature,keyAgreement\n"
            "extendedKeyUsage=serverAuth\n"
            f"subjectAltName={','.join(names)}\n")
-    return _issue(pki_dir, pki_dir / "server", hosts[0], ext, days, force)
+    return _issue(pki_dir, pki_dir / stem, hosts[0], ext, days, force)
 
 
 def issue_box(pki_dir: Path, site: str, chair: str, days: int = LEAF_DAYS,

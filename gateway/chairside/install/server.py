@@ -22,8 +22,14 @@ installs the Debian packages first) it:
    database and its retention policy (:mod:`chairside.install.influxdb`);
 5. writes the pager policy (from ``gateway/chairside/pager/example-policy.json``,
    only if there is none: the clinic edits it) and the ack secret (only if none);
-6. installs the units (``deploy/systemd``) and enables them;
-7. checks that everything is up: the files (:func:`check`), then ``chairside
+6. prepares the nurses' station: its TLS certificate from the clinic CA
+   (``/etc/chairside/station/``), its accounts file
+   (``/etc/chairside/station-users.json``) and, with ``--station-lead NAME``,
+   the first lead account (password from standard input with
+   ``--station-lead-password-stdin``, else generated and printed once; an
+   existing account is kept);
+7. installs the units (``deploy/systemd``) and enables them;
+8. checks that everything is up: the files (:func:`check`), then ``chairside
    doctor`` until nothing fails (up to a minute; :func:`check_running`).
 
 Re-running it is an upgrade: the project and units are replaced, the broker
@@ -39,7 +45,7 @@ started from that layout): nothing outside DIR is touched, so there is no
 skipped); InfluxDB is configured by starting ``influxd`` with the installed
 config for the duration of the install.
 
-Why this module is longer than ~500 lines: the install is one ordered procedure (the seven steps above) over one
+Why this module is longer than ~500 lines: the install is one ordered procedure (the eight steps above) over one
 :class:`Layout`; each step is a short function here, and what they call is in
 modules of its own (``pki``, ``provision``, ``influxdb``, ``doctor``).  Split
 across files, the order of the steps and what each leaves for the next would
@@ -76,8 +82,9 @@ USER = "chairside"
 CERT_RENEW_DAYS = 60
 SERVICES = tuple(provision.SERVICES)
 """every service account provisioning knows (gateway, pager, staff, drill)"""
-RUN_BY_SERVICE = frozenset({"gateway", "pager"})
-"""read by the units (owned by chairside); the others (staff, drill) by people with sudo (root only)"""
+RUN_BY_SERVICE = frozenset({"gateway", "pager", "staff"})
+"""read by the units (owned by chairside; staff: the station unit uses its ``station`` login, and people
+with sudo its main one); the others (drill) by people with sudo (root only)"""
 UNITS_DIR = REPO / "deploy" / "systemd"
 INFLUX_TEMPLATE = REPO / "deploy" / "influxdb" / "influxdb.conf"
 PAGER_TEMPLATE = REPO / "gateway" / "chairside" / "pager" / "example-policy.json"
@@ -97,7 +104,12 @@ DEFAULTS: dict[str, Any] = {
     "influx_port": 8086,
     "influx_rpc_port": 8089,  # not Debian's 8088: the pager's ack page uses that (example policy)
     "server_hosts": [],
+    "station_port": 8443,
+    "grafana_url": "",
 }
+STATION_UNIT_SITE = "--site clinic1"
+STATION_UNIT_GRAFANA = "--grafana-url https://grafana.clinic.lan"
+STATION_UNIT_PORT = "--port 8443"
 
 
 class InstallError(RuntimeError):
@@ -147,6 +159,14 @@ class Layout:
     @property
     def grafana_dir(self) -> Path:
         return self.at("/etc/chairside/grafana")
+
+    @property
+    def station_dir(self) -> Path:
+        return self.at("/etc/chairside/station")
+
+    @property
+    def station_users(self) -> Path:
+        return self.at("/etc/chairside/station-users.json")
 
     @property
     def state(self) -> Path:
@@ -294,6 +314,8 @@ def step_user_and_folders(layout: Layout, report: Report, owners: Owners) -> Non
         (layout.state, USER, USER, 0o750),
         (layout.state / "gateway", USER, USER, 0o750),
         (layout.state / "pager", USER, USER, 0o750),
+        (layout.state / "station", USER, USER, 0o750),
+        (layout.station_dir, "root", USER, 0o750),
         (layout.state / "services", USER, USER, 0o700),
         (layout.backups, "root", "root", 0o700),
         (layout.broker_dir, "root", "mosquitto", 0o750),
@@ -356,12 +378,7 @@ def step_broker(layout: Layout, settings: dict[str, Any], report: Report, owners
         pki.init_ca(pki_dir, name=f"Chairside {settings['site']} CA")
         report(f"clinic CA created in {pki_dir} (copy ca.key somewhere safe and offline)")
     hosts = _server_hosts(settings)
-    server_crt = pki_dir / "server.crt"
-    why = ("none yet" if not server_crt.exists()
-           else "asked (--renew-server-cert)" if renew
-           else "its host names changed" if _cert_hosts(server_crt) != sorted(hosts)
-           else f"it expires within {CERT_RENEW_DAYS} days" if _expires_within(server_crt, CERT_RENEW_DAYS)
-           else "")
+    why = _renew_reason(pki_dir / "server.crt", hosts, renew)
     if why:
         pki.issue_server(pki_dir, hosts, force=True)
         report(f"server certificate for {', '.join(hosts)} ({why}); valid {pki.LEAF_DAYS} days")
@@ -392,6 +409,15 @@ def step_broker(layout: Layout, settings: dict[str, Any], report: Report, owners
     text = text.replace(provision.SHIPPED_DIR, f"{layout.broker_dir}/")
     changed = _write(layout.mosquitto_conf, text, 0o644)
     report(f"Mosquitto config {layout.mosquitto_conf} ({'changed' if changed else 'unchanged'})")
+
+
+def _renew_reason(crt: Path, hosts: list[str], renew: bool) -> str:
+    """Why ``crt`` must be issued (again), or "" when it is still good."""
+    return ("none yet" if not crt.exists()
+            else "asked (--renew-server-cert)" if renew
+            else "its host names changed" if _cert_hosts(crt) != sorted(hosts)
+            else f"it expires within {CERT_RENEW_DAYS} days" if _expires_within(crt, CERT_RENEW_DAYS)
+            else "")
 
 
 def _cert_hosts(crt: Path) -> list[str]:
@@ -431,7 +457,7 @@ def step_influxdb(layout: Layout, settings: dict[str, Any], report: Report, owne
     reader = influxdb.Account(*_secret_json(layout.influx_dir / "grafana.json", READ_USER))
     owners(layout.influx_dir / "admin.json", "root", "root", 0o600)
     owners(layout.influx_dir / "gateway.json", USER, USER, 0o600)
-    owners(layout.influx_dir / "grafana.json", "root", "root", 0o600)
+    owners(layout.influx_dir / "grafana.json", USER, USER, 0o600)  # the station reads records with it
     plan = influxdb.InfluxPlan(database=str(settings["database"]), retention=str(settings["retention"]),
                                admin=admin, writer=writer, reader=reader)
     url = influx_url(settings)
@@ -507,6 +533,50 @@ def step_pager(layout: Layout, report: Report, owners: Owners) -> None:
     owners(secret, "root", USER, 0o640)
 
 
+def step_station(layout: Layout, settings: dict[str, Any], report: Report, owners: Owners, *,
+                 renew: bool = False, lead: str | None = None,
+                 read_password: Callable[[], str] | None = None) -> None:
+    """The station's TLS certificate and accounts file, and the first lead account.
+
+    ``read_password`` gives the lead's password (``--station-lead-password-stdin``);
+    without it one is generated and printed once.  Only its argon2id hash is stored."""
+    from chairside.station.accounts import AccountError, Accounts
+
+    hosts = _server_hosts(settings)
+    why = _renew_reason(layout.pki / "station.crt", hosts, renew)
+    if why:
+        pki.issue_server(layout.pki, hosts, force=True, stem="station")
+        report(f"station certificate for {', '.join(hosts)} ({why}); valid {pki.LEAF_DAYS} days")
+    for name, mode in (("server.crt", 0o644), ("server.key", 0o640)):
+        dest = layout.station_dir / name
+        shutil.copyfile(layout.pki / name.replace("server", "station"), dest)
+        owners(dest, "root", USER, mode)
+    accounts = Accounts(layout.station_users)
+    if accounts.ensure_file():  # empty, then owned by the station's user
+        report(f"station accounts file {layout.station_users} (no account yet)")
+    owners(layout.station_users, USER, USER, 0o600)
+    if lead is None:
+        if not accounts.names():
+            report("no station account: `chairside station user add NAME --role lead --users "
+                   f"{layout.station_users}` (or re-run with --station-lead NAME)")
+        return
+    try:
+        existing = dict(accounts.names())
+        if lead.strip() in existing:
+            report(f"station account {lead.strip()!r} ({existing[lead.strip()]}) exists: kept")
+            return
+        password = read_password() if read_password is not None else secrets.token_urlsafe(12)
+        user = accounts.add(lead, password, "lead", time.time_ns() // 1_000_000)
+    except AccountError as exc:
+        raise InstallError(f"--station-lead: {exc}") from exc
+    owners(layout.station_users, USER, USER, 0o600)
+    if read_password is not None:
+        report(f"station lead account {user.name!r} created (password from standard input)")
+    else:
+        report(f"station lead account {user.name!r} created; its password, shown only now: {password}")
+        report("  (change it: chairside station user add NAME --role lead --replace --users ...)")
+
+
 def pager_policy_edited(layout: Layout) -> bool:
     policy = layout.etc / "pager-policy.json"
     return policy.exists() and policy.read_text() != PAGER_TEMPLATE.read_text()
@@ -521,6 +591,11 @@ def unit_text(layout: Layout, settings: dict[str, Any], text: str) -> str:
     """A shipped unit with the layout's paths and the configured ports."""
     text = layout.rewrite(text)
     text = re.sub(rf"(--(?:mqtt|broker)-port) {provision.PLAIN_PORT}\b", rf"\1 {settings['mqtt_port']}", text)
+    if STATION_UNIT_SITE in text:  # the station's unit: this site, its port, this server's Grafana
+        grafana = str(settings.get("grafana_url") or f"http://{_server_hosts(settings)[0]}:3000")
+        text = (text.replace(STATION_UNIT_SITE, f"--site {settings['site']}")
+                .replace(STATION_UNIT_PORT, f"--port {settings['station_port']}")
+                .replace(STATION_UNIT_GRAFANA, f"--grafana-url {grafana}"))
     return text.replace("http://127.0.0.1:8086", influx_url(settings))
 
 
@@ -561,7 +636,8 @@ def check(layout: Layout) -> list[str]:
     needed = [layout.mosquitto_conf, layout.broker_dir / "passwd", layout.broker_dir / "acl",
               layout.broker_dir / "server.crt", layout.broker_dir / "server.key", layout.influx_conf,
               layout.influx_dir / "gateway.json", layout.etc / "pager-policy.json",
-              layout.etc / "pager-ack.secret", layout.venv / "bin" / "python"]
+              layout.etc / "pager-ack.secret", layout.venv / "bin" / "python",
+              layout.station_dir / "server.crt", layout.station_dir / "server.key", layout.station_users]
     needed += [layout.state / "services" / f"{name}.json" for name in SERVICES]
     return [f"missing {path}" for path in needed if not path.exists()]
 
@@ -638,6 +714,10 @@ def settings_of(layout: Layout, args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
+def _stdin_line() -> str:
+    return sys.stdin.readline().rstrip("\n")
+
+
 def install(layout: Layout, args: argparse.Namespace, out: Callable[[str], None] = print) -> list[str]:
     """Run every step; returns the problems the final check found."""
     report = Report(out)
@@ -649,6 +729,10 @@ def install(layout: Layout, args: argparse.Namespace, out: Callable[[str], None]
     step_broker(layout, settings, report, owners, renew=bool(getattr(args, "renew_server_cert", False)))
     step_influxdb(layout, settings, report, owners)
     step_pager(layout, report, owners)
+    lead = getattr(args, "station_lead", None)
+    step_station(layout, settings, report, owners, renew=bool(getattr(args, "renew_server_cert", False)),
+                 lead=lead, read_password=(_stdin_line if getattr(args, "station_lead_password_stdin", False)
+                                           else None))
     units = step_units(layout, settings, report)
     step_enable(layout, units, report)
     problems = check(layout)
@@ -680,8 +764,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--influx-rpc-port", type=int, default=None,
                         help="InfluxDB backup/restore port on loopback (8089; the pager's ack page has 8088)")
     parser.add_argument("--renew-server-cert", action="store_true",
-                        help="issue a new broker certificate now (else only when hosts change or it "
-                        f"expires within {CERT_RENEW_DAYS} days)")
+                        help="issue new broker and station certificates now (else only when hosts change or "
+                        f"they expire within {CERT_RENEW_DAYS} days)")
+    parser.add_argument("--station-port", type=int, default=None, help="the nurses' station's HTTPS port (8443)")
+    parser.add_argument("--grafana-url", default=None,
+                        help="Grafana's URL, for the station's links (default http://<first --server-host>:3000)")
+    parser.add_argument("--station-lead", metavar="NAME", default=None,
+                        help="create this lead account on the station (kept if it exists)")
+    parser.add_argument("--station-lead-password-stdin", action="store_true",
+                        help="read the lead's password from standard input (else one is generated and printed once)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -118,14 +118,31 @@ class Accounts:
         return {str(k): v for k, v in users.items() if isinstance(v, dict)}
 
     def _write(self, users: dict[str, dict[str, object]]) -> None:
+        """Atomically, mode 0600, keeping the file's owner: the station (user
+        ``chairside``) must still read it after ``sudo chairside station user add``."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            st = self.path.stat()
+            owner: tuple[int, int] | None = (st.st_uid, st.st_gid)
+        except OSError:
+            owner = None
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        if owner is not None and os.geteuid() == 0:  # root (sudo): give the file back to its owner
+            os.fchown(fd, *owner)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump({"v": 1, "users": users}, f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+
+    def ensure_file(self) -> bool:
+        """Create an empty accounts file if there is none (the installer); True if created."""
+        with self._lock:
+            if self.path.exists():
+                return False
+            self._write({})
+            return True
 
     def add(self, name: str, password: str, role: str, now_ms: int, *, replace: bool = False) -> User:
         """Create (or with ``replace``, reset) an account; raises AccountError."""

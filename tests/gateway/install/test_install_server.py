@@ -8,14 +8,20 @@ Then, as systemd would from the installed files: Mosquitto with the installed
 influxd with the installed ``influxdb.conf`` (auth on), and the gateway with
 the installed unit's ``ExecStart`` and drop-in environment.  A box provisioned
 against the installed broker publishes one reading over TLS; it must arrive in
-InfluxDB, readable by Grafana's read-only user.
+InfluxDB, readable by Grafana's read-only user.  The nurses' station (issue
+19) starts from its installed unit too: its TLS certificate from the installed
+clinic CA, the lead account the installer created, and the session record
+download reading InfluxDB with its installed login.
 """
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
+import re
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -29,12 +35,15 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from chairside.install import doctor, provision
+from chairside.install import doctor, pki, provision
 from chairside.install.influxdb import InfluxClient
-from chairside.install.server import Layout, unit_command
+from chairside.install.server import Layout, Owners, Report, step_station, unit_command
 from chairside.paths import REPO
 from chairside.sim.services import InfluxDB, Mosquitto, ServiceError, _Process, free_port
+from chairside.station.accounts import Accounts
 from csfw import contract as fw
+
+LEAD, LEAD_PASSWORD = "RN Lead", "lead password 4711"
 
 pytestmark = pytest.mark.services
 
@@ -101,14 +110,50 @@ class InstalledGateway(_Process):
         return data
 
 
-def _install(clone: Path, root: Path, ports: dict[str, int]) -> subprocess.CompletedProcess[str]:
+class InstalledStation(_Process):
+    """The nurses' station as its installed unit starts it."""
+
+    name = "station"
+
+    def __init__(self, root: Path, workdir: Path, port: int) -> None:
+        super().__init__(workdir)
+        self.argv, self.unit_env = unit_command(root / "etc/systemd/system/chairside-station.service")
+        self.root = root
+        self.port = port
+        self.tls = ssl.create_default_context(cafile=str(root / "etc/chairside/pki/ca.crt"))
+
+    def _command(self) -> list[str]:
+        return self.argv
+
+    def _env(self) -> dict[str, str]:
+        return dict(os.environ, **self.unit_env, PYTHONPATH=str(self.root / "opt/chairside/gateway"))
+
+    def _wait_ready(self) -> None:
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ServiceError(f"station exited with {self.proc.returncode}: {self.log_path.read_text()[-800:]}")
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{self.port}/healthz", timeout=2,
+                                            context=self.tls) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise ServiceError("the installed station did not answer /healthz within 20 s")
+
+
+def _install(clone: Path, root: Path, ports: dict[str, int], extra: tuple[str, ...] = (),
+             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "chairside.cli", "install", "--site", "clinic1", "--root", str(root),
             "--venv-from", sys.prefix, "--server-host", "127.0.0.1", "--retention", "30d",
-            "--mqtt-tls-listen", "127.0.0.1"]
+            "--mqtt-tls-listen", "127.0.0.1", *extra]
     for option, port in ports.items():
         argv += [f"--{option}", str(port)]
     env = dict(os.environ, PYTHONPATH=str(clone / "gateway"))  # run the clone's installer
-    return subprocess.run(argv, cwd=clone, env=env, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(argv, cwd=clone, env=env, capture_output=True, text=True, timeout=120, check=False,
+                          input=stdin)
 
 
 @pytest.fixture
@@ -116,16 +161,19 @@ def installed(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int]]]:
     clone = fresh_clone(tmp_path / "clone")
     root = tmp_path / "root"
     ports = {"mqtt-port": free_port(), "mqtt-tls-port": free_port(), "influx-port": free_port(),
-             "influx-rpc-port": free_port()}
+             "influx-rpc-port": free_port(), "station-port": free_port()}
     for kind in ("datasources", "dashboards"):  # as if Grafana were installed
         (root / "etc/grafana/provisioning" / kind).mkdir(parents=True)
-    first = _install(clone, root, ports)
+    first = _install(clone, root, ports, ("--station-lead", LEAD, "--station-lead-password-stdin"),
+                     stdin=LEAD_PASSWORD + "\n")
     assert first.returncode == 0, first.stdout + first.stderr
+    assert f"station lead account '{LEAD}' created (password from standard input)" in first.stdout
     assert "skipped: useradd chairside and every chown" in first.stdout
     assert "pager policy template written" in first.stdout
     secrets_before = {p: p.read_bytes() for p in (root / "etc/chairside").rglob("*") if p.is_file()}
-    again = _install(clone, root, ports)  # an upgrade: same secrets, same accounts
+    again = _install(clone, root, ports, ("--station-lead", LEAD))  # an upgrade: same secrets, same accounts
     assert again.returncode == 0, again.stdout + again.stderr
+    assert f"station account '{LEAD}' (lead) exists: kept" in again.stdout
     assert "pager policy" in again.stdout and "kept" in again.stdout
     for path, content in secrets_before.items():
         assert path.read_bytes() == content, f"{path} changed on re-install"
@@ -143,6 +191,10 @@ def test_install_into_a_folder_then_start_it_and_push_a_reading(
     assert (root / "var/lib/chairside/services/gateway.json").stat().st_mode & 0o077 == 0
     assert (root / "etc/chairside/influx/gateway.json").stat().st_mode & 0o077 == 0
     assert len((root / "etc/chairside/pager-ack.secret").read_text().strip()) >= 32
+    users_file = root / "etc/chairside/station-users.json"
+    assert users_file.stat().st_mode & 0o077 == 0 and LEAD_PASSWORD not in users_file.read_text()
+    users = json.loads(users_file.read_text())["users"]
+    assert list(users) == [LEAD] and users[LEAD]["role"] == "lead" and users[LEAD]["hash"].startswith("$argon2id$")
 
     # a box, provisioned against the installed broker files (before the broker starts)
     state = provision.State(root / "var/lib/chairside", root / "etc/mosquitto/chairside")
@@ -212,6 +264,29 @@ def test_install_into_a_folder_then_start_it_and_push_a_reading(
         assert any(w.startswith("broker: TLS on port") for w in by_level["OK"])
         assert any(w.startswith("server certificate valid until") for w in by_level["OK"])
         assert any(w.startswith("box clinic1/2: never sent a reading") for w in by_level["WARN"])
+
+        # the nurses' station from its installed unit: TLS from the clinic CA, the installed lead's login,
+        # and the session record download reading InfluxDB with the installed read-only login
+        station = InstalledStation(root, tmp_path / "station", ports["station-port"])
+        station.start()
+        started.append(station)
+        base = f"https://127.0.0.1:{ports['station-port']}"
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()),
+                                              urllib.request.HTTPSHandler(context=station.tls))
+        with browser.open(f"{base}/chair/1/report", timeout=5) as resp:  # anonymous: sent to the login
+            page = resp.read().decode()
+        assert resp.url == f"{base}/login?next=/chair/1/report" and "Chairside station" in page
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        assert token is not None
+        form = urllib.parse.urlencode({"csrf_token": token.group(1), "name": LEAD, "password": LEAD_PASSWORD,
+                                       "next": "/chair/1/report"}).encode()
+        with pytest.raises(urllib.error.HTTPError) as missing:  # logged in, back to the report: none yet
+            browser.open(f"{base}/login", data=form, timeout=10)
+        assert missing.value.code == 404, missing.value.read()
+        assert missing.value.read().decode().startswith("No session stored for chair clinic1/1")
+        station.stop()
+        started.remove(station)
+
         gateway.stop()
         started.remove(gateway)
         failed = [f for f in doctor.diagnose(layout, clock_synced=lambda: False, gateway_health=health_url)
@@ -221,3 +296,27 @@ def test_install_into_a_folder_then_start_it_and_push_a_reading(
     finally:
         for service in reversed(started):
             service.stop()
+
+
+def test_the_station_step_generates_a_lead_password_once_and_keeps_accounts(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    pki.init_ca(layout.pki, name="Test CA")
+    layout.station_dir.mkdir(parents=True)
+    settings = {"site": "clinic1", "server_hosts": ["127.0.0.1", "station.clinic.lan"]}
+    lines: list[str] = []
+    report = Report(lines.append)
+    step_station(layout, settings, report, Owners(layout, report), lead=LEAD)
+    shown = [line for line in lines if "shown only now" in line]
+    assert len(shown) == 1
+    password = shown[0].rsplit(": ", 1)[1]
+    assert len(password) >= 16 and password not in layout.station_users.read_text()
+    assert Accounts(layout.station_users).login(LEAD, password, 0).user is not None
+    cert = (layout.station_dir / "server.crt").read_text()
+    before = (layout.station_users.read_bytes(), cert)
+    lines.clear()
+    step_station(layout, settings, report, Owners(layout, report), lead=LEAD)  # a re-install
+    assert not [line for line in lines if "shown only now" in line]
+    assert any(f"station account '{LEAD}' (lead) exists: kept" in line for line in lines)
+    assert (layout.station_users.read_bytes(), (layout.station_dir / "server.crt").read_text()) == before
+    assert "station.clinic.lan" in pki._openssl("x509", "-in", str(layout.station_dir / "server.crt"), "-noout",
+                                                  "-ext", "subjectAltName")
