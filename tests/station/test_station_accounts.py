@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -103,3 +104,13 @@ def test_user_add_command_reads_the_password_from_stdin(tmp_path: Path, monkeypa
     assert main(["station", "user", "list", "--users", str(users)]) == 0
     out = capsys.readouterr().out
     assert "RN Kim\tnurse" in out and "RN Short\t" not in out and "password must be" in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another owner needs root (sudo)")
+def test_an_account_added_as_root_leaves_the_file_to_the_station_user(tmp_path: Path) -> None:
+    accounts = Accounts(tmp_path / "users.json", FAST)
+    assert accounts.ensure_file() and not accounts.ensure_file()
+    os.chown(accounts.path, 4242, 4243)  # the installer gives it to the station's user
+    accounts.add("RN Jones", "correct horse 1", "nurse", 0)
+    st = accounts.path.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4242, 4243, 0o600)
