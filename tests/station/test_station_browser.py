@@ -179,6 +179,8 @@ def test_desaturation_shows_on_its_tile_is_acknowledged_by_the_logged_in_nurse_t
     assert page.locator("#chairs #tile-drill-1").count() == 0
     grafana = page.locator("#tile-3 a.grafana").get_attribute("href")
     assert grafana == f"https://grafana.clinic.test/d/chairside-chair?var-site={SITE}&var-chair=3"
+    assert page.locator("#tile-3 a.record").get_attribute("href") == "/chair/3/report"  # the session record PDF
+    assert page.locator("#tile-drill-1 a.record").count() == 0  # a drill is no patient's session
     page.screenshot(path=str(ARTEFACTS / "board-normal.png"), full_page=True)
 
     lockstep(world.fleet, world.gateway, DESAT_AT_MS)  # the desaturation (sim time) and its alarm event
