@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from chairside.ingest.validate import text_problem
+from chairside.jsondepth import too_deep
 from chairside.model import AlarmEvent
 from chairside.store.points import alarm_event_line
 
@@ -92,6 +93,8 @@ def _json_object(payload: bytes | str | Mapping[str, Any]) -> Mapping[str, Any] 
         return Rejected("bad_json", f"not encodable as UTF-8: {exc.reason} at {exc.start}")
     if len(raw) > MAX_PAYLOAD:
         return Rejected("too_large", f"payload {len(raw)} bytes > {MAX_PAYLOAD}")
+    if too_deep(raw):
+        return Rejected("bad_json", "nested too deeply")
     try:
         # strict UTF-8 first: json.loads(bytes) would let an encoded surrogate through
         doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)

@@ -21,6 +21,7 @@ from functools import cache, lru_cache
 from typing import Any, Final
 
 from chairside import contract
+from chairside.jsondepth import MAX_DEPTH, too_deep
 from chairside.model import MessageKind
 
 REASONS: Final[tuple[str, ...]] = (
@@ -258,6 +259,8 @@ def validate(
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         return _reject(topic, "not_utf8", f"byte {exc.start}", *where)
+    if too_deep(payload):
+        return _reject(topic, "not_json", f"nested deeper than {MAX_DEPTH} levels", *where)
     try:
         msg = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:

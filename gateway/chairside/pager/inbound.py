@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from chairside import contract
+from chairside.jsondepth import too_deep
 
 from .escalation import EventIn
 
@@ -45,6 +46,8 @@ def decode_payload(raw: bytes) -> dict[str, Any] | str:
     try:
         if len(raw) > PAYLOAD_MAX:
             return f"payload larger than {PAYLOAD_MAX} bytes"
+        if too_deep(raw):
+            return "JSON nested too deeply"
         doc = json.loads(
             raw.decode("utf-8"), parse_float=_finite, parse_constant=_no_constant
         )

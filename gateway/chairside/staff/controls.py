@@ -23,6 +23,7 @@ from chairside import contract
 from chairside.alarms import adapter
 from chairside.alarms.engine import AlarmEngine
 from chairside.alarms.profile import ProfileError
+from chairside.jsondepth import too_deep
 from chairside.metrics import Metrics
 from chairside.model import AlarmEvent
 from chairside.paths import atomic_write_json
@@ -156,7 +157,7 @@ class StaffControls:
                 extra: dict[str, Any] | None = None) -> None:
         """Answer on the chair's staff/result topic, echoing the request's ``id``."""
         try:
-            request = json.loads(item.payload)
+            request = None if too_deep(item.payload) else json.loads(item.payload)
             request_id = request.get("id") if isinstance(request, dict) else None
         except (ValueError, RecursionError):
             request_id = None

@@ -29,6 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from chairside import contract, mqtt_auth
 from chairside.ingest.validate import Accepted, validate
+from chairside.jsondepth import too_deep
 from chairside.metrics import Metrics
 
 from .board import Board
@@ -151,7 +152,7 @@ class Feed:
         if not contract.id_regex().fullmatch(chair):
             return self._reject("bad_topic", topic)
         try:
-            fields = json.loads(payload) if len(payload) <= 64 * 1024 else None
+            fields = json.loads(payload) if len(payload) <= 64 * 1024 and not too_deep(payload) else None
         except (ValueError, RecursionError):
             fields = None
         if not isinstance(fields, dict):
