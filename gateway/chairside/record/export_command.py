@@ -12,9 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from chairside.record.query import RecordQueryError
-from chairside.record.report_command import add_common, load_session, reader_from_args
-from chairside.store.influx import CredentialsError
+from chairside.record.report_command import add_common, load_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,19 +29,9 @@ def run(args: argparse.Namespace) -> int:
     from chairside.record import fhir
 
     now_ms = time.time_ns() // 1_000_000
-    try:
-        reader = reader_from_args(args)
-    except CredentialsError as exc:
-        print(str(exc))
-        return 2
-    try:
-        loaded = load_session(reader, args.site, args.chair, args.session, now_ms)
-    except RecordQueryError as exc:
-        print(f"cannot read the session: {exc}")
-        return 1
-    if isinstance(loaded, str):
-        print(loaded)
-        return 1
+    loaded = load_from_args(args, now_ms)
+    if isinstance(loaded, int):
+        return loaded
     try:
         text = fhir.bundle_json(loaded.data, loaded.figures)
     except ValidationError as exc:

@@ -71,6 +71,25 @@ def reader_from_args(args: argparse.Namespace) -> InfluxReader:
     return InfluxReader(args.influx_url, args.database, args.timeout, credentials)
 
 
+def load_from_args(args: argparse.Namespace, now_ms: int) -> Loaded | int:
+    """The session ``chairside report``/``export`` name, or the exit code after
+    saying why not (2: bad credentials file; 1: InfluxDB or no such session)."""
+    try:
+        reader = reader_from_args(args)
+    except CredentialsError as exc:
+        print(str(exc))
+        return 2
+    try:
+        loaded = load_session(reader, args.site, args.chair, args.session, now_ms)
+    except RecordQueryError as exc:
+        print(f"cannot read the session: {exc}")
+        return 1
+    if isinstance(loaded, str):
+        print(loaded)
+        return 1
+    return loaded
+
+
 @dataclass(frozen=True, slots=True)
 class Rendered:
     pdf: bytes
@@ -113,19 +132,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"unknown time zone {args.tz!r} (e.g. UTC, Europe/London)")
         return 2
     now_ms = time.time_ns() // 1_000_000
-    try:
-        reader = reader_from_args(args)
-    except CredentialsError as exc:
-        print(str(exc))
-        return 2
-    try:
-        loaded = load_session(reader, args.site, args.chair, args.session, now_ms)
-    except RecordQueryError as exc:
-        print(f"cannot read the session: {exc}")
-        return 1
-    if isinstance(loaded, str):
-        print(loaded)
-        return 1
+    loaded = load_from_args(args, now_ms)
+    if isinstance(loaded, int):
+        return loaded
     files = write_report(loaded, args.out, tz=tz, site_name=args.site_name, now_ms=now_ms)
     print(f"wrote {files.pdf} and {files.png}")
     return 0
