@@ -24,7 +24,7 @@ def limit(value: str = "88", by: str = '"RN Lee"', extra: str = "") -> bytes:
 REFUSED = [
     ("deep_1100", b"[" * 1100, "too_large", "1100 bytes"),
     ("deep_under_1k", b'{"v":1,"by":' + b"[" * 1000 + b"}", "bad_json", "nested too deeply"),
-    ("deep_objects", limit(by='{"a":' * 150 + "1" + "}" * 150), "bad_field", "by"),
+    ("deep_objects", limit(by='{"a":' * 150 + "1" + "}" * 150), "bad_json", "nested too deeply"),
     ("float_1e400", limit("1e400"), "bad_field", "value: not a finite number"),
     ("float_minus_1e400", limit("-1e400"), "bad_field", "value: not a finite number"),
     ("int_400_digits", limit("1" + "0" * 400), "bad_field", "value: not a finite number"),
