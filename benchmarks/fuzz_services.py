@@ -102,7 +102,7 @@ FUZZ_CHAIRS = ("f1", "f2", "drill-1")
 FUZZ_BOOT = 9
 BAD_IDS = ("G2", "Chair 3", "😀", "drill-😀", "x" * 33, "-lead", "", "a.b")
 BOX_KINDS = ("vitals", "nibp", "status", "resp")
-STAFF_KINDS = ("alarm_ack", "limits_set", "chair_standby", "drill_end")
+STAFF_KINDS = ("alarm_ack", "limits_set", "chair_standby", "drill_end", "chair_session")
 ALARMS = ("spo2_low", "spo2_critical", "pulse_high", "box_offline")
 MEASUREMENT = {"vitals": "vitals", "nibp": "nibp", "status": "device"}
 COMPARED = {"vitals": ("spo2", "pr", "sig", "st"), "nibp": ("sys", "dia", "map", "st"), "device": ("state", "fw")}
@@ -180,6 +180,8 @@ def _staff_base(kind: str, n: int) -> dict[str, Any]:
                 "id": f"fz-{n}"}  # fmt: skip
     if kind == "chair_standby":
         return {"v": 1, "by": "rn lee", "id": f"fz-{n}"}
+    if kind == "chair_session":  # start and end alternate; either may be refused by the open session's state
+        return {"v": 1, "action": ("start", "end")[n % 2], "by": "rn lee", "ref": f"ENC-{n}", "id": f"fz-{n}"}
     return {"v": 1, "by": "rn lee"}
 
 
@@ -365,7 +367,7 @@ def staff_refusal(kind: str, site: str, chair: str, payload: bytes) -> str | Non
     """Why the gateway must refuse this staff message, by its own rules (id
     rule, ``drill/end`` on a non-drill chair, the adapter's parsers); None if
     it may be applied (it can still be refused: unknown alarm, limit out of
-    range, nothing to acknowledge)."""
+    range, nothing to acknowledge, a session already open or none open)."""
     ids = contract.id_regex()
     if not (ids.fullmatch(site) and ids.fullmatch(chair)):
         return "bad_id"
@@ -376,6 +378,8 @@ def staff_refusal(kind: str, site: str, chair: str, payload: bytes) -> str | Non
         parsed = adapter.parse_ack(payload)
     elif kind == "limits_set":
         parsed = adapter.parse_limits_set(payload)
+    elif kind == "chair_session":
+        parsed = adapter.parse_session(payload)
     else:
         parsed = adapter.parse_who(payload)
     return parsed.reason if isinstance(parsed, adapter.Rejected) else None
@@ -589,7 +593,7 @@ class Harness:
         self.gateway.start()
         self.pager.start()
         self._started = True
-        if not self.gateway.wait_subscribed(15) or not self.pager.wait_connected(15):
+        if not self.gateway.wait_subscribed(15) or not self.pager.wait_subscribed(15):
             raise RuntimeError("gateway or pager did not connect")
         end = time.monotonic() + 10
         while time.monotonic() < end and not self.gateway.health()[0]:
