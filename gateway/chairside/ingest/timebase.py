@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
+
+from chairside.paths import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -192,12 +193,11 @@ class Timebase:
     def _save(self, snapshot: dict[str, list[Any]]) -> None:
         if self._path is None:
             return
-        tmp = self._path.with_suffix(".tmp")
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(snapshot, sort_keys=True))
-            os.replace(tmp, self._path)
-        except OSError as exc:
+            # fsync'd: an estimated boot time is saved before the reading it
+            # stamped is acknowledged, so a replay after a power cut gets the same time
+            atomic_write_json(self._path, snapshot)
+        except (OSError, ValueError) as exc:
             self.persist_errors += 1
             log.error("cannot persist boot times to %s: %s", self._path, exc)
 
