@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -131,15 +132,31 @@ def test_demo_runs_four_chairs_and_stops_everything(tmp_path: Path) -> None:
     # another demo on this machine (or anything named like one) is not ours
     decoy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "chairside-demo-decoy"])
     try:
-        result = subprocess.run(
+        demo = subprocess.Popen(
             [sys.executable, "-m", "chairside.cli", "demo", "--duration", "8", "--speed", "5"],
-            capture_output=True, text=True, timeout=90,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=dict(os.environ, TMPDIR=str(tmp_path), **{MARKER: run_id}),
         )
+        assert demo.stdout is not None
+        seen = []
+        for line in demo.stdout:  # the first screen names the nurses' station and its demo login
+            seen.append(line)
+            if "nurses' station: " in line:
+                url = line.split("nurses' station: ")[1].split()[0]
+                with urllib.request.urlopen(f"{url}/login", timeout=5) as page:
+                    assert page.status == 200 and "station" in page.read().decode().lower()
+                break
+        else:
+            raise AssertionError("no nurses' station line: " + "".join(seen)[-2000:])
+        rest, stderr = demo.communicate(timeout=90)
+        result = subprocess.CompletedProcess(demo.args, demo.returncode, "".join(seen) + rest, stderr)
         leftovers = marked_processes(run_id)
     finally:
         decoy.kill()
         decoy.wait(timeout=10)
+        if "demo" in locals() and demo.poll() is None:  # an assertion above failed: no stray demo
+            demo.kill()
+            demo.communicate(timeout=30)
     assert result.returncode == 0, result.stderr[-2000:]
     last_screen = result.stdout.split("Chairside demo")[-1]
     for chair in ("1", "2", "3", "4"):

@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -57,6 +58,7 @@ DEMO_SCRIPTS: Final[dict[str, list[tuple[int, str, Any]]]] = {
 }
 # scenarios whose first cuff waits for the automatic interval (cuff_hold)
 NO_FIRST_CUFF: Final = frozenset({"desat"})
+DEMO_STATION_USER: Final = "demo lead"
 DEMO_CUFF_MS: Final = (6_000, 14_000)
 """(inflate, measure) of the demo's simulated NIBP modules: a reading 20 s after the start"""
 
@@ -215,6 +217,22 @@ def _start_pager(broker: Mosquitto, workdir: Path) -> Pager:
     return pager
 
 
+def _start_station(site: str, broker: Mosquitto, influx: InfluxDB, workdir: Path) -> tuple[Any, str]:
+    """The nurses' station on a free loopback port (plain HTTP: loopback only),
+    with one demo account (role lead) and a fresh password; (server, password)."""
+    from chairside.station.accounts import Accounts
+    from chairside.station.command import StationConfig, StationServer
+
+    password = secrets.token_urlsafe(9)
+    users = workdir / "station-users.json"
+    Accounts(users).add(DEMO_STATION_USER, password, "lead", int(time.time() * 1000))
+    station = StationServer(StationConfig(
+        site=site, users=users, mqtt_port=broker.port, host="127.0.0.1", port=0,
+        influx_url=influx.url, audit_log=workdir / "station-audit.log"))
+    station.start()
+    return station, password
+
+
 def _stored_count(influx: InfluxDB) -> int:
     try:
         result: Any = influx.query("SELECT count(seq) FROM vitals", "chairside")
@@ -265,6 +283,8 @@ def run(args: argparse.Namespace) -> int:
         gateway.start()
         started.append(gateway)
         started.append(_start_pager(broker, workdir))
+        station, station_password = _start_station(args.site, broker, influx, workdir)
+        started.append(station)
         chairs = parse_chairs(args.chairs)
         boxes = [
             make_box(args.site, chair, scenario, "127.0.0.1", broker.port, seed=i,
@@ -280,6 +300,7 @@ def run(args: argparse.Namespace) -> int:
         fleet = Fleet(boxes, speed=args.speed)
         example = next((c for c, s in chairs if s == "desat"), chairs[0][0])
         header = [fit(f"{ports}   data: {workdir}"),
+                  f"nurses' station: {station.url}  login: {DEMO_STATION_USER} / {station_password}",
                   f"try: chairside staff ack --site {args.site} --mqtt-port {broker.port} \\",
                   f"       --chair {example} --alarm spo2_critical --by YOUR-NAME"]
         view = LiveView(broker.port, args.site, elapsed=lambda: fleet.sim_ms / 1000, header=header)
