@@ -49,10 +49,17 @@ def test_sixty_seconds_arrive_complete_with_tags_values_and_times(
         assert len(seqs) == 60 and len(set(seqs)) == 60
         published = [p for p in observer.payloads(f"/{chair}/vitals")]
         assert sorted({p["seq"] for p in published}) == seqs  # a re-send (no watermark yet) is the same reading
+        # the gateway keeps the first copy it gets (the broker delivers in the same
+        # order to the observer): live, unless the box's live send failed and the
+        # reading went out only as a replay (h=1), which is then stored as history
+        first_copy: dict[int, dict[str, Any]] = {}
+        for p in published:
+            first_copy.setdefault(p["seq"], p)
+        assert sum(1 for p in first_copy.values() if not p.get("h")) >= 50, "nearly all go out live"
         for row in mine:
             # stored at the device's measurement time (synced clock)
             assert row["time"] == box.clock.epoch_ms() - box.clock.now_ms() + row["up"]
-            assert row["site"] == SITE and row["hist"] is False
+            assert row["site"] == SITE and row["hist"] is bool(first_copy[row["seq"]].get("h")), row
         by_seq = {p["seq"]: p for p in published}
         for row in mine:
             assert row["spo2"] == by_seq[row["seq"]]["spo2"]
