@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from test_pager_service import Receiver, Watcher, start_pager, wait_until
+from gw_support import wait_until
+from test_pager_service import Receiver, Watcher, start_pager
 
 from chairside.pager.policy import parse_policy
 from chairside.pager.service import Pager

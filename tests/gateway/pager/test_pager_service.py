@@ -13,13 +13,14 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from gw_support import wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from chairside.pager.policy import parse_policy
@@ -30,16 +31,6 @@ from chairside.sim.services import Mosquitto, free_port
 REPO = Path(__file__).resolve().parents[3]
 SECRET = "service-test-secret-0123456789"
 KEY = "clinic1/chair3/spo2_low"
-
-
-def wait_until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Receiver:
@@ -349,6 +340,27 @@ def _spawn(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
                                 start_new_session=True)  # fmt: skip
 
 
+def _pager_cmd(policy: Path, broker_port: int, state: Path, client_id: str) -> list[str]:
+    """``chairside pager`` as a process of its own (restart tests kill it)."""
+    return [
+        sys.executable, "-m", "chairside.pager", "--policy", str(policy),
+        "--broker-port", str(broker_port), "--state", str(state),
+        "--client-id", client_id, "--ack-port", "0",
+    ]  # fmt: skip
+
+
+def _subscribed(log: Path, count: int) -> bool:
+    """The pager log's SUBACK line appeared ``count`` times (once per start)."""
+    return log.read_text().count("subscribed to alarms") >= count if log.exists() else False
+
+
+def _reap(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+
+
 @pytest.mark.slow
 def test_restart_after_kill_9_keeps_escalation_schedule(
     mosquitto: Mosquitto, rx: Receiver, watcher: Watcher, tmp_path: Path
@@ -356,19 +368,11 @@ def test_restart_after_kill_9_keeps_escalation_schedule(
     policy_path = tmp_path / "policy.json"
     policy_path.write_text(json.dumps(policy_doc(rx, free_port(), timeout_s=4)))
     log = tmp_path / "pager.log"
-    cmd = [
-        sys.executable, "-m", "chairside.pager", "--policy", str(policy_path),
-        "--broker-port", str(mosquitto.port), "--state", str(tmp_path / "state.json"),
-        "--client-id", "pager-restart", "--ack-port", "0",
-    ]  # fmt: skip
+    cmd = _pager_cmd(policy_path, mosquitto.port, tmp_path / "state.json", "pager-restart")
     procs: list[subprocess.Popen[bytes]] = []
-
-    def connected(count: int) -> bool:
-        return log.read_text().count("subscribed to alarms") >= count if log.exists() else False
-
     try:
         procs.append(_spawn(cmd, log))
-        wait_until(lambda: connected(1), 15, "first pager subscribed")  # logged on the SUBACK
+        wait_until(lambda: _subscribed(log, 1), 15, "first pager subscribed")  # logged on the SUBACK
         watcher.publish("chairside/v1/clinic1/chair3/alarms", alarm())
         (t_page, _), = wait_until(lambda: rx.events("trigger", "alice"), 10, "alice paged")
 
@@ -378,7 +382,7 @@ def test_restart_after_kill_9_keeps_escalation_schedule(
         assert rx.events("trigger", "bob") == []
 
         procs.append(_spawn(cmd, log))
-        wait_until(lambda: connected(2), 15, "restarted pager subscribed")
+        wait_until(lambda: _subscribed(log, 2), 15, "restarted pager subscribed")
         t_up = time.time()
         assert "restored 1 page thread" in log.read_text()
         (t_bob, bob), = wait_until(lambda: rx.events("trigger", "bob"), 10, "bob paged")
@@ -397,10 +401,7 @@ def test_restart_after_kill_9_keeps_escalation_schedule(
         procs[1].send_signal(signal.SIGTERM)
         assert procs[1].wait(timeout=15) == 0
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=10)
+        _reap(procs)
     assert not re.search(r"Traceback", log.read_text()), log.read_text()
 
 
@@ -418,20 +419,12 @@ def test_restart_after_kill_9_mid_delivery_carries_the_page_out_again(
     policy_path.write_text(json.dumps(doc))
     state_path = tmp_path / "state.json"
     log = tmp_path / "pager.log"
-    cmd = [
-        sys.executable, "-m", "chairside.pager", "--policy", str(policy_path),
-        "--broker-port", str(mosquitto.port), "--state", str(state_path),
-        "--client-id", "pager-mid-delivery", "--ack-port", "0",
-    ]  # fmt: skip
+    cmd = _pager_cmd(policy_path, mosquitto.port, state_path, "pager-mid-delivery")
     procs: list[subprocess.Popen[bytes]] = []
-
-    def subscribed(count: int) -> bool:
-        return log.read_text().count("subscribed to alarms") >= count if log.exists() else False
-
     try:
         rx.answering.clear()
         procs.append(_spawn(cmd, log))
-        wait_until(lambda: subscribed(1), 15, "first pager subscribed")
+        wait_until(lambda: _subscribed(log, 1), 15, "first pager subscribed")
         watcher.publish("chairside/v1/clinic1/chair3/alarms", alarm())
         wait_until(lambda: rx.events("trigger", "alice"), 10, "the page reached the tool (unanswered)")
         saved = json.loads(state_path.read_text())
@@ -441,7 +434,7 @@ def test_restart_after_kill_9_mid_delivery_carries_the_page_out_again(
         rx.answering.set()
 
         procs.append(_spawn(cmd, log))
-        wait_until(lambda: subscribed(2), 15, "restarted pager subscribed")
+        wait_until(lambda: _subscribed(log, 2), 15, "restarted pager subscribed")
         again = wait_until(lambda: rx.events("trigger", "alice")[1:], 15, "the page carried out again")
         assert again[0][1]["dedup_key"] == KEY
         wait_until(lambda: json.loads(state_path.read_text())["outbox"] == [], 10, "the outbox emptied")
@@ -449,10 +442,7 @@ def test_restart_after_kill_9_mid_delivery_carries_the_page_out_again(
         procs[1].send_signal(signal.SIGTERM)
         assert procs[1].wait(timeout=15) == 0
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=10)
+        _reap(procs)
     assert not re.search(r"Traceback", log.read_text()), log.read_text()
 
 

@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import re
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gw_support import Box, health, next_id, vitals, wall_ms
+from gw_support import Box, health, next_id, vitals, wait_until, wall_ms
 from instant_engine import instant_engine
 
 from chairside import gateway_command
@@ -124,16 +123,6 @@ def _metrics(port: int) -> str:
         return answer.read().decode()
 
 
-def _until(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
 def _gateway(broker: Mosquitto, influx: AuthInflux, credentials: Path | None, state: Path,
              port: int | None = None) -> Gateway:
     config = GatewayConfig(
@@ -155,10 +144,10 @@ def test_gateway_writes_with_its_write_user(
         base = wall_ms() - 10_000
         for seq in range(3):
             box.send(topics.vitals, vitals(seq, base + seq * 1000))
-        rows = _until(lambda: len(r := auth_influx.rows("SELECT seq FROM vitals WHERE chair = 'auth-ok'")) == 3
+        rows = wait_until(lambda: len(r := auth_influx.rows("SELECT seq FROM vitals WHERE chair = 'auth-ok'")) == 3
                       and r, 10, "the gateway's points never arrived")
         assert [r["seq"] for r in rows] == [0, 1, 2]
-        _code, body = _until(lambda: (h := health(port))[0] == 200 and h, 10, "/health stayed degraded")
+        _code, body = wait_until(lambda: (h := health(port))[0] == 200 and h, 10, "/health stayed degraded")
         assert body["influx_write_refused"] is None
     finally:
         gw.stop()
@@ -183,7 +172,7 @@ def test_a_refused_write_is_reported_and_kept_in_the_spool(
         base = wall_ms() - 10_000
         for seq in range(5):
             box.send(topics.vitals, vitals(seq, base + seq * 1000))
-        _code, body = _until(lambda: (h := health(port))[0] == 503 and h[1]["spool_depth"] >= 5 and h,
+        _code, body = wait_until(lambda: (h := health(port))[0] == 503 and h[1]["spool_depth"] >= 5 and h,
                             10, "/health never reported the refusal")
         assert body["influx_write_refused"].startswith("HTTP 403")
         assert "not authorized to write" in body["influx_write_refused"]
@@ -196,10 +185,10 @@ def test_a_refused_write_is_reported_and_kept_in_the_spool(
         assert auth_influx.rows("SELECT seq FROM vitals WHERE chair = 'auth-late'") == []
 
         auth_influx.admin.query(f'GRANT WRITE ON "{DB}" TO "{late.user}"')
-        rows = _until(lambda: len(r := auth_influx.rows("SELECT seq FROM vitals WHERE chair = 'auth-late'")) == 5
+        rows = wait_until(lambda: len(r := auth_influx.rows("SELECT seq FROM vitals WHERE chair = 'auth-late'")) == 5
                       and r, 10, "the spooled points were not written after the grant")
         assert [r["seq"] for r in rows] == [0, 1, 2, 3, 4]
-        _code, body = _until(lambda: (h := health(port))[0] == 200 and h, 10, "/health stayed degraded")
+        _code, body = wait_until(lambda: (h := health(port))[0] == 200 and h, 10, "/health stayed degraded")
         assert body["influx_write_refused"] is None and body["spool_depth"] == 0
         assert "chairside_gateway_influx_write_refused 0.0" in _metrics(port)
     finally:
@@ -220,7 +209,7 @@ def test_wrong_password_is_spooled_not_dead_lettered(auth_influx: AuthInflux, tm
     writer.start()
     try:
         writer.submit([f"vitals,site=s,chair=pw seq={i}i {wall_ms() - 1000 + i}" for i in range(3)], 1)
-        _until(lambda: durable == [1], 5, "the refused batch was not made durable (spooled)")
+        wait_until(lambda: durable == [1], 5, "the refused batch was not made durable (spooled)")
     finally:
         writer.stop(5)
         influx.close()
@@ -254,14 +243,14 @@ def test_the_idle_probe_recreates_a_dropped_database_when_it_may(influxdb: Influ
         on_durable=lambda token: None, now_ms=wall_ms, on_spool_full=lambda full: None)
     writer.start()
     try:
-        _until(lambda: writer.influx_ok, 5, "the first probe did not succeed")
+        wait_until(lambda: writer.influx_ok, 5, "the first probe did not succeed")
         influxdb.query('DROP DATABASE "probe_db"')
         def databases() -> list[str]:
             result: Any = influxdb.query("SHOW DATABASES")
             return [row[0] for row in result["results"][0]["series"][0].get("values", [])]
 
         assert "probe_db" not in databases()
-        _until(lambda: "probe_db" in databases(), 5, "the probe did not create the database again")
+        wait_until(lambda: "probe_db" in databases(), 5, "the probe did not create the database again")
         assert writer.influx_ok and writer.influx_refused is None
     finally:
         writer.stop(5)
