@@ -4,9 +4,9 @@ InfluxDB 1.6 serves neither ``/api/v2/write`` nor ``/health``, so the
 influxdb-client write API cannot be used; line protocol is posted directly.
 Library errors are converted here into two narrow exceptions:
 :class:`InfluxUnavailable` (retry later) and :class:`InfluxRejected` (the
-request itself is wrong; retrying will not help), with
-:class:`InfluxUnauthorized` (401/403: the credentials or the user's grants)
-a kind of the latter.
+request itself is wrong; retrying will not help), and
+:class:`InfluxUnauthorized` (401/403: the credentials or the user's grants,
+retry once they are fixed).
 
 With ``auth-enabled`` InfluxDB, the writer logs in with HTTP Basic auth (a
 user with WRITE on the database; never in the URL, so never in a log line).
@@ -38,8 +38,8 @@ class InfluxUnavailable(InfluxError):
     """Connection refused, timed out, or a 5xx answer: try again later."""
 
 
-class InfluxRejected(InfluxError):
-    """A 4xx answer (malformed line, unknown database, ...)."""
+class InfluxAnswered(InfluxError):
+    """InfluxDB answered the request with a 4xx status."""
 
     def __init__(self, status: int, body: str) -> None:
         super().__init__(f"HTTP {status}: {body}")
@@ -47,8 +47,14 @@ class InfluxRejected(InfluxError):
         self.body = body
 
 
-class InfluxUnauthorized(InfluxRejected):
-    """401 (no or wrong credentials) or 403 (the user lacks the privilege)."""
+class InfluxRejected(InfluxAnswered):
+    """A 4xx answer about the request (malformed line, unknown database, ...)."""
+
+
+class InfluxUnauthorized(InfluxAnswered):
+    """401 (no or wrong credentials) or 403 (the user lacks the privilege):
+    not the request's fault, so not an :class:`InfluxRejected` (a writer
+    keeps the lines instead of bisecting and dead-lettering them)."""
 
 
 class CredentialsError(ValueError):

@@ -472,8 +472,6 @@ class Writer(Generic[T]):
             self._db_ready = True
         try:
             self.influx.write(lines)
-        except InfluxUnauthorized:
-            raise
         except InfluxRejected as exc:
             if exc.status != 404:
                 raise
@@ -482,8 +480,6 @@ class Writer(Generic[T]):
             log.warning("database %s missing; creating it", self.config.database)
             try:
                 created = self.influx.ensure_database()
-            except InfluxUnauthorized:
-                raise
             except InfluxRejected as again:
                 raise InfluxUnavailable(f"cannot create the database: {again}") from again
             if not created:
@@ -493,8 +489,6 @@ class Writer(Generic[T]):
             self._db_ready = True
             try:
                 self.influx.write(lines)
-            except InfluxUnauthorized:
-                raise
             except InfluxRejected as again:
                 if again.status not in MALFORMED_STATUSES:
                     raise InfluxUnavailable(f"after CREATE DATABASE: {again}") from again
@@ -520,8 +514,6 @@ class Writer(Generic[T]):
                 self.influx.ensure_database()
             try:
                 self.influx.check_write()
-            except InfluxUnauthorized:
-                raise
             except InfluxRejected as exc:
                 # the database was dropped since: create it again if this user may
                 if exc.status != 404 or not self.influx.ensure_database():
