@@ -456,9 +456,8 @@ class Gateway:
         changed = self.engine.changed_chairs() if self.engine is not None else set()
         if not events and not changed:
             return []  # the common case: nothing to announce
-        if events or changed:
-            self._engine_dirty = True
-            self._save_now = True
+        self._engine_dirty = True
+        self._save_now = True
         lines = self.outbound.events(events)
         evented = {(e.site, e.chair) for e in events}
         for site, chair in sorted(changed - evented):

@@ -489,7 +489,7 @@ class IngestSession:
                 return False
             pids, self._acks = self._acks, []
             out, self._out = self._out, []
-        sock.sendall(puback_packets(pids) + b"".join(out) if out else puback_packets(pids))
+        sock.sendall(puback_packets(pids) + b"".join(out))
         return True
 
     def _close(self) -> None:
