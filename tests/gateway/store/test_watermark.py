@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from chairside.metrics import Metrics
+from chairside.store.confirm import Confirmations
 from chairside.store.watermark import Watermarks
 
 S, C = "clinic-a", "3"
@@ -253,3 +255,28 @@ def test_timing_arguments_are_validated() -> None:
         Watermarks(gap_timeout_ms=0)
     with pytest.raises(ValueError):
         Watermarks(max_pending=0)
+
+
+def test_a_watermark_that_cannot_be_sent_stays_due_until_it_can() -> None:
+    """Confirmations send on the ingest connection; while it is down (send
+    answers False) nothing is marked published, and the next tick after the
+    reconnect sends the same watermark."""
+    sent: list[tuple[str, bytes]] = []
+    up = False
+
+    def send(topic: str, payload: bytes) -> bool:
+        if up:
+            sent.append((topic, payload))
+        return up
+
+    confirmations = Confirmations(Watermarks(), send, Metrics(prefix="t_"), None)
+    for seq in range(3):
+        confirmations.durable((S, C, 7, seq, seq - 1), 0)
+    confirmations.publish_due(1_000)  # connection down
+    assert sent == [] and confirmations.watermarks.due(2_000) == [(S, C, 7, 2)]
+    up = True
+    confirmations.publish_due(2_000)
+    assert [(t, json.loads(p)) for t, p in sent] == [
+        (f"chairside/v1/{S}/{C}/stored", {"v": 1, "boot": 7, "seq": 2, "t": 2_000})]
+    confirmations.publish_due(3_000)
+    assert len(sent) == 1  # published: not again until it moves
